@@ -1,0 +1,1 @@
+"""The Falcon API: a thin HTTP edge over domain services."""

@@ -1,0 +1,62 @@
+"""The Falcon app: create_app(services, settings) and get_app() for the WSGI server."""
+import functools
+from collections.abc import Callable
+
+import falcon
+
+from api import errors, openapi
+from api.auth import Authentication
+from api.idempotency import IdempotencyKeys
+from api.resources import billing_accounts, operations, service, users, workspace_billing, workspaces
+from domain.services.registry import Services
+
+WS = "/workspaces/{workspace_id}"
+
+
+def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str, object]]:
+    document = functools.cache(lambda: openapi.build(table))
+    table = [
+        ("/users", users.Users(s.users)),
+        ("/users/me", users.Me(s.users)),
+        ("/workspaces", workspaces.Workspaces(s.workspaces)),
+        (WS, workspaces.WorkspaceItem(s.workspaces)),
+        (WS + "/members", workspaces.Members(s.workspaces)),
+        ("/billing-accounts", billing_accounts.Accounts(s.reads)),
+        ("/billing-accounts/{account_id}", billing_accounts.Account(s.reads)),
+        ("/billing-accounts/{account_id}/balance", billing_accounts.AccountBalance(s.reads)),
+        ("/billing-accounts/{account_id}/summary", billing_accounts.AccountSummary(s.reads)),
+        ("/billing-accounts/{account_id}/transactions", billing_accounts.AccountTransactions(s.reads)),
+        (WS + "/billing/accounts", workspace_billing.LinkedAccounts(s.workspaces)),
+        (WS + "/billing/accounts/link", workspace_billing.LinkAccount(s.workspaces)),
+        (WS + "/billing/accounts/{account_id}/default", workspace_billing.DefaultAccount(s.workspaces)),
+        (WS + "/billing/accounts/{account_id}", workspace_billing.LinkedAccount(s.workspaces)),
+        (WS + "/billing/balance", workspace_billing.Balance(s.reads)),
+        (WS + "/billing/transactions", workspace_billing.Transactions(s.reads)),
+        (WS + "/billing/summary", workspace_billing.Summary(s.reads)),
+        (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
+        ("/operations/{operation_id}", operations.OperationItem(s.operations)),
+        ("/health", service.Health()),
+        ("/ready", service.Ready(checks)),
+        ("/openapi.json", service.OpenApi(document)),
+        ("/docs", service.Docs(lambda: openapi.page(document()))),
+    ]
+    return table
+
+
+def create_app(s: Services, operator_token: str | None, checks: dict[str, Callable[[], None]]) -> falcon.App:
+    app = falcon.App(middleware=[Authentication(s.users, operator_token), IdempotencyKeys(s.idempotency)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    for path, resource in routes(s, checks):
+        app.add_route(path, resource)
+    return app
+
+
+def get_app() -> falcon.App:
+    """The production app, wired from the environment (gunicorn 'api.app:get_app()')."""
+    from worker import health, settings
+    from worker.container import services
+
+    loaded = settings.load()
+    return create_app(services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"),
+                      health.checks(loaded))

@@ -1,0 +1,74 @@
+"""Every error leaves as RFC 9457 problem+json; domain errors map to statuses in one table."""
+import json
+import logging
+
+import falcon
+from sqlalchemy.exc import DBAPIError
+
+from domain import errors
+from domain.store.uow import is_unavailable
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    errors.NotFound: (404, "Not Found"),
+    errors.Forbidden: (403, "Forbidden"),
+    errors.Conflict: (409, "Conflict"),
+    errors.InsufficientFunds: (409, "Insufficient Funds"),
+    errors.InvalidInput: (422, "Unprocessable Content"),
+    errors.Unavailable: (503, "Service Unavailable"),
+}
+
+
+class Problem(falcon.HTTPError):
+    """An HTTP error with a problem+json body."""
+
+    def __init__(self, status: int, title: str, detail: str, *, errors: list[dict] | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(falcon.code_to_http_status(status), title=title, description=detail,
+                         headers=headers)
+        self.field_errors = errors
+
+    def to_dict(self, obj_type=dict):
+        body = {"type": "about:blank", "title": self.title, "status": self.status_code,
+                "detail": self.description or self.title}
+        if self.field_errors is not None:
+            body["errors"] = self.field_errors
+        return body
+
+
+def invalid(field_errors: list[dict], detail: str = "the request has invalid values") -> Problem:
+    return Problem(422, "Unprocessable Content", detail, errors=field_errors)
+
+
+def _domain_error(req, resp, exc: errors.DomainError, params) -> None:
+    status, title = next(v for k, v in STATUS.items() if isinstance(exc, k))
+    field_errors = [{"field": exc.field, "message": exc.detail}] if isinstance(exc, errors.InvalidInput) else None
+    headers = {"Retry-After": "5"} if status == 503 else None
+    _http_error(req, resp, Problem(status, title, exc.detail, errors=field_errors, headers=headers), params)
+
+
+def _http_error(req, resp, exc: falcon.HTTPError, params) -> None:
+    if not isinstance(exc, Problem):
+        exc = Problem(exc.status_code, exc.title or falcon.code_to_http_status(exc.status_code)[4:],
+                      exc.description or exc.title or "", headers=exc.headers)
+    resp.status = exc.status
+    resp.content_type = "application/problem+json"
+    resp.text = json.dumps(exc.to_dict())
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def _unexpected(req, resp, exc: Exception, params) -> None:
+    if isinstance(exc, DBAPIError) and is_unavailable(exc):
+        _domain_error(req, resp, errors.Unavailable("the database is unavailable"), params)
+        return
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    _http_error(req, resp, Problem(500, "Internal Server Error",
+                                   "the service failed to answer; nothing was changed by this request"), params)
+
+
+def install(app: falcon.App) -> None:
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(errors.DomainError, _domain_error)

@@ -1,0 +1,121 @@
+"""The OpenAPI 3.1 document, built from the routes and the schemas that validate requests."""
+import html
+
+from api import responses
+from api.doc import EndpointDoc
+
+PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
+               "operation_id": "operationId", "checkout_id": "checkoutId"}
+METHODS = ("get", "post", "put", "patch", "delete")
+
+CONVENTIONS = """\
+Money is integer cents (`amountCents`, `balanceCents`), currency `usd`; a float, string, boolean, zero or
+negative amount, or one over 100,000,000 cents, is refused with 422. Errors are RFC 9457
+`application/problem+json`; 422 adds `errors: [{field, message}]`. Bodies over 64 KiB: 413; bodies that
+are not one JSON object (including NaN, Infinity and duplicate keys): 400. Unknown fields: 422.
+
+Authentication: `Authorization: Bearer <key>`; a user's key comes back once from `POST /users`, the
+operator key is `BILLING_OPERATOR_TOKEN`. Missing or unknown key: 401. An object the caller may not see
+answers 404 exactly like one that does not exist; a visible object the caller may not change: 403. The
+operator may read every workspace and billing account, and may not act as a user (list "my" workspaces
+or accounts, create workspaces, link accounts).
+
+Idempotency: every POST accepts `Idempotency-Key` (1-255 printable characters). The first answer below
+500 is stored for 24 hours per caller and key and replayed (same status, same body, header
+`Idempotent-Replayed: true`). The same key with another method, path or body: 409. A second request while
+the first is still running: 409, retry shortly. Money-moving operations are also unique per caller and
+key in the database, so a retry can never queue a second movement.
+
+Pagination: `limit` 1-200 (default 50) and an opaque `cursor`; lists answer `{data, nextCursor}`, newest
+first. Paging by cursor returns every entry exactly once, also while new entries are written (new ones
+appear at the head, not between pages). Windows: `from` is inclusive, `to` exclusive, RFC 3339 with an
+offset.
+
+Workspace transaction and summary routes show every entry of the billing account, including entries
+made through other workspaces bound to the same account, so that they add up to its balance.
+"""
+
+
+def _param_name(name: str) -> str:
+    return PATH_PARAMS.get(name, name)
+
+
+def _path(template: str) -> str:
+    for snake, camel in PATH_PARAMS.items():
+        template = template.replace("{" + snake + "}", "{" + camel + "}")
+    return template
+
+
+def _schema(model, components: dict) -> dict:
+    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _query_parameters(model) -> list[dict]:
+    schema = model.model_json_schema(by_alias=True)
+    return [{"name": name, "in": "query", "required": False, "schema": prop,
+             "description": prop.get("description", "")} for name, prop in schema["properties"].items()]
+
+
+def _operation(d: EndpointDoc, path_params: list[str], components: dict) -> dict:
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemShape"}}}
+    op = {"summary": d.summary, "description": f"Who: {d.who}. {d.notes}".strip(),
+          "parameters": [{"name": _param_name(p), "in": "path", "required": True, "schema": {"type": "string"}}
+                         for p in path_params]}
+    if d.who not in ("anyone",):
+        op["security"] = [{"bearer": []}]
+    if d.query is not None:
+        op["parameters"] += _query_parameters(d.query)
+    if d.body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(d.body, components)}}}
+        op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,
+                                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+    ok: dict = {"description": "Success"}
+    if d.response is not None:
+        ok["content"] = {"application/json": {"schema": _schema(d.response, components)}}
+    op["responses"] = {str(d.status): ok}
+    if d.status == 201 and d.summary.startswith("Link"):
+        op["responses"]["200"] = ok | {"description": "Already linked"}
+    for status in sorted(set(d.errors) | ({400, 413} if d.body else set())):
+        op["responses"][str(status)] = {"description": "Problem", "content": problem}
+    return op
+
+
+def build(routes: list[tuple[str, object]]) -> dict:
+    components: dict = {}
+    _schema(responses.ProblemShape, components)
+    paths: dict = {}
+    for template, resource in routes:
+        params = [p.strip("{}") for p in template.split("/") if p.startswith("{")]
+        for method in METHODS:
+            responder = getattr(resource, f"on_{method}", None)
+            d = getattr(responder, "endpoint_doc", None)
+            if d is not None:
+                paths.setdefault(_path(template), {})[method] = _operation(d, params, components)
+    return {"openapi": "3.1.0",
+            "info": {"title": "Billing service", "version": "0.1.0", "description": CONVENTIONS},
+            "paths": paths,
+            "components": {"schemas": components,
+                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
+
+
+def page(document: dict) -> str:
+    """A plain HTML rendering of the document: no scripts, no CDN."""
+    rows = []
+    for path, methods in document["paths"].items():
+        for method, op in methods.items():
+            statuses = ", ".join(op["responses"])
+            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op['summary'])}<br><small>{html.escape(op['description'])}</small></td>"
+                        f"<td>{statuses}</td></tr>")
+    conventions = "".join(f"<p>{html.escape(p)}</p>" for p in document["info"]["description"].split("\n\n"))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Billing service API</title>"
+            "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}td{vertical-align:top;"
+            "padding:.3em;border-bottom:1px solid #ddd}</style></head><body><h1>Billing service API</h1>"
+            f"{conventions}<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"
+            f"<table><tr><th>Method</th><th>Path</th><th>What</th><th>Statuses</th></tr>{''.join(rows)}"
+            "</table></body></html>")
+
+

@@ -1,0 +1,1 @@
+"""HTTP resources, one module per area of the contract."""

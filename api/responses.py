@@ -1,0 +1,138 @@
+"""Response shapes, for the OpenAPI document and for tests that check real answers against it."""
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldError(Shape):
+    field: str
+    message: str
+
+
+class ProblemShape(Shape):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class UserShape(Shape):
+    id: str
+    email: str
+    name: str | None
+    defaultBillingAccountId: str | None
+    createdAt: str
+
+
+class CreatedUserShape(UserShape):
+    apiKey: str
+
+
+class BillingAccountShape(Shape):
+    id: str
+    name: str
+    ownerUserId: str
+    isUserDefault: bool
+    currency: Literal["usd"]
+    balanceCents: int
+    createdAt: str
+
+
+class BillingAccountDetailShape(BillingAccountShape):
+    linkedWorkspaceIds: list[str]
+
+
+class LinkedAccountShape(BillingAccountShape):
+    isWorkspaceDefault: bool
+    linkedAt: str
+
+
+class WorkspaceShape(Shape):
+    id: str
+    name: str
+    ownerUserId: str
+    defaultBillingAccountId: str
+    createdAt: str
+
+
+class MemberShape(Shape):
+    userId: str
+    role: Literal["admin", "member"]
+
+
+class BalanceShape(Shape):
+    billingAccountId: str
+    workspaceId: str | None = None
+    balanceCents: int
+    currency: Literal["usd"]
+    asOf: str
+
+
+class TransactionShape(Shape):
+    id: str
+    billingAccountId: str
+    workspaceId: str | None
+    kind: Literal["intro_credit", "credit_grant", "stripe_topup", "x402_topup", "usage", "refund", "adjustment"]
+    amountCents: int
+    balanceAfterCents: int
+    description: str
+    reference: str | None
+    createdAt: str
+
+
+class KindTotalShape(Shape):
+    count: int
+    amountCents: int
+
+
+class SummaryShape(Shape):
+    billingAccountId: str
+    workspaceId: str | None = None
+    currency: Literal["usd"]
+    balanceCents: int
+    totalCreditedCents: int
+    totalDebitedCents: int
+    transactionCount: int
+    lastTransactionAt: str | None
+    byKind: dict[str, KindTotalShape]
+
+
+class OperationShape(Shape):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    result: dict | None
+    error: dict | None
+    createdAt: str
+    updatedAt: str
+
+
+class TransactionPage(Shape):
+    data: list[TransactionShape]
+    nextCursor: str | None
+
+
+class WorkspaceList(Shape):
+    data: list[WorkspaceShape]
+
+
+class BillingAccountList(Shape):
+    data: list[BillingAccountShape]
+
+
+class LinkedAccountList(Shape):
+    data: list[LinkedAccountShape]
+
+
+class Health(Shape):
+    status: str
+
+
+class Readiness(Shape):
+    status: str
+    checks: dict[str, str]

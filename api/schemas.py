@@ -1,0 +1,149 @@
+"""Request schemas: they validate bodies and queries, and the OpenAPI document is built from them."""
+import json
+from datetime import datetime
+from typing import Annotated, Literal
+
+import falcon
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from api.errors import Problem, invalid
+from domain.money import MAX_MOVEMENT_CENTS
+from domain.store.tables import ENTRY_KINDS
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class Body(BaseModel):
+    """A JSON body: camelCase names, exact types (no "5" for 5, no true for 1), no unknown fields."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              strict=True)
+
+
+class Query(BaseModel):
+    """Query-string parameters, which arrive as text and are converted."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Id = Annotated[str, Field(min_length=1, max_length=100)]
+MovementCents = Annotated[int, Field(gt=0, le=MAX_MOVEMENT_CENTS,
+                                     description="Integer cents, 1 to 100,000,000.")]
+
+
+class CreateUser(Body):
+    email: Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+    name: Name | None = None
+
+
+class CreateWorkspace(Body):
+    name: Name
+    billing_account_id: Id | None = None
+
+
+class AddMember(Body):
+    user_id: Id
+    role: Literal["admin", "member"]
+
+
+class CreateBillingAccount(Body):
+    name: Name
+
+
+class LinkBillingAccount(Body):
+    billing_account_id: Id
+
+
+class AddCredits(Body):
+    amount_cents: MovementCents
+    description: Annotated[str, Field(max_length=500)] = ""
+
+
+class Window(Query):
+    since: AwareDatetime | None = Field(None, alias="from", description="RFC 3339; inclusive.")
+    until: AwareDatetime | None = Field(None, alias="to", description="RFC 3339; exclusive.")
+
+
+class TransactionsQuery(Window):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    kind: Literal[ENTRY_KINDS] | None = None  # type: ignore[valid-type]
+    billing_account_id: Id | None = Field(None, alias="billingAccountId")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_duplicates(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key in JSON object")
+    return dict(pairs)
+
+
+def raw_body(req: falcon.Request) -> bytes:
+    """The body's bytes, read once (413 past the limit) and kept on the request."""
+    raw = getattr(req.context, "raw_body", None)
+    if raw is None:
+        too_large = Problem(413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+            raise too_large
+        raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large
+        req.context.raw_body = raw
+    return raw
+
+
+def read_json(req: falcon.Request) -> object:
+    """The body as JSON: 413 past 64 KiB, 400 for anything that is not one strict JSON document."""
+    raw = raw_body(req)
+    if not raw.strip():
+        return {}
+    if req.content_type and not req.content_type.split(";")[0].strip().lower().endswith("json"):
+        raise Problem(400, "Bad Request", "the body must be JSON (Content-Type: application/json)")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                          object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise Problem(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
+
+
+def _field_errors(exc: ValidationError, aliases: bool = True) -> list[dict]:
+    out = []
+    for error in exc.errors(include_url=False):
+        path = ""
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        out.append({"field": path or "body", "message": error["msg"]})
+    return out
+
+
+def load(model: type[Body], req: falcon.Request) -> Body:
+    data = read_json(req)
+    if not isinstance(data, dict):
+        raise invalid([{"field": "body", "message": "the body must be a JSON object"}])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(_field_errors(exc)) from None
+
+
+def query(model: type[Query], req: falcon.Request) -> Query:
+    params = {key: value for key, value in req.params.items()}
+    if any(isinstance(value, list) for value in params.values()):
+        raise invalid([{"field": next(k for k, v in params.items() if isinstance(v, list)),
+                        "message": "give this parameter once"}])
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise invalid(_field_errors(exc)) from None
+
+
+def window(q: Window) -> tuple[datetime | None, datetime | None]:
+    if q.since and q.until and q.since >= q.until:
+        raise invalid([{"field": "to", "message": "must be after from"}])
+    return q.since, q.until

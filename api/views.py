@@ -1,0 +1,61 @@
+"""Domain objects as the contract's JSON."""
+from datetime import UTC, datetime
+
+from domain.models import (Balance, BillingAccount, Entry, LinkedAccount, Operation, Page, Summary, User,
+                           Workspace)
+
+
+def ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def user(u: User) -> dict:
+    return {"id": u.id, "email": u.email, "name": u.name,
+            "defaultBillingAccountId": u.default_billing_account_id, "createdAt": ts(u.created_at)}
+
+
+def account(a: BillingAccount) -> dict:
+    return {"id": a.id, "name": a.name, "ownerUserId": a.owner_user_id, "isUserDefault": a.is_user_default,
+            "currency": a.currency, "balanceCents": a.balance_cents, "createdAt": ts(a.created_at)}
+
+
+def linked_account(item: LinkedAccount) -> dict:
+    return account(item.account) | {"isWorkspaceDefault": item.is_workspace_default,
+                                    "linkedAt": ts(item.linked_at)}
+
+
+def workspace(w: Workspace) -> dict:
+    return {"id": w.id, "name": w.name, "ownerUserId": w.owner_user_id,
+            "defaultBillingAccountId": w.default_billing_account_id, "createdAt": ts(w.created_at)}
+
+
+def balance(b: Balance, workspace_id: str | None = None) -> dict:
+    body = {"billingAccountId": b.billing_account_id, "balanceCents": b.balance_cents,
+            "currency": b.currency, "asOf": ts(b.as_of)}
+    return body | {"workspaceId": workspace_id} if workspace_id else body
+
+
+def transaction(e: Entry) -> dict:
+    return {"id": f"txn_{e.id}", "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
+            "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
+            "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
+
+
+def page(p: Page, render) -> dict:
+    return {"data": [render(item) for item in p.items], "nextCursor": p.next_cursor}
+
+
+def summary(s: Summary, workspace_id: str | None = None) -> dict:
+    body = {"billingAccountId": s.billing_account_id, "currency": s.currency,
+            "balanceCents": s.balance_cents, "totalCreditedCents": s.total_credited_cents,
+            "totalDebitedCents": s.total_debited_cents, "transactionCount": s.transaction_count,
+            "lastTransactionAt": ts(s.last_transaction_at),
+            "byKind": {kind: {"count": t.count, "amountCents": t.amount_cents} for kind, t in s.by_kind.items()}}
+    return body | {"workspaceId": workspace_id} if workspace_id else body
+
+
+def operation(op: Operation) -> dict:
+    return {"id": op.id, "kind": op.kind, "status": op.status, "result": op.result, "error": op.error,
+            "createdAt": ts(op.created_at), "updatedAt": ts(op.updated_at)}

@@ -1,0 +1,12 @@
+"""Periodic jobs by task name; every interval lives here."""
+
+RELAY_EVERY_SECONDS = 10.0
+BACKFILL_EVERY_SECONDS = 300.0
+PURGE_IDEMPOTENCY_EVERY_SECONDS = 3600.0
+
+SCHEDULE = {
+    "relay-outbox": {"task": "maintenance.relay_outbox", "schedule": RELAY_EVERY_SECONDS},
+    "backfill-default-accounts": {"task": "accounts.backfill_default", "schedule": BACKFILL_EVERY_SECONDS},
+    "purge-idempotency-keys": {"task": "maintenance.purge_idempotency_keys",
+                               "schedule": PURGE_IDEMPOTENCY_EVERY_SECONDS},
+}

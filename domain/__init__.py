@@ -1,0 +1,1 @@
+"""The billing core: no Falcon, no Celery, no environment."""

@@ -1,0 +1,38 @@
+"""Domain errors; the API maps each to one HTTP status in one table."""
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    """The thing does not exist, or the caller may not see it."""
+
+
+class Forbidden(DomainError):
+    """The caller may see the thing but not do this to it."""
+
+
+class Conflict(DomainError):
+    """The request clashes with the current state."""
+
+
+class InsufficientFunds(DomainError):
+    """A debit would take a balance below zero."""
+
+
+class InvalidInput(DomainError):
+    """A value the schema let through but the domain refuses."""
+
+    def __init__(self, detail: str, field: str) -> None:
+        super().__init__(detail, field=field)
+        self.field = field
+
+
+class Unavailable(DomainError):
+    """A dependency (database, broker, provider) did not answer."""

@@ -1,0 +1,14 @@
+"""Opaque, prefixed identifiers."""
+import uuid
+
+PREFIXES = ("usr", "ba", "ws", "op", "key", "chk")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def looks_like(prefix: str, value: str) -> bool:
+    """True when value has the shape of an id we would have issued with this prefix."""
+    head, _, tail = value.partition("_")
+    return head == prefix and len(tail) == 32 and all(c in "0123456789abcdef" for c in tail)

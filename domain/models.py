@@ -1,0 +1,131 @@
+"""The billing objects the services hand out; plain, frozen data."""
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a user (by id) or the operator."""
+
+    user_id: str | None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.user_id is None
+
+    @property
+    def name(self) -> str:
+        return self.user_id or OPERATOR
+
+
+OPERATOR_CALLER = Caller(user_id=None)
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    name: str | None
+    default_billing_account_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class BillingAccount:
+    id: str
+    name: str
+    owner_user_id: str
+    is_user_default: bool
+    currency: str
+    balance_cents: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LinkedAccount:
+    account: BillingAccount
+    is_workspace_default: bool
+    linked_at: datetime
+
+
+@dataclass(frozen=True)
+class Workspace:
+    id: str
+    name: str
+    owner_user_id: str
+    default_billing_account_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Membership:
+    workspace: Workspace
+    role: str | None  # None for the operator, who is no member
+
+    @property
+    def manages_billing(self) -> bool:
+        return self.role in ("owner", "admin") or self.role is None
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    billing_account_id: str
+    workspace_id: str | None
+    kind: str
+    amount_cents: int
+    balance_after_cents: int
+    description: str
+    reference: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class KindTotal:
+    count: int
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    billing_account_id: str
+    currency: str
+    balance_cents: int
+    total_credited_cents: int
+    total_debited_cents: int
+    transaction_count: int
+    last_transaction_at: datetime | None
+    by_kind: dict[str, KindTotal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Balance:
+    billing_account_id: str
+    currency: str
+    balance_cents: int
+    as_of: datetime
+
+
+@dataclass(frozen=True)
+class Operation:
+    id: str
+    kind: str
+    status: str
+    caller: str
+    workspace_id: str | None
+    billing_account_id: str | None
+    payload: dict
+    result: dict | None
+    error: dict | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,1 @@
+"""Use cases: one call, one unit of work."""

@@ -1,0 +1,33 @@
+"""Who may see and manage what. Unknown and foreign look the same: NotFound."""
+from sqlalchemy import Connection
+
+from domain.errors import Forbidden, NotFound
+from domain.ids import looks_like
+from domain.models import BillingAccount, Caller, Membership
+from domain.store import accounts, workspaces
+
+
+def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bool = False,
+              operator_manages: bool = False, for_update: bool = False) -> Membership:
+    """The workspace as the caller sees it; managing needs owner or admin (or an allowed operator)."""
+    found = workspaces.get(conn, workspace_id, for_update=for_update) if looks_like("ws", workspace_id) else None
+    if found is None:
+        raise NotFound("workspace not found")
+    if caller.is_operator:
+        if manage and not operator_manages:
+            raise Forbidden("the operator key cannot do this; use a key of the workspace's owner or an admin")
+        return Membership(found, role=None)
+    role = workspaces.role_of(conn, workspace_id, caller.user_id)
+    if role is None:
+        raise NotFound("workspace not found")
+    if manage and role not in ("owner", "admin"):
+        raise Forbidden("only the workspace's owner or an admin may manage its billing")
+    return Membership(found, role=role)
+
+
+def owned_account(conn: Connection, caller: Caller, account_id: str) -> BillingAccount:
+    """A billing account the caller owns (the operator sees all)."""
+    found = accounts.get(conn, account_id) if looks_like("ba", account_id) else None
+    if found is None or not (caller.is_operator or found.owner_user_id == caller.user_id):
+        raise NotFound("billing account not found")
+    return found

@@ -1,0 +1,108 @@
+"""Balances, summaries and transaction pages, per account and per workspace."""
+import base64
+import binascii
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection
+
+from domain.errors import Forbidden, InvalidInput, NotFound
+from domain.models import Balance, BillingAccount, Caller, Page, Summary
+from domain.services import access
+from domain.services.context import Context
+from domain.store import accounts, ledger
+
+
+def encode_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e:{entry_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, _, value = raw.partition(":")
+        entry_id = int(value)
+        if tag != "e" or entry_id <= 0 or not value.isdigit():
+            raise ValueError(raw)
+        return entry_id
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput("the cursor is not one this service issued", field="cursor") from None
+
+
+class ReadService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def owned_accounts(self, caller: Caller) -> list[BillingAccount]:
+        if caller.is_operator:
+            raise Forbidden("the operator key owns no billing accounts")
+        with self._ctx.uow() as uow:
+            return accounts.owned_by(uow.conn, caller.user_id)
+
+    def account(self, caller: Caller, account_id: str) -> tuple[BillingAccount, list[str]]:
+        with self._ctx.uow() as uow:
+            account = access.owned_account(uow.conn, caller, account_id)
+            return account, accounts.linked_workspace_ids(uow.conn, account_id)
+
+    def balance(self, caller: Caller, account_id: str) -> Balance:
+        with self._ctx.uow() as uow:
+            return _balance(access.owned_account(uow.conn, caller, account_id))
+
+    def summary(self, caller: Caller, account_id: str, since: datetime | None, until: datetime | None) -> Summary:
+        with self._ctx.uow() as uow:
+            account = access.owned_account(uow.conn, caller, account_id)
+            return _summary(uow.conn, account, since, until)
+
+    def transactions(self, caller: Caller, account_id: str, **query) -> Page:
+        with self._ctx.uow() as uow:
+            access.owned_account(uow.conn, caller, account_id)
+            return _page(uow.conn, account_id, **query)
+
+    def workspace_balance(self, caller: Caller, workspace_id: str) -> Balance:
+        with self._ctx.uow() as uow:
+            return _balance(self._workspace_account(uow.conn, caller, workspace_id, None))
+
+    def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
+                          until: datetime | None) -> Summary:
+        with self._ctx.uow() as uow:
+            account = self._workspace_account(uow.conn, caller, workspace_id, None)
+            return _summary(uow.conn, account, since, until)
+
+    def workspace_transactions(self, caller: Caller, workspace_id: str, account_id: str | None,
+                               **query) -> Page:
+        with self._ctx.uow() as uow:
+            account = self._workspace_account(uow.conn, caller, workspace_id, account_id)
+            return _page(uow.conn, account.id, **query)
+
+    @staticmethod
+    def _workspace_account(conn: Connection, caller: Caller, workspace_id: str,
+                           account_id: str | None) -> BillingAccount:
+        """The workspace's default account, or another account linked to it."""
+        workspace = access.workspace(conn, caller, workspace_id).workspace
+        account_id = account_id or workspace.default_billing_account_id
+        if not accounts.is_linked(conn, workspace_id, account_id):
+            raise NotFound("billing account not linked to this workspace")
+        return accounts.get(conn, account_id)
+
+
+def _balance(account: BillingAccount) -> Balance:
+    return Balance(billing_account_id=account.id, currency=account.currency,
+                   balance_cents=account.balance_cents, as_of=datetime.now(UTC))
+
+
+def _summary(conn: Connection, account: BillingAccount, since: datetime | None,
+             until: datetime | None) -> Summary:
+    totals = ledger.window_totals(conn, account.id, since=since, until=until)
+    return Summary(billing_account_id=account.id, currency=account.currency,
+                   balance_cents=account.balance_cents, total_credited_cents=totals.credited_cents,
+                   total_debited_cents=totals.debited_cents, transaction_count=totals.count,
+                   last_transaction_at=totals.last_at, by_kind=totals.by_kind)
+
+
+def _page(conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
+          kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:
+    before_id = decode_cursor(cursor) if cursor else None
+    entries = ledger.page(conn, account_id, limit=limit + 1, before_id=before_id, kind=kind,
+                          since=since, until=until)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    return Page(items=entries, next_cursor=encode_cursor(entries[-1].id) if more else None)

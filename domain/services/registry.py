@@ -1,0 +1,17 @@
+"""All services, built once from one context."""
+from domain.services.context import Context
+from domain.services.idempotency import IdempotencyService
+from domain.services.operations import OperationService
+from domain.services.reads import ReadService
+from domain.services.users import UserService
+from domain.services.workspaces import WorkspaceService
+
+
+class Services:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.users = UserService(ctx)
+        self.workspaces = WorkspaceService(ctx)
+        self.reads = ReadService(ctx)
+        self.operations = OperationService(ctx)
+        self.idempotency = IdempotencyService(ctx)

@@ -1,0 +1,35 @@
+"""Ledger invariant checks, in SQL over the whole ledger."""
+from datetime import timedelta
+
+from sqlalchemy import Connection, text
+
+from domain.store import operations
+
+_BALANCE_MISMATCH = text("""
+SELECT a.id, a.balance_cents, COALESCE(s.total, 0) AS total
+FROM billing_accounts a
+LEFT JOIN (SELECT billing_account_id, SUM(amount_cents) AS total FROM ledger_entries
+           GROUP BY billing_account_id) s ON s.billing_account_id = a.id
+WHERE a.balance_cents <> COALESCE(s.total, 0)
+ORDER BY a.id
+""")
+
+_BROKEN_CHAIN = text("""
+SELECT id, billing_account_id FROM (
+    SELECT id, billing_account_id, amount_cents, balance_after_cents,
+           LAG(balance_after_cents, 1, 0::bigint) OVER (PARTITION BY billing_account_id ORDER BY id) AS before
+    FROM ledger_entries) chained
+WHERE balance_after_cents <> before + amount_cents
+ORDER BY id
+""")
+
+
+def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
+    """One line per broken invariant; empty when the ledger is sound."""
+    found = [f"account {row.id}: cached balance {row.balance_cents} != sum of entries {row.total}"
+             for row in conn.execute(_BALANCE_MISMATCH)]
+    found += [f"entry {row.id} of account {row.billing_account_id}: balance_after does not follow the previous entry"
+              for row in conn.execute(_BROKEN_CHAIN)]
+    found += [f"operation {op_id}: unfinished for more than {stuck_after}"
+              for op_id in operations.stuck(conn, older_than=stuck_after)]
+    return found

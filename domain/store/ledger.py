@@ -1,0 +1,113 @@
+"""Ledger SQL: one statement per posting, keyset pages, window totals."""
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select, text
+
+from domain.errors import InsufficientFunds, NotFound
+from domain.models import Entry, KindTotal
+from domain.store.tables import billing_accounts, ledger_entries
+
+# Lock the account row, insert the entry under its unique key, move the cached balance only if
+# the entry went in: all in one statement, so balance and entries cannot drift apart.
+_POST = text("""
+WITH inserted AS (
+    INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
+                                balance_after_cents, description, reference, idempotency_key)
+    SELECT a.id, :workspace_id, :kind, :amount, a.balance_cents + :amount, :description,
+           :reference, :key
+    FROM billing_accounts a
+    WHERE a.id = :account_id AND (:allow_negative OR a.balance_cents + :amount >= 0)
+    FOR UPDATE
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING *
+)
+UPDATE billing_accounts SET balance_cents = inserted.balance_after_cents
+FROM inserted WHERE billing_accounts.id = inserted.billing_account_id
+RETURNING inserted.*
+""")
+
+
+@dataclass(frozen=True)
+class Posting:
+    entry: Entry
+    created: bool  # False when the key had been posted before
+
+
+def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key: str,
+         workspace_id: str | None = None, description: str = "", reference: str | None = None,
+         allow_negative: bool = False) -> Posting:
+    """Post one entry exactly once per key; a debit below zero raises unless allowed."""
+    row = conn.execute(_POST, {
+        "account_id": account_id, "amount": amount_cents, "kind": kind, "key": key,
+        "workspace_id": workspace_id, "description": description, "reference": reference,
+        "allow_negative": allow_negative,
+    }).mappings().first()
+    if row is not None:
+        return Posting(_entry(row), created=True)
+    existing = conn.execute(select(ledger_entries).where(ledger_entries.c.idempotency_key == key)).mappings().first()
+    if existing is not None:
+        return Posting(_entry(existing), created=False)
+    balance = conn.execute(select(billing_accounts.c.balance_cents)
+                           .where(billing_accounts.c.id == account_id)).scalar()
+    if balance is None:
+        raise NotFound("billing account not found")
+    raise InsufficientFunds(f"balance {balance} cents cannot cover {-amount_cents} cents",
+                            balance_cents=balance)
+
+
+def _entry(row) -> Entry:
+    return Entry(id=row["id"], billing_account_id=row["billing_account_id"],
+                 workspace_id=row["workspace_id"], kind=row["kind"],
+                 amount_cents=row["amount_cents"], balance_after_cents=row["balance_after_cents"],
+                 description=row["description"], reference=row["reference"],
+                 created_at=row["created_at"])
+
+
+def page(conn: Connection, account_id: str, *, limit: int, before_id: int | None = None,
+         kind: str | None = None, since: datetime | None = None,
+         until: datetime | None = None) -> list[Entry]:
+    """Entries newest first, strictly older than before_id; limit+1 asks whether more exist."""
+    e = ledger_entries.c
+    query = select(ledger_entries).where(e.billing_account_id == account_id)
+    if before_id is not None:
+        query = query.where(e.id < before_id)
+    if kind is not None:
+        query = query.where(e.kind == kind)
+    if since is not None:
+        query = query.where(e.created_at >= since)
+    if until is not None:
+        query = query.where(e.created_at < until)
+    rows = conn.execute(query.order_by(e.id.desc()).limit(limit)).mappings()
+    return [_entry(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    by_kind: dict[str, KindTotal]
+    credited_cents: int
+    debited_cents: int  # a positive number: the sum of the debits' magnitudes
+    count: int
+    last_at: datetime | None
+
+
+def window_totals(conn: Connection, account_id: str, *, since: datetime | None,
+                  until: datetime | None) -> WindowTotals:
+    """Counts and sums of an account's entries within [since, until), per kind and in all."""
+    e = ledger_entries.c
+    credited = func.coalesce(func.sum(e.amount_cents).filter(e.amount_cents > 0), 0)
+    debited = func.coalesce(func.sum(e.amount_cents).filter(e.amount_cents < 0), 0)
+    query = (select(e.kind, func.count(), credited, debited, func.max(e.created_at))
+             .where(e.billing_account_id == account_id).group_by(e.kind))
+    if since is not None:
+        query = query.where(e.created_at >= since)
+    if until is not None:
+        query = query.where(e.created_at < until)
+    rows = conn.execute(query).all()
+    return WindowTotals(
+        by_kind={kind: KindTotal(count=n, amount_cents=int(c + d)) for kind, n, c, d, _ in rows},
+        credited_cents=sum(int(row[2]) for row in rows),
+        debited_cents=-sum(int(row[3]) for row in rows),
+        count=sum(row[1] for row in rows),
+        last_at=max((row[4] for row in rows), default=None),
+    )

@@ -1,0 +1,132 @@
+"""Table definitions (SQLAlchemy Core); migrations/ creates them."""
+from sqlalchemy import (
+    BigInteger, Boolean, CheckConstraint, Column, DateTime, ForeignKey, ForeignKeyConstraint,
+    Identity, Index, Integer, LargeBinary, MetaData, Table, Text, UniqueConstraint, func, text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+ENTRY_KINDS = ("intro_credit", "credit_grant", "stripe_topup", "x402_topup", "usage", "refund", "adjustment")
+ROLES = ("owner", "admin", "member")
+OPERATION_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+def _now() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+users = Table(
+    "users", metadata,
+    Column("id", Text, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("name", Text),
+    _now(),
+    Index("users_email_key", func.lower(text("email")), unique=True),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    Column("revoked_at", DateTime(timezone=True)),
+    _now(),
+)
+
+billing_accounts = Table(
+    "billing_accounts", metadata,
+    Column("id", Text, primary_key=True),
+    Column("owner_user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("currency", Text, nullable=False, server_default="usd"),
+    Column("balance_cents", BigInteger, nullable=False, server_default="0"),
+    Column("is_user_default", Boolean, nullable=False, server_default="false"),
+    _now(),
+    Index("billing_accounts_one_default_per_user", "owner_user_id", unique=True,
+          postgresql_where=text("is_user_default")),
+    Index("billing_accounts_owner", "owner_user_id", "created_at"),
+)
+
+ledger_entries = Table(
+    "ledger_entries", metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), nullable=False),
+    Column("workspace_id", Text),
+    Column("kind", Text, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("balance_after_cents", BigInteger, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("reference", Text),
+    Column("idempotency_key", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()),
+    CheckConstraint("amount_cents <> 0", name="ledger_entries_amount_nonzero"),
+    CheckConstraint("kind IN (%s)" % ", ".join(f"'{k}'" for k in ENTRY_KINDS), name="ledger_entries_kind"),
+    Index("ledger_entries_account_id", "billing_account_id", text("id DESC")),
+    Index("ledger_entries_account_kind_id", "billing_account_id", "kind", text("id DESC")),
+)
+
+workspaces = Table(
+    "workspaces", metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("owner_user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("default_billing_account_id", Text, nullable=False),
+    _now(),
+    # The default account must be one of the workspace's links; checked at commit.
+    ForeignKeyConstraint(["id", "default_billing_account_id"],
+                         ["workspace_billing_accounts.workspace_id",
+                          "workspace_billing_accounts.billing_account_id"],
+                         name="workspaces_default_is_linked", deferrable=True, initially="DEFERRED",
+                         use_alter=True),
+)
+
+workspace_billing_accounts = Table(
+    "workspace_billing_accounts", metadata,
+    Column("workspace_id", Text, ForeignKey("workspaces.id"), primary_key=True),
+    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), primary_key=True),
+    Column("linked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("workspace_billing_accounts_account", "billing_account_id"),
+)
+
+workspace_members = Table(
+    "workspace_members", metadata,
+    Column("workspace_id", Text, ForeignKey("workspaces.id"), primary_key=True),
+    Column("user_id", Text, ForeignKey("users.id"), primary_key=True),
+    Column("role", Text, nullable=False),
+    _now(),
+    CheckConstraint("role IN ('owner', 'admin', 'member')", name="workspace_members_role"),
+    Index("workspace_members_user", "user_id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("caller", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("response_status", Integer),
+    Column("response_body", Text),
+    Column("response_headers", JSONB),
+    _now(),
+)
+
+operations = Table(
+    "operations", metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="queued"),
+    Column("caller", Text, nullable=False),
+    Column("idempotency_key", Text),
+    Column("workspace_id", Text),
+    Column("billing_account_id", Text),
+    Column("payload", JSONB, nullable=False),
+    Column("result", JSONB),
+    Column("error", JSONB),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("enqueued_at", DateTime(timezone=True)),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="operations_status"),
+    UniqueConstraint("caller", "idempotency_key", name="operations_caller_idempotency_key"),
+    Index("operations_pending", "updated_at", postgresql_where=text("status IN ('queued', 'running')")),
+)

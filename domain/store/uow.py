@@ -1,0 +1,61 @@
+"""The unit of work: one transaction, committed explicitly, discarded otherwise."""
+from collections.abc import Callable
+from typing import Self
+
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from domain.errors import Unavailable
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    """An engine for psycopg 3; plain postgresql:// URLs are accepted."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                         pool_recycle=1800)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean the database could not be reached, not that the SQL was wrong."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+class UnitOfWork:
+    """`with uow_factory() as uow: ...; uow.commit()`. Leaving without commit rolls back."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._after_commit: list[Callable[[], None]] = []
+        self.conn: Connection
+
+    def __enter__(self) -> Self:
+        try:
+            self.conn = self._engine.connect()
+            self._tx = self.conn.begin()
+        except DBAPIError as exc:
+            if is_unavailable(exc):
+                raise Unavailable("the database is unavailable") from exc
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._tx.is_active:
+                self._tx.rollback()
+        except DBAPIError:
+            pass
+        finally:
+            self.conn.close()
+        if exc is not None and isinstance(exc, DBAPIError) and is_unavailable(exc):
+            raise Unavailable("the database is unavailable") from exc
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    def commit(self) -> None:
+        self._tx.commit()
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()

@@ -1,0 +1,57 @@
+"""Workspace and membership SQL."""
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from domain.models import Workspace
+from domain.store.tables import workspace_members, workspaces
+
+_w = workspaces.c
+_m = workspace_members.c
+
+
+def _workspace(row) -> Workspace:
+    return Workspace(id=row["id"], name=row["name"], owner_user_id=row["owner_user_id"],
+                     default_billing_account_id=row["default_billing_account_id"],
+                     created_at=row["created_at"])
+
+
+def insert_workspace(conn: Connection, workspace_id: str, name: str, owner_user_id: str,
+                     default_account_id: str) -> Workspace:
+    row = conn.execute(workspaces.insert().values(
+        id=workspace_id, name=name, owner_user_id=owner_user_id,
+        default_billing_account_id=default_account_id).returning(workspaces)).mappings().one()
+    return _workspace(row)
+
+
+def get(conn: Connection, workspace_id: str, *, for_update: bool = False) -> Workspace | None:
+    query = select(workspaces).where(_w.id == workspace_id)
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
+    return _workspace(row) if row else None
+
+
+def role_of(conn: Connection, workspace_id: str, user_id: str) -> str | None:
+    return conn.execute(select(_m.role).where(_m.workspace_id == workspace_id,
+                                              _m.user_id == user_id)).scalar()
+
+
+def of_member(conn: Connection, user_id: str) -> list[Workspace]:
+    query = (select(workspaces).join(workspace_members, _m.workspace_id == _w.id)
+             .where(_m.user_id == user_id).order_by(_w.created_at.desc(), _w.id.desc()))
+    return [_workspace(row) for row in conn.execute(query).mappings()]
+
+
+def set_default(conn: Connection, workspace_id: str, account_id: str) -> Workspace:
+    row = conn.execute(update(workspaces).where(_w.id == workspace_id)
+                       .values(default_billing_account_id=account_id)
+                       .returning(workspaces)).mappings().one()
+    return _workspace(row)
+
+
+def put_member(conn: Connection, workspace_id: str, user_id: str, role: str) -> None:
+    """Add a member, or change the role of one."""
+    stmt = pg_insert(workspace_members).values(workspace_id=workspace_id, user_id=user_id, role=role)
+    stmt = stmt.on_conflict_do_update(index_elements=["workspace_id", "user_id"],
+                                      set_={"role": role})
+    conn.execute(stmt)

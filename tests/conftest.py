@@ -1,0 +1,72 @@
+"""Test fixtures: a fresh PostgreSQL database per run (migrated), the real app, real services."""
+import os
+import uuid
+
+import pytest
+from falcon import testing
+from sqlalchemy import create_engine, text
+
+from api.app import create_app
+from domain.services.context import Config, Context
+from domain.services.registry import Services
+from domain.store.uow import UnitOfWork, make_engine
+from tests.factories import OPERATOR_TOKEN, Api
+from worker.cli import migrate
+
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _admin_engine():
+    return create_engine(ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                         isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A new database for this run, migrated to head, dropped at the end."""
+    name = f"billing_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    migrate(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+class RecordingQueue:
+    """Stands in for the broker where a test does not run a worker: records what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+        self.up = True
+
+    def __call__(self, task_name: str, **kwargs) -> bool:
+        if self.up:
+            self.sent.append((task_name, kwargs))
+        return self.up
+
+
+@pytest.fixture(scope="session")
+def engine(database_url):
+    engine = make_engine(database_url, pool_size=20)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def queue() -> RecordingQueue:
+    return RecordingQueue()
+
+
+@pytest.fixture
+def services(engine, queue) -> Services:
+    return Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=Config(intro_credit_cents=1000)))
+
+
+@pytest.fixture
+def api(services) -> Api:
+    checks = {"database": lambda: None}
+    return Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, checks)))

@@ -1,0 +1,69 @@
+"""Configuration from the environment, validated once at start."""
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message is the one line the operator sees."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    broker_url: str | None
+    operator_token: str | None
+    intro_credit_cents: int
+    api_rate_limit: int
+    port: int
+    stripe_api_key: str | None
+    stripe_webhook_secret: str | None
+    stripe_api_base: str | None
+    x402_facilitator_url: str | None
+    x402_pay_to: str | None
+    x402_network: str
+    x402_asset: str | None
+
+
+def _int(env: dict, name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise SettingsError(f"{name}={raw!r} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip() or None
+    if raw is not None and urlparse(raw).scheme not in schemes:
+        raise SettingsError(f"{name} must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}")
+    return raw
+
+
+def load(env: dict | None = None) -> Settings:
+    env = os.environ if env is None else env
+    redis_url = _url(env, "REDIS_URL", ("redis", "rediss", "unix"))
+    return Settings(
+        database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres", "postgresql+psycopg")),
+        redis_url=redis_url,
+        broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
+        operator_token=env.get("BILLING_OPERATOR_TOKEN", "").strip() or None,
+        intro_credit_cents=_int(env, "BILLING_INTRO_CREDIT_CENTS", 1000, high=100_000_000),
+        api_rate_limit=_int(env, "BILLING_API_RATE_LIMIT", 1200),
+        port=_int(env, "PORT", 8000, low=1, high=65535),
+        stripe_api_key=env.get("STRIPE_API_KEY") or None,
+        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+        stripe_api_base=_url(env, "STRIPE_API_BASE", ("http", "https")),
+        x402_facilitator_url=_url(env, "X402_FACILITATOR_URL", ("http", "https")),
+        x402_pay_to=env.get("X402_PAY_TO") or None,
+        x402_network=env.get("X402_NETWORK") or "eip155:84532",
+        x402_asset=env.get("X402_ASSET") or None,
+    )
+
+
+def require(value: str | None, name: str) -> str:
+    if not value:
+        raise SettingsError(f"{name} is not set")
+    return value
