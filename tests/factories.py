@@ -48,3 +48,23 @@ class Api:
         result = self.call("POST", f"/workspaces/{workspace_id}/members", owner.key,
                            json={"userId": member.id, "role": role})
         assert result.status_code == 201, result.text
+
+
+def new_linked_account(api: Api, owner: UserKey, workspace_id: str, name: str = "Project") -> dict:
+    """Create a billing account through a workspace (owned by the caller, linked, balance 0)."""
+    result = api.call("POST", f"/workspaces/{workspace_id}/billing/accounts", owner.key, json={"name": name})
+    assert result.status_code == 201, result.text
+    return result.json
+
+
+def post(services, account_id: str, amount_cents: int, *, key: str | None = None, kind: str | None = None,
+         allow_negative: bool = False):
+    """One ledger posting in its own transaction; credits are credit_grant, debits usage by default."""
+    from domain.store import ledger
+
+    with services.ctx.uow() as uow:
+        posting = ledger.post(uow.conn, account_id, amount_cents, key=key or f"test:{uuid.uuid4().hex}",
+                              kind=kind or ("credit_grant" if amount_cents > 0 else "usage"),
+                              allow_negative=allow_negative)
+        uow.commit()
+    return posting

@@ -17,14 +17,21 @@ def queue_of(task_name: str) -> str:
     return "ledger" if prefix == "accounts" else prefix
 
 
+def transport_options(broker_url: str) -> dict:
+    """Redis: redelivery after an hour (longer than any task or countdown), short socket timeouts."""
+    if broker_url.startswith(("redis", "rediss", "unix")):
+        return {"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 5,
+                "retry_on_timeout": True}
+    return {}
+
+
 def create_celery(settings: settings_module.Settings) -> Celery:
     app = Celery("billing", include=TASK_MODULES)
     app.conf.update(
         broker_url=settings.broker_url or "memory://",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
-        broker_transport_options={"visibility_timeout": 3600, "socket_connect_timeout": 2,
-                                  "socket_timeout": 5, "retry_on_timeout": True},
+        broker_transport_options=transport_options(settings.broker_url or ""),
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_ignore_result=True,
         task_acks_late=True,

@@ -37,7 +37,7 @@ def _int(env: dict, name: str, default: int, *, low: int = 0, high: int = 2**62)
 
 def _url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
     raw = env.get(name, "").strip() or None
-    if raw is not None and urlparse(raw).scheme not in schemes:
+    if raw is not None and urlparse(raw).scheme.split("+")[-1] not in schemes:
         raise SettingsError(f"{name} must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}")
     return raw
 
@@ -46,7 +46,7 @@ def load(env: dict | None = None) -> Settings:
     env = os.environ if env is None else env
     redis_url = _url(env, "REDIS_URL", ("redis", "rediss", "unix"))
     return Settings(
-        database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres", "postgresql+psycopg")),
+        database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres", "psycopg")),
         redis_url=redis_url,
         broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
         operator_token=env.get("BILLING_OPERATOR_TOKEN", "").strip() or None,
