@@ -67,6 +67,13 @@ def _cmd_beat(args, s) -> int:
     os.execv(argv[0], argv)
 
 
+def _cmd_flower(args, s) -> int:
+    settings_module.require(s.broker_url, "REDIS_URL")
+    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "flower", f"--port={args.port}",
+            f"--address={args.address}"]
+    os.execv(argv[0], argv)
+
+
 def _cmd_standalone(args, s) -> int:
     from worker.standalone import run
 
@@ -118,6 +125,10 @@ def parser() -> argparse.ArgumentParser:
     beat = sub.add_parser("beat", help="run Celery beat (exactly one per deployment)")
     beat.add_argument("--state-dir", default=os.environ.get("BILLING_BEAT_STATE_DIR", "/tmp"))
     beat.set_defaults(run=_cmd_beat)
+    flower = sub.add_parser("flower", help="run Flower, the Celery monitor, on the broker")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--address", default="0.0.0.0")
+    flower.set_defaults(run=_cmd_flower)
     standalone = sub.add_parser("standalone", help="API, worker and beat in one command; without "
                                 "DATABASE_URL/REDIS_URL on an embedded PostgreSQL")
     standalone.add_argument("--port", type=int)
