@@ -58,3 +58,18 @@ def test_missing_and_unknown_keys_are_unauthorized(api):
 def test_a_user_key_cannot_create_users(api):
     user = api.new_user()
     assert api.call("POST", "/users", user.key, json={"email": "x@example.com"}).status_code == 403
+
+
+def test_the_backfill_provisions_a_user_left_without_a_default_account(api, services, engine):
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, email) VALUES ('usr_0000000000000000000000000000beef', :e)"),
+                     {"e": "orphan-backfill@example.com"})
+    assert services.users.backfill_default_accounts() >= 1
+    services.users.backfill_default_accounts()
+    with engine.begin() as conn:
+        rows = conn.execute(text(
+            "SELECT a.balance_cents, count(e.id) FROM billing_accounts a JOIN ledger_entries e ON e.billing_account_id = a.id "
+            "WHERE a.owner_user_id = 'usr_0000000000000000000000000000beef' AND a.is_user_default GROUP BY a.balance_cents")).all()
+    assert rows == [(1000, 1)]
