@@ -136,3 +136,28 @@ class Health(Shape):
 class Readiness(Shape):
     status: str
     checks: dict[str, str]
+
+
+class CheckoutShape(Shape):
+    id: str
+    provider: Literal["stripe", "x402"]
+    status: Literal["pending", "completed", "expired", "failed"]
+    workspaceId: str
+    billingAccountId: str
+    amountCents: int
+    currency: Literal["usd"]
+    createdAt: str
+    completedAt: str | None
+    failureReason: str | None
+    url: str | None = None
+    stripeSessionId: str | None = None
+    network: str | None = None
+    payer: str | None = None
+    nonce: str | None = None
+    operationId: str | None = None
+    transaction: str | None = None
+
+
+class CheckoutList(Shape):
+    data: list[CheckoutShape]
+    nextCursor: str | None

@@ -66,9 +66,12 @@ class Window(Query):
     until: AwareDatetime | None = Field(None, alias="to", description="RFC 3339; exclusive.")
 
 
-class TransactionsQuery(Window):
+class PageQuery(Query):
     limit: int = Field(50, ge=1, le=200)
     cursor: Annotated[str, Field(max_length=200)] | None = None
+
+
+class TransactionsQuery(Window, PageQuery):
     kind: Literal[ENTRY_KINDS] | None = None  # type: ignore[valid-type]
     billing_account_id: Id | None = Field(None, alias="billingAccountId")
 

@@ -1,7 +1,7 @@
 """Domain objects as the contract's JSON."""
 from datetime import UTC, datetime
 
-from domain.models import (Balance, BillingAccount, Entry, LinkedAccount, Operation, Page, Summary, User,
+from domain.models import (Balance, BillingAccount, Checkout, Entry, LinkedAccount, Operation, Page, Summary, User,
                            Workspace)
 
 
@@ -59,3 +59,13 @@ def summary(s: Summary, workspace_id: str | None = None) -> dict:
 def operation(op: Operation) -> dict:
     return {"id": op.id, "kind": op.kind, "status": op.status, "result": op.result, "error": op.error,
             "createdAt": ts(op.created_at), "updatedAt": ts(op.updated_at)}
+
+
+def checkout(c: Checkout) -> dict:
+    body = {"id": c.id, "provider": c.provider, "status": c.status, "workspaceId": c.workspace_id,
+            "billingAccountId": c.billing_account_id, "amountCents": c.amount_cents, "currency": c.currency,
+            "createdAt": ts(c.created_at), "completedAt": ts(c.completed_at), "failureReason": c.failure_reason}
+    if c.provider == "stripe":
+        return body | {"url": c.url, "stripeSessionId": c.provider_ref}
+    return body | {"network": c.network, "payer": c.payer, "nonce": c.nonce, "operationId": c.operation_id,
+                   "transaction": c.details.get("transaction")}

@@ -129,3 +129,26 @@ class Operation:
     attempts: int
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Checkout:
+    id: str
+    provider: str
+    status: str
+    workspace_id: str
+    billing_account_id: str
+    amount_cents: int
+    currency: str
+    created_by: str
+    provider_ref: str | None
+    url: str | None
+    details: dict
+    network: str | None
+    payer: str | None
+    nonce: str | None
+    operation_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None

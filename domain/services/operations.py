@@ -12,6 +12,8 @@ from domain.store import audit, ledger, operations
 log = logging.getLogger(__name__)
 
 APPLY_TASK = "ledger.apply_operation"
+# The task that drives an operation of each kind; the relay re-sends unfinished ones by this table.
+TASK_FOR_KIND = {"credit": APPLY_TASK}
 MAX_ATTEMPTS = 10
 
 
@@ -93,7 +95,8 @@ class OperationService:
         """Re-enqueue unfinished operations whose message was lost or never sent (the outbox relay)."""
         with self._ctx.uow() as uow:
             due = operations.due_for_relay(uow.conn, older_than=older_than, limit=limit)
-            sent = [op_id for op_id, _kind in due if self._ctx.enqueue(APPLY_TASK, operation_id=op_id)]
+            sent = [op_id for op_id, kind in due
+                    if self._ctx.enqueue(TASK_FOR_KIND.get(kind, APPLY_TASK), operation_id=op_id)]
             if sent:
                 operations.mark_enqueued(uow.conn, sent)
             uow.commit()

@@ -1,4 +1,5 @@
 """All services, built once from one context."""
+from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
 from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
@@ -15,3 +16,4 @@ class Services:
         self.reads = ReadService(ctx)
         self.operations = OperationService(ctx)
         self.idempotency = IdempotencyService(ctx)
+        self.checkouts = CheckoutService(ctx)

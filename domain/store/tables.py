@@ -130,3 +130,37 @@ operations = Table(
     UniqueConstraint("caller", "idempotency_key", name="operations_caller_idempotency_key"),
     Index("operations_pending", "updated_at", postgresql_where=text("status IN ('queued', 'running')")),
 )
+
+checkouts = Table(
+    "checkouts", metadata,
+    Column("id", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("workspace_id", Text, nullable=False),
+    Column("billing_account_id", Text, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False, server_default="usd"),
+    Column("created_by", Text, nullable=False),
+    Column("idempotency_key", Text),
+    Column("provider_ref", Text),  # the Stripe Checkout Session id; the x402 authorization nonce
+    Column("url", Text),
+    Column("details", JSONB, nullable=False, server_default="{}"),
+    Column("network", Text),
+    Column("payer", Text),
+    Column("nonce", Text),
+    Column("operation_id", Text),
+    Column("failure_reason", Text),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("completed_at", DateTime(timezone=True)),
+)
+
+stripe_events = Table(
+    "stripe_events", metadata,
+    Column("id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("processed_at", DateTime(timezone=True)),
+    Column("outcome", Text),
+)

@@ -1,0 +1,78 @@
+"""Checkout SQL, shared by the Stripe and x402 flows."""
+from datetime import timedelta
+
+from sqlalchemy import Connection, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from domain.models import Checkout
+from domain.store.tables import checkouts
+
+_c = checkouts.c
+
+
+def _checkout(row) -> Checkout:
+    return Checkout(**{name: row[name] for name in Checkout.__dataclass_fields__})
+
+
+def insert_checkout(conn: Connection, *, checkout_id: str, provider: str, workspace_id: str,
+                    billing_account_id: str, amount_cents: int, created_by: str,
+                    idempotency_key: str | None = None, **fields) -> tuple[Checkout, bool]:
+    """Insert a pending checkout; a repeated (created_by, idempotency_key) or x402 payment
+    returns the existing one and False."""
+    stmt = (pg_insert(checkouts).values(
+        id=checkout_id, provider=provider, workspace_id=workspace_id, billing_account_id=billing_account_id,
+        amount_cents=amount_cents, created_by=created_by, idempotency_key=idempotency_key, **fields)
+        .on_conflict_do_nothing().returning(checkouts))
+    row = conn.execute(stmt).mappings().first()
+    if row is not None:
+        return _checkout(row), True
+    if fields.get("nonce") is not None:
+        found = by_payment(conn, fields["network"], fields["payer"], fields["nonce"])
+    else:
+        found = _one(conn, (_c.created_by == created_by) & (_c.idempotency_key == idempotency_key))
+    return found, False
+
+
+def _one(conn: Connection, condition, *, for_update: bool = False) -> Checkout | None:
+    query = select(checkouts).where(condition)
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
+    return _checkout(row) if row else None
+
+
+def get(conn: Connection, checkout_id: str, *, for_update: bool = False) -> Checkout | None:
+    return _one(conn, _c.id == checkout_id, for_update=for_update)
+
+
+def by_provider_ref(conn: Connection, provider: str, ref: str, *, for_update: bool = False) -> Checkout | None:
+    return _one(conn, (_c.provider == provider) & (_c.provider_ref == ref), for_update=for_update)
+
+
+def by_payment(conn: Connection, network: str, payer: str, nonce: str) -> Checkout | None:
+    return _one(conn, (_c.network == network) & (_c.payer == payer) & (_c.nonce == nonce))
+
+
+def change(conn: Connection, checkout_id: str, **values) -> Checkout:
+    """Set fields (status, provider_ref, url, details, failure_reason, ...); completed_at follows status."""
+    if values.get("status") == "completed":
+        values["completed_at"] = func.now()
+    row = conn.execute(update(checkouts).where(_c.id == checkout_id)
+                       .values(updated_at=func.now(), **values).returning(checkouts)).mappings().one()
+    return _checkout(row)
+
+
+def pending(conn: Connection, provider: str, *, older_than: timedelta, limit: int = 500) -> list[str]:
+    query = (select(_c.id).where(_c.provider == provider, _c.status == "pending",
+                                 _c.created_at < func.now() - older_than)
+             .order_by(_c.created_at).limit(limit))
+    return list(conn.execute(query).scalars())
+
+
+def of_workspace(conn: Connection, workspace_id: str, *, limit: int, before: tuple | None = None) -> list[Checkout]:
+    """Newest first; `before` is the (created_at, id) of the last checkout of the previous page."""
+    query = select(checkouts).where(_c.workspace_id == workspace_id)
+    if before is not None:
+        query = query.where(tuple_(_c.created_at, _c.id) < tuple_(*before))
+    rows = conn.execute(query.order_by(_c.created_at.desc(), _c.id.desc()).limit(limit)).mappings()
+    return [_checkout(row) for row in rows]
