@@ -5,7 +5,8 @@ import beat_schedule
 from worker import settings as settings_module
 
 QUEUES = ("ledger", "payments", "tiers", "maintenance")
-TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance"]
+TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
+                "tasks.payments_x402"]
 
 # Tasks are named "<queue>.<action>", so the queue is the name's first part.
 ROUTES = {f"{queue}.*": {"queue": queue} for queue in QUEUES}

@@ -6,7 +6,7 @@ import threading
 from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork, make_engine
-from worker import settings as settings_module
+from worker import payments, settings as settings_module
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -18,7 +18,8 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
     ctx = Context(uow=lambda: UnitOfWork(engine), enqueue=enqueue,
-                  config=Config(intro_credit_cents=settings.intro_credit_cents))
+                  config=Config(intro_credit_cents=settings.intro_credit_cents),
+                  stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings))
     return Services(ctx)
 
 

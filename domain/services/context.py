@@ -1,6 +1,7 @@
 """What every service is built with."""
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from domain.store.uow import UnitOfWork
 
@@ -17,3 +18,5 @@ class Context:
     uow: Callable[[], UnitOfWork]
     enqueue: Enqueue
     config: Config
+    stripe: Any = None  # domain.providers.stripe_gateway.StripeGateway, when configured
+    x402: Any = None  # domain.providers.x402_gateway.X402Gateway, when configured

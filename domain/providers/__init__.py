@@ -1,0 +1,1 @@
+"""Gateways to payment providers: the only modules that import stripe or x402."""

@@ -1,0 +1,1 @@
+"""The payments queue: stripe top-ups."""

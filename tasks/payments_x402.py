@@ -1,0 +1,1 @@
+"""The payments queue: x402 top-ups."""
