@@ -7,7 +7,7 @@ import falcon
 from api import errors, openapi
 from api.auth import Authentication
 from api.idempotency import IdempotencyKeys
-from api.resources import (billing_accounts, checkouts, operations, service, users, workspace_billing,
+from api.resources import (billing_accounts, checkouts, operations, service, stripe, users, workspace_billing,
                            workspaces)
 from domain.services.registry import Services
 
@@ -35,6 +35,8 @@ def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str
         (WS + "/billing/transactions", workspace_billing.Transactions(s.reads)),
         (WS + "/billing/summary", workspace_billing.Summary(s.reads)),
         (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
+        (WS + "/billing/checkout", stripe.StripeCheckout(s.stripe)),
+        ("/webhooks/stripe", stripe.StripeWebhook(s.stripe)),
         (WS + "/billing/checkouts", checkouts.Checkouts(s.checkouts)),
         (WS + "/billing/checkouts/{checkout_id}", checkouts.CheckoutItem(s.checkouts)),
         ("/operations/{operation_id}", operations.OperationItem(s.operations)),

@@ -17,6 +17,8 @@ STATUS = {
     errors.InsufficientFunds: (409, "Insufficient Funds"),
     errors.InvalidInput: (422, "Unprocessable Content"),
     errors.Unavailable: (503, "Service Unavailable"),
+    errors.ProviderError: (502, "Bad Gateway"),
+    errors.InvalidSignature: (400, "Bad Request"),
 }
 
 

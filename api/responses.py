@@ -161,3 +161,8 @@ class CheckoutShape(Shape):
 class CheckoutList(Shape):
     data: list[CheckoutShape]
     nextCursor: str | None
+
+
+class WebhookReceipt(Shape):
+    received: bool
+    duplicate: bool

@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import falcon
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from api.errors import Problem, invalid
@@ -15,10 +15,16 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 class Body(BaseModel):
-    """A JSON body: camelCase names, exact types (no "5" for 5, no true for 1), no unknown fields."""
+    """A JSON body: camelCase names only, exact types (no "5" for 5, no true for 1), no unknown fields."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              strict=True)
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class Query(BaseModel):
@@ -61,6 +67,18 @@ class AddCredits(Body):
     description: Annotated[str, Field(max_length=500)] = ""
 
 
+HttpUrl = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s/?#]+[^\s]*$",
+                               description="An absolute http or https URL.")]
+
+
+class CreateCheckoutSession(Body):
+    """CreateCheckoutSessionDto."""
+
+    amount_cents: Annotated[int, Field(ge=50, le=1_000_000, description="Integer cents, 50 to 1,000,000.")]
+    success_url: HttpUrl
+    cancel_url: HttpUrl
+
+
 class Window(Query):
     since: AwareDatetime | None = Field(None, alias="from", description="RFC 3339; inclusive.")
     until: AwareDatetime | None = Field(None, alias="to", description="RFC 3339; exclusive.")
@@ -87,15 +105,15 @@ def _no_duplicates(pairs: list) -> dict:
     return dict(pairs)
 
 
-def raw_body(req: falcon.Request) -> bytes:
+def raw_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The body's bytes, read once (413 past the limit) and kept on the request."""
     raw = getattr(req.context, "raw_body", None)
     if raw is None:
-        too_large = Problem(413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        too_large = Problem(413, "Content Too Large", f"request bodies are limited to {limit} bytes")
+        if req.content_length is not None and req.content_length > limit:
             raise too_large
-        raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
-        if len(raw) > MAX_BODY_BYTES:
+        raw = req.bounded_stream.read(limit + 1)
+        if len(raw) > limit:
             raise too_large
         req.context.raw_body = raw
     return raw

@@ -36,3 +36,11 @@ class InvalidInput(DomainError):
 
 class Unavailable(DomainError):
     """A dependency (database, broker, provider) did not answer."""
+
+
+class ProviderError(DomainError):
+    """A payment provider refused or failed a request (502)."""
+
+
+class InvalidSignature(DomainError):
+    """A webhook's signature is missing, wrong or stale (400)."""

@@ -20,6 +20,7 @@ class Settings:
     stripe_api_key: str | None
     stripe_webhook_secret: str | None
     stripe_api_base: str | None
+    stripe_reconcile_after_seconds: int
     x402_facilitator_url: str | None
     x402_pay_to: str | None
     x402_network: str
@@ -56,6 +57,7 @@ def load(env: dict | None = None) -> Settings:
         stripe_api_key=env.get("STRIPE_API_KEY") or None,
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         stripe_api_base=_url(env, "STRIPE_API_BASE", ("http", "https")),
+        stripe_reconcile_after_seconds=_int(env, "STRIPE_RECONCILE_AFTER", 300, high=7 * 86400),
         x402_facilitator_url=_url(env, "X402_FACILITATOR_URL", ("http", "https")),
         x402_pay_to=env.get("X402_PAY_TO") or None,
         x402_network=env.get("X402_NETWORK") or "eip155:84532",

@@ -4,6 +4,7 @@ from domain.services.context import Context
 from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
 from domain.services.reads import ReadService
+from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.users import UserService
 from domain.services.workspaces import WorkspaceService
 
@@ -17,3 +18,4 @@ class Services:
         self.operations = OperationService(ctx)
         self.idempotency = IdempotencyService(ctx)
         self.checkouts = CheckoutService(ctx)
+        self.stripe = StripeCheckoutService(ctx)

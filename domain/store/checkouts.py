@@ -76,3 +76,8 @@ def of_workspace(conn: Connection, workspace_id: str, *, limit: int, before: tup
         query = query.where(tuple_(_c.created_at, _c.id) < tuple_(*before))
     rows = conn.execute(query.order_by(_c.created_at.desc(), _c.id.desc()).limit(limit)).mappings()
     return [_checkout(row) for row in rows]
+
+
+def by_payment_intent(conn: Connection, payment_intent: str, *, for_update: bool = False) -> Checkout | None:
+    return _one(conn, (_c.provider == "stripe") & (_c.details["paymentIntent"].astext == payment_intent),
+                for_update=for_update)

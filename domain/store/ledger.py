@@ -111,3 +111,11 @@ def window_totals(conn: Connection, account_id: str, *, since: datetime | None,
         count=sum(row[1] for row in rows),
         last_at=max((row[4] for row in rows), default=None),
     )
+
+
+def refunded_cents(conn: Connection, account_id: str, reference: str) -> int:
+    """How much has been refunded so far against one reference (a Stripe charge), as a positive number."""
+    e = ledger_entries.c
+    total = conn.execute(select(func.coalesce(func.sum(e.amount_cents), 0)).where(
+        e.billing_account_id == account_id, e.kind == "refund", e.reference == reference)).scalar()
+    return -int(total)

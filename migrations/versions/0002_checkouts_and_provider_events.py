@@ -35,6 +35,7 @@ CREATE TABLE checkouts (
 );
 CREATE INDEX checkouts_workspace ON checkouts (workspace_id, created_at DESC, id DESC);
 CREATE INDEX checkouts_pending ON checkouts (provider, created_at) WHERE status = 'pending';
+CREATE INDEX checkouts_stripe_payment_intent ON checkouts ((details->>'paymentIntent')) WHERE provider = 'stripe';
 
 CREATE TABLE stripe_events (
     id TEXT PRIMARY KEY,

@@ -1,0 +1,192 @@
+"""Stripe Checkout top-ups: create sessions, take webhooks, credit each paid checkout exactly once."""
+import logging
+from datetime import timedelta
+
+from sqlalchemy import Connection
+
+from domain.errors import DomainError, ProviderError, Unavailable
+from domain.ids import looks_like, new_id
+from domain.models import Caller, Checkout
+from domain.providers.stripe_gateway import Event, Session, StripeGateway, session_from_event
+from domain.services import access
+from domain.services.context import Context
+from domain.store import checkouts, ledger, stripe_events
+
+log = logging.getLogger(__name__)
+
+APPLY_EVENT_TASK = "payments.apply_stripe_event"
+SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
+                  "checkout.session.async_payment_failed", "checkout.session.expired")
+
+
+class CheckoutNotVisibleYet(Unavailable):
+    """An event names a checkout of ours that this transaction cannot see yet; retry shortly."""
+
+
+class StripeCheckoutService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    @property
+    def _stripe(self) -> StripeGateway:
+        if self._ctx.stripe is None:
+            raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
+        return self._ctx.stripe
+
+    def create(self, caller: Caller, workspace_id: str, amount_cents: int, success_url: str, cancel_url: str,
+               idempotency_key: str | None) -> Checkout:
+        """Record a pending checkout, then create its session; a Stripe failure leaves it failed, not pending."""
+        stripe = self._stripe
+        with self._ctx.uow() as uow:
+            workspace = access.workspace(uow.conn, caller, workspace_id, manage=True).workspace
+            checkout, created = checkouts.insert_checkout(
+                uow.conn, checkout_id=new_id("chk"), provider="stripe", workspace_id=workspace.id,
+                billing_account_id=workspace.default_billing_account_id, amount_cents=amount_cents,
+                created_by=caller.name, idempotency_key=idempotency_key,
+                details={"successUrl": success_url, "cancelUrl": cancel_url})
+            uow.commit()
+        if not created and (checkout.provider_ref or checkout.status != "pending"):
+            return checkout
+        try:
+            session = stripe.create_session(checkout_id=checkout.id, workspace_id=checkout.workspace_id,
+                                            billing_account_id=checkout.billing_account_id,
+                                            amount_cents=amount_cents, success_url=success_url,
+                                            cancel_url=cancel_url)
+        except DomainError as exc:
+            self._close(checkout.id, "failed", f"creating the Stripe session failed: {exc.detail}")
+            raise
+        with self._ctx.uow() as uow:
+            checkout = checkouts.change(uow.conn, checkout.id, provider_ref=session.id, url=session.url)
+            uow.commit()
+        return checkout
+
+    def receive(self, payload: bytes, signature: str | None) -> bool:
+        """Verify and store a webhook event, then queue it; False for a repeat delivery."""
+        event = self._stripe.parse_event(payload, signature)
+        with self._ctx.uow() as uow:
+            stored = stripe_events.insert_event(uow.conn, event.id, event.type, {"object": event.object})
+            if stored:
+                uow.after_commit(lambda: self._ctx.enqueue(APPLY_EVENT_TASK, event_id=event.id))
+            uow.commit()
+        return stored
+
+    def apply_event(self, event_id: str) -> str | None:
+        """Apply one stored event once; the credit's key is our checkout id, so two events for one
+        payment credit once."""
+        with self._ctx.uow() as uow:
+            row = stripe_events.get_for_update(uow.conn, event_id)
+            if row is None or row["processed_at"] is not None:
+                return None
+            event = Event(id=row["id"], type=row["type"], object=row["payload"]["object"])
+            outcome = self._apply(uow, event)
+            stripe_events.mark_processed(uow.conn, event_id, outcome)
+            uow.commit()
+        log.info("stripe event %s (%s): %s", event_id, event.type, outcome)
+        return outcome
+
+    def _apply(self, uow, event: Event) -> str:
+        if event.type == "charge.refunded":
+            return self._refund(uow.conn, event.object)
+        if event.type not in SESSION_EVENTS:
+            return "ignored"
+        session = session_from_event(event)
+        checkout = self._checkout_of(uow.conn, session)
+        if checkout is None:
+            return "unknown_session"
+        if event.type == "checkout.session.expired":
+            return self._set_closed(uow.conn, checkout, "expired", "the Stripe session expired")
+        if event.type == "checkout.session.async_payment_failed":
+            return self._set_closed(uow.conn, checkout, "failed", "the payment failed")
+        if event.type == "checkout.session.completed" and session.payment_status != "paid":
+            checkouts.change(uow.conn, checkout.id, details=checkout.details | {"paymentIntent": session.payment_intent})
+            return "awaiting_payment"
+        return self._credit(uow.conn, checkout, session)
+
+    @staticmethod
+    def _checkout_of(conn: Connection, session: Session) -> Checkout | None:
+        checkout = None
+        if session.checkout_id and looks_like("chk", session.checkout_id):
+            checkout = checkouts.get(conn, session.checkout_id, for_update=True)
+            if checkout is None:
+                raise CheckoutNotVisibleYet(f"checkout {session.checkout_id} is not visible yet")
+        return checkout or checkouts.by_provider_ref(conn, "stripe", session.id, for_update=True)
+
+    @staticmethod
+    def _credit(conn: Connection, checkout: Checkout, session: Session) -> str:
+        """Credit what Stripe reports as paid, once per checkout; a mismatch is recorded, not credited."""
+        if checkout.status == "completed":
+            return "already_credited"
+        details = checkout.details | {"paymentIntent": session.payment_intent}
+        if session.amount_total != checkout.amount_cents or (session.currency or "usd") != "usd":
+            checkouts.change(conn, checkout.id, status="failed", details=details,
+                             failure_reason=f"amount_mismatch: Stripe reports {session.amount_total} "
+                                            f"{session.currency}, expected {checkout.amount_cents} usd")
+            return "amount_mismatch"
+        ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind="stripe_topup",
+                    key=f"stripe_checkout:{checkout.id}", workspace_id=checkout.workspace_id,
+                    description="Stripe top-up", reference=session.id)
+        checkouts.change(conn, checkout.id, status="completed", provider_ref=session.id, details=details,
+                         failure_reason=None)
+        return "credited"
+
+    @staticmethod
+    def _refund(conn: Connection, charge: dict) -> str:
+        """Debit what Stripe refunded beyond what we debited already for this charge (may go below zero)."""
+        intent = charge.get("payment_intent")
+        checkout = checkouts.by_payment_intent(conn, intent, for_update=True) if intent else None
+        if checkout is None:
+            return "unknown_charge"
+        refunded_total = int(charge.get("amount_refunded") or 0)
+        due = refunded_total - ledger.refunded_cents(conn, checkout.billing_account_id, charge["id"])
+        if due <= 0:
+            return "already_refunded"
+        posting = ledger.post(conn, checkout.billing_account_id, -due, kind="refund", allow_negative=True,
+                              key=f"stripe_refund:{charge['id']}:{refunded_total}", reference=charge["id"],
+                              workspace_id=checkout.workspace_id, description="Stripe refund")
+        return "refunded" if posting.entry.balance_after_cents >= 0 else "refunded_below_zero"
+
+    @staticmethod
+    def _set_closed(conn: Connection, checkout: Checkout, status: str, reason: str) -> str:
+        if checkout.status != "pending":
+            return f"already_{checkout.status}"
+        checkouts.change(conn, checkout.id, status=status, failure_reason=reason)
+        return status
+
+    def _close(self, checkout_id: str, status: str, reason: str) -> None:
+        with self._ctx.uow() as uow:
+            checkout = checkouts.get(uow.conn, checkout_id, for_update=True)
+            self._set_closed(uow.conn, checkout, status, reason)
+            uow.commit()
+
+    def reconcile(self, *, after: timedelta, abandon_after: timedelta = timedelta(hours=24)) -> int:
+        """Ask Stripe about checkouts pending longer than `after` (a lost webhook still credits) and
+        re-queue events never applied."""
+        with self._ctx.uow() as uow:
+            pending = checkouts.pending(uow.conn, "stripe", older_than=after)
+            stuck_events = stripe_events.unprocessed(uow.conn, older_than=timedelta(minutes=1))
+        for event_id in stuck_events:
+            self._ctx.enqueue(APPLY_EVENT_TASK, event_id=event_id)
+        for checkout_id in pending:
+            try:
+                self._reconcile_one(checkout_id, abandon_after)
+            except DomainError as exc:
+                log.warning("reconciling checkout %s failed: %s", checkout_id, exc.detail)
+        return len(pending)
+
+    def _reconcile_one(self, checkout_id: str, abandon_after: timedelta) -> None:
+        with self._ctx.uow() as uow:
+            checkout = checkouts.get(uow.conn, checkout_id)
+            age = uow.conn.exec_driver_sql("SELECT now()").scalar() - checkout.created_at
+        if checkout.provider_ref is None:  # never reached Stripe, or crashed before we saved the session
+            self._close(checkout_id, "failed", "the Stripe session was never created")
+            return
+        session = self._stripe.retrieve_session(checkout.provider_ref)
+        if session.status == "open" and age > abandon_after:
+            session = self._stripe.expire_session(checkout.provider_ref)
+        with self._ctx.uow() as uow:
+            checkout = checkouts.get(uow.conn, checkout_id, for_update=True)
+            if session.status == "complete" and session.payment_status == "paid":
+                self._credit(uow.conn, checkout, session)
+            elif session.status == "expired":
+                self._set_closed(uow.conn, checkout, "expired", "the Stripe session expired")
+            uow.commit()
