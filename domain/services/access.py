@@ -25,6 +25,11 @@ def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bo
     return Membership(found, role=role)
 
 
+def is_linked(conn: Connection, workspace_id: str, account_id: str) -> bool:
+    """True when the account is linked to the workspace; an id that does not parse never is."""
+    return looks_like("ba", account_id) and accounts.is_linked(conn, workspace_id, account_id)
+
+
 def owned_account(conn: Connection, caller: Caller, account_id: str) -> BillingAccount:
     """A billing account the caller owns (the operator sees all)."""
     found = accounts.get(conn, account_id) if looks_like("ba", account_id) else None

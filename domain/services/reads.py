@@ -11,6 +11,8 @@ from domain.services import access
 from domain.services.context import Context
 from domain.store import accounts, ledger
 
+MAX_ENTRY_ID = 2**63 - 1  # ledger entry ids are BIGINT
+
 
 def encode_cursor(entry_id: int) -> str:
     return base64.urlsafe_b64encode(f"e:{entry_id}".encode()).decode().rstrip("=")
@@ -21,7 +23,7 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         tag, _, value = raw.partition(":")
         entry_id = int(value)
-        if tag != "e" or entry_id <= 0 or not value.isdigit():
+        if tag != "e" or not 0 < entry_id <= MAX_ENTRY_ID or not value.isdigit():
             raise ValueError(raw)
         return entry_id
     except (ValueError, UnicodeDecodeError, binascii.Error):
@@ -79,7 +81,7 @@ class ReadService:
         """The workspace's default account, or another account linked to it."""
         workspace = access.workspace(conn, caller, workspace_id).workspace
         account_id = account_id or workspace.default_billing_account_id
-        if not accounts.is_linked(conn, workspace_id, account_id):
+        if not access.is_linked(conn, workspace_id, account_id):
             raise NotFound("billing account not linked to this workspace")
         return accounts.get(conn, account_id)
 

@@ -76,7 +76,8 @@ class WorkspaceService:
     def set_default(self, caller: Caller, workspace_id: str, billing_account_id: str) -> Workspace:
         with self._ctx.uow() as uow:
             access.workspace(uow.conn, caller, workspace_id, manage=True, for_update=True)
-            if not accounts.is_linked(uow.conn, workspace_id, billing_account_id):
+            if not access.is_linked(uow.conn, workspace_id, billing_account_id):
+                access.owned_account(uow.conn, caller, billing_account_id)  # unknown or foreign: 404
                 raise Conflict("the billing account is not linked to this workspace; link it first")
             workspace = workspaces.set_default(uow.conn, workspace_id, billing_account_id)
             uow.commit()
@@ -87,8 +88,9 @@ class WorkspaceService:
             membership = access.workspace(uow.conn, caller, workspace_id, manage=True, for_update=True)
             if membership.workspace.default_billing_account_id == billing_account_id:
                 raise Conflict("the workspace's default billing account cannot be unlinked; set another default first")
-            if not accounts.unlink(uow.conn, workspace_id, billing_account_id):
+            if not access.is_linked(uow.conn, workspace_id, billing_account_id):
                 raise NotFound("billing account not linked to this workspace")
+            accounts.unlink(uow.conn, workspace_id, billing_account_id)
             uow.commit()
 
     @staticmethod

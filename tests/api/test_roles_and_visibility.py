@@ -57,7 +57,8 @@ def test_members_cannot_link_create_set_default_unlink_or_add_members(api, team,
         assert_problem(api.call(method, path, member.key, json=body), 403)
     assert row_counts(engine) == before
     accounts = api.call("GET", f"/workspaces/{ws['id']}/billing/accounts", owner.key).json["data"]
-    assert {(a["id"], a["isWorkspaceDefault"]) for a in accounts} == {(owner.default_account_id, True), (extra["id"], False)}
+    assert {(a["id"], a["isWorkspaceDefault"]) for a in accounts} == {(owner.default_account_id, True),
+                                                                       (extra["id"], False)}
 
 
 def test_admins_manage_billing_and_members(api, team):
@@ -65,7 +66,8 @@ def test_admins_manage_billing_and_members(api, team):
     base = f"/workspaces/{ws['id']}"
     created = api.call("POST", f"{base}/billing/accounts", admin.key, json={"name": "Admin's"})
     assert created.status_code == 201 and created.json["ownerUserId"] == admin.id
-    linked = api.call("POST", f"{base}/billing/accounts/link", admin.key, json={"billingAccountId": admin.default_account_id})
+    linked = api.call("POST", f"{base}/billing/accounts/link", admin.key,
+                      json={"billingAccountId": admin.default_account_id})
     assert linked.status_code == 201, linked.text
     made_default = api.call("POST", f"{base}/billing/accounts/{extra['id']}/default", admin.key)
     assert made_default.status_code == 200 and made_default.json["defaultBillingAccountId"] == extra["id"]
@@ -119,7 +121,8 @@ def test_list_endpoints_never_show_another_users_rows(api, team):
     mine = api.call("GET", "/billing-accounts", owner.key).json["data"]
     assert {a["id"] for a in mine} == {owner.default_account_id, extra["id"]}
     assert {a["ownerUserId"] for a in mine} == {owner.id}
-    assert [a["id"] for a in api.call("GET", "/billing-accounts", member.key).json["data"]] == [member.default_account_id]
+    theirs = api.call("GET", "/billing-accounts", member.key).json["data"]
+    assert [a["id"] for a in theirs] == [member.default_account_id]
     assert {w["id"] for w in api.call("GET", "/workspaces", owner.key).json["data"]} == {ws["id"]}
     assert {w["id"] for w in api.call("GET", "/workspaces", stranger.key).json["data"]} == {stranger_ws["id"]}
     linked = api.call("GET", f"/workspaces/{stranger_ws['id']}/billing/accounts", stranger.key).json["data"]
