@@ -7,8 +7,9 @@ import falcon
 from api import errors, openapi
 from api.auth import Authentication
 from api.idempotency import IdempotencyKeys
+from api.request_log import RequestLog
 from api.resources import (billing_accounts, checkouts, operations, service, stripe, users, workspace_billing,
-                           workspaces)
+                           workspaces, x402)
 from domain.services.registry import Services
 
 WS = "/workspaces/{workspace_id}"
@@ -36,6 +37,7 @@ def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str
         (WS + "/billing/summary", workspace_billing.Summary(s.reads)),
         (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
         (WS + "/billing/checkout", stripe.StripeCheckout(s.stripe)),
+        (WS + "/billing/checkout/x402", x402.X402Checkout(s.x402)),
         ("/webhooks/stripe", stripe.StripeWebhook(s.stripe)),
         (WS + "/billing/checkouts", checkouts.Checkouts(s.checkouts)),
         (WS + "/billing/checkouts/{checkout_id}", checkouts.CheckoutItem(s.checkouts)),
@@ -49,7 +51,8 @@ def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str
 
 
 def create_app(s: Services, operator_token: str | None, checks: dict[str, Callable[[], None]]) -> falcon.App:
-    app = falcon.App(middleware=[Authentication(s.users, operator_token), IdempotencyKeys(s.idempotency)])
+    app = falcon.App(middleware=[RequestLog(), Authentication(s.users, operator_token),
+                                 IdempotencyKeys(s.idempotency)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     for path, resource in routes(s, checks):
@@ -59,9 +62,10 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
 
 def get_app() -> falcon.App:
     """The production app, wired from the environment (gunicorn 'api.app:get_app()')."""
-    from worker import health, settings
+    from worker import health, logs, settings
     from worker.container import services
 
+    logs.configure("api")
     loaded = settings.load()
     return create_app(services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"),
                       health.checks(loaded))

@@ -7,6 +7,7 @@ from falcon import testing
 from sqlalchemy import create_engine, text
 
 from api.app import create_app
+from domain import tracing
 from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork, make_engine
@@ -41,11 +42,13 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict]] = []
+        self.request_ids: list[str | None] = []
         self.up = True
 
     def __call__(self, task_name: str, **kwargs) -> bool:
         if self.up:
             self.sent.append((task_name, kwargs))
+            self.request_ids.append(tracing.request_id.get())
         return self.up
 
 

@@ -1,8 +1,9 @@
 """The Celery app: Redis broker, JSON only, late acks, queues by purpose."""
-from celery import Celery
+from celery import Celery, signals
 
 import beat_schedule
-from worker import settings as settings_module
+from domain import tracing
+from worker import logs, settings as settings_module
 
 QUEUES = ("ledger", "payments", "tiers", "maintenance")
 TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
@@ -18,11 +19,18 @@ def queue_of(task_name: str) -> str:
     return "ledger" if prefix == "accounts" else prefix
 
 
+def is_redis(broker_url: str | None) -> bool:
+    return (broker_url or "").startswith(("redis://", "rediss://"))
+
+
 def transport_options(broker_url: str) -> dict:
-    """Redis: redelivery after an hour (longer than any task or countdown), short socket timeouts."""
+    """Redis: redelivery after an hour (longer than any task or countdown), short socket timeouts.
+
+    A request enqueues after its commit, so a frozen broker costs it one socket_timeout; no
+    retry_on_timeout: it doubled that wait and replayed writes. The relay sends what failed.
+    """
     if broker_url.startswith(("redis", "rediss", "unix")):
-        return {"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 5,
-                "retry_on_timeout": True}
+        return {"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 2}
     return {}
 
 
@@ -32,6 +40,7 @@ def create_celery(settings: settings_module.Settings) -> Celery:
         broker_url=settings.broker_url or "memory://",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
+        broker_transport="worker.broker:Transport" if is_redis(settings.broker_url) else None,
         broker_transport_options=transport_options(settings.broker_url or ""),
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_ignore_result=True,
@@ -50,3 +59,22 @@ def create_celery(settings: settings_module.Settings) -> Celery:
 
 
 app = create_celery(settings_module.load())
+
+
+@signals.setup_logging.connect
+def _json_logs(**_) -> None:
+    logs.configure("worker")
+
+
+@signals.task_prerun.connect
+def _bind_ids(task=None, kwargs=None, **_) -> None:
+    task.request.trace_tokens = (tracing.request_id.set(getattr(task.request, "request_id", None)),
+                                 tracing.operation_id.set((kwargs or {}).get("operation_id")))
+
+
+@signals.task_postrun.connect
+def _unbind_ids(task=None, **_) -> None:
+    tokens = getattr(task.request, "trace_tokens", None)
+    if tokens:
+        tracing.request_id.reset(tokens[0])
+        tracing.operation_id.reset(tokens[1])
