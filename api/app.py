@@ -7,6 +7,8 @@ import falcon
 from api import errors, openapi
 from api.auth import Authentication
 from api.idempotency import IdempotencyKeys
+from api.ratelimit import ApiRateLimit
+from api.resources import rate_limits, usage
 from api.request_log import RequestLog
 from api.resources import (billing_accounts, checkouts, operations, service, stripe, users, workspace_billing,
                            workspaces, x402)
@@ -36,6 +38,11 @@ def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str
         (WS + "/billing/transactions", workspace_billing.Transactions(s.reads)),
         (WS + "/billing/summary", workspace_billing.Summary(s.reads)),
         (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
+        (WS + "/billing/usage", usage.Usage(s.usage)),
+        (WS + "/billing/usage-overview", usage.UsageOverview(s.usage)),
+        (WS + "/rate-limits", rate_limits.RateLimits(s.rate_limits)),
+        (WS + "/rate-limits/refresh", rate_limits.RateLimitRefresh(s.rate_limits)),
+        (WS + "/rate-limits/check", rate_limits.RateLimitCheck(s.rate_limits)),
         (WS + "/billing/checkout", stripe.StripeCheckout(s.stripe)),
         (WS + "/billing/checkout/x402", x402.X402Checkout(s.x402)),
         ("/webhooks/stripe", stripe.StripeWebhook(s.stripe)),
@@ -50,9 +57,11 @@ def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str
     return table
 
 
-def create_app(s: Services, operator_token: str | None, checks: dict[str, Callable[[], None]]) -> falcon.App:
+def create_app(s: Services, operator_token: str | None, checks: dict[str, Callable[[], None]],
+               api_rate_limit: int = 0) -> falcon.App:
+    """The app; api_rate_limit is each API key's requests per minute (0: off)."""
     app = falcon.App(middleware=[RequestLog(), Authentication(s.users, operator_token),
-                                 IdempotencyKeys(s.idempotency)])
+                                 ApiRateLimit(s.rate_limits, api_rate_limit), IdempotencyKeys(s.idempotency)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     for path, resource in routes(s, checks):
@@ -68,4 +77,4 @@ def get_app() -> falcon.App:
     logs.configure("api")
     loaded = settings.load()
     return create_app(services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"),
-                      health.checks(loaded))
+                      health.checks(loaded), api_rate_limit=loaded.api_rate_limit)

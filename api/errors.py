@@ -16,6 +16,7 @@ STATUS = {
     errors.Conflict: (409, "Conflict"),
     errors.InsufficientFunds: (409, "Insufficient Funds"),
     errors.InvalidInput: (422, "Unprocessable Content"),
+    errors.Malformed: (400, "Bad Request"),
     errors.Unavailable: (503, "Service Unavailable"),
     errors.ProviderError: (502, "Bad Gateway"),
     errors.InvalidSignature: (400, "Bad Request"),

@@ -4,7 +4,7 @@ import hashlib
 import falcon
 
 from api.errors import invalid
-from api.schemas import raw_body, read_json
+from api.schemas import MAX_BODY_BYTES, raw_body, read_json
 from domain.services.idempotency import IdempotencyService
 
 HEADER = "Idempotency-Key"
@@ -21,7 +21,7 @@ class IdempotencyKeys:
             return
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise invalid([{"field": HEADER, "message": "must be 1 to 255 printable characters"}])
-        raw = _buffer_body(req)
+        raw = _buffer_body(req, getattr(resource, "max_body_bytes", MAX_BODY_BYTES))
         fingerprint = hashlib.sha256(b"\n".join([req.method.encode(), req.relative_uri.encode(), raw])).hexdigest()
         caller = req.context.caller.name
         replay = self._idempotency.begin(caller, key, fingerprint)
@@ -40,7 +40,7 @@ class IdempotencyKeys:
         if claim is None:
             return
         status = int(str(resp.status).split()[0]) if not isinstance(resp.status, int) else resp.status
-        if status >= 500:
+        if status >= 500 or status == 402:  # 402 asks for the same request again, paid: not a final answer
             self._idempotency.abandon(*claim)
             return
         body = resp.render_body() or b""
@@ -49,7 +49,8 @@ class IdempotencyKeys:
         self._idempotency.finish(*claim, status, body.decode(), headers)
 
 
-def _buffer_body(req: falcon.Request) -> bytes:
-    """The body, read once and checked (413, 400) before a key is claimed."""
+def _buffer_body(req: falcon.Request, limit: int) -> bytes:
+    """The body, read once and checked (413, 400) before a key is claimed; a resource may allow more."""
+    raw_body(req, limit)
     read_json(req)
     return raw_body(req)

@@ -33,6 +33,14 @@ offset.
 
 Workspace transaction and summary routes show every entry of the billing account, including entries
 made through other workspaces bound to the same account, so that they add up to its balance.
+
+The API's own rate limit: `BILLING_API_RATE_LIMIT` requests per minute per API key (default 1200, 0 turns
+it off; the operator key is exempt and gets no RateLimit headers). Every other authenticated answer carries
+`RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the oldest counted request
+leaves the moving 60-second window); past the limit: 429 with `Retry-After`. If the limiter's Redis is
+unreachable, `BILLING_RATE_LIMIT_FAILURE_MODE` decides: `open` (default) lets requests through, `closed`
+answers 503 with `Retry-After`; either way it is logged and counted, never a 500. The same setting governs
+`POST .../rate-limits/check` (`closed` answers `allowed: false`).
 """
 
 

@@ -1,7 +1,7 @@
 """Response shapes, for the OpenAPI document and for tests that check real answers against it."""
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Shape(BaseModel):
@@ -166,3 +166,54 @@ class CheckoutList(Shape):
 class WebhookReceipt(Shape):
     received: bool
     duplicate: bool
+
+
+class X402AcceptedShape(OperationShape):
+    checkoutId: str
+
+
+class UsagePeriodShape(Shape):
+    periodStart: str
+    usageCents: int
+    quantity: int
+    events: int
+
+
+class MetricUsageShape(Shape):
+    metric: str
+    quantity: int
+    usageCents: int
+
+
+class UsageOverviewShape(Shape):
+    workspaceId: str
+    billingAccountId: str
+    since: str = Field(alias="from")
+    until: str = Field(alias="to")
+    granularity: Literal["day", "hour"]
+    totalUsageCents: int
+    series: list[UsagePeriodShape]
+    byMetric: list[MetricUsageShape]
+
+
+class RequestLimits(Shape):
+    requestsPerMinute: int
+
+
+class RateLimitStatusShape(Shape):
+    workspaceId: str
+    billingAccountId: str
+    tier: str
+    limits: RequestLimits
+    remaining: int
+    resetSeconds: int
+    computedAt: str
+    reason: str
+
+
+class RateLimitDecisionShape(Shape):
+    allowed: bool
+    limit: int
+    remaining: int
+    resetSeconds: int
+    tier: str

@@ -1,5 +1,6 @@
 """Request schemas: they validate bodies and queries, and the OpenAPI document is built from them."""
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -8,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from pydantic.alias_generators import to_camel
 
 from api.errors import Problem, invalid
+from domain import usage
 from domain.money import MAX_MOVEMENT_CENTS
 from domain.store.tables import ENTRY_KINDS
 
@@ -94,6 +96,43 @@ class TransactionsQuery(Window, PageQuery):
     billing_account_id: Id | None = Field(None, alias="billingAccountId")
 
 
+USAGE_MAX_BODY_BYTES = 512 * 1024  # 1000 events of the largest size fit
+
+
+class UsageEvent(Body):
+    event_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                                   description="Printable ASCII without spaces; the event is debited once "
+                                               "per workspace and eventId.")]
+    metric: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+    quantity: Annotated[int, Field(ge=0, le=10**12)]
+    amount_cents: MovementCents
+    occurred_at: Annotated[AwareDatetime | None, Field(strict=False, description=(
+        "RFC 3339 with an offset; default: when the request was accepted. At most 5 minutes ahead."))] = None
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 string")
+        return value
+
+    def domain(self) -> usage.Event:
+        return usage.Event(event_id=self.event_id, metric=self.metric, quantity=self.quantity,
+                           amount_cents=self.amount_cents, occurred_at=self.occurred_at)
+
+
+class RecordUsage(Body):
+    events: Annotated[list[UsageEvent], Field(min_length=1, max_length=1000)]
+
+
+class UsageOverviewQuery(Window):
+    granularity: Literal["day", "hour"] = "day"
+
+
+class CheckRateLimit(Body):
+    cost: Annotated[int, Field(ge=1, le=100_000, description="Requests to consume, default 1.")] = 1
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -119,6 +158,22 @@ def raw_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return raw
 
 
+MAX_DEPTH = 32
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest [ or { nesting outside strings, found before parsing (the parser recurses)."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def read_json(req: falcon.Request) -> object:
     """The body as JSON: 413 past 64 KiB, 400 for anything that is not one strict JSON document."""
     raw = raw_body(req)
@@ -126,6 +181,8 @@ def read_json(req: falcon.Request) -> object:
         return {}
     if req.content_type and not req.content_type.split(";")[0].strip().lower().endswith("json"):
         raise Problem(400, "Bad Request", "the body must be JSON (Content-Type: application/json)")
+    if _nesting_depth(raw.decode("utf-8", errors="replace")) > MAX_DEPTH:
+        raise Problem(400, "Bad Request", f"the body nests deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
                           object_pairs_hook=_no_duplicates)

@@ -1,8 +1,10 @@
 """Domain objects as the contract's JSON."""
 from datetime import UTC, datetime
 
-from domain.models import (Balance, BillingAccount, Checkout, Entry, LinkedAccount, Operation, Page, Summary, User,
-                           Workspace)
+from domain.models import (Balance, BillingAccount, Checkout, Entry, LinkedAccount, Operation, Page, Summary,
+                           UsageOverview, User, Workspace)
+from domain.ratelimit import Decision
+from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
 
 
 def ts(value: datetime | None) -> str | None:
@@ -69,3 +71,17 @@ def checkout(c: Checkout) -> dict:
         return body | {"url": c.url, "stripeSessionId": c.provider_ref}
     return body | {"network": c.network, "payer": c.payer, "nonce": c.nonce, "operationId": c.operation_id,
                    "transaction": c.details.get("transaction")}
+
+
+def usage_overview(o: UsageOverview) -> dict:
+    return {"workspaceId": o.workspace_id, "billingAccountId": o.billing_account_id, "from": ts(o.since),
+            "to": ts(o.until), "granularity": o.granularity, "totalUsageCents": o.total_usage_cents,
+            "series": [{"periodStart": ts(p.period_start), "usageCents": p.usage_cents, "quantity": p.quantity,
+                        "events": p.events} for p in o.series],
+            "byMetric": [{"metric": m.metric, "quantity": m.quantity, "usageCents": m.usage_cents}
+                         for m in o.by_metric]}
+
+
+def rate_limit_decision(d: Decision, tier: str) -> dict:
+    return {"allowed": d.allowed, "limit": d.limit, "remaining": d.remaining, "resetSeconds": d.reset_seconds,
+            "tier": tier}

@@ -34,6 +34,10 @@ class InvalidInput(DomainError):
         self.field = field
 
 
+class Malformed(DomainError):
+    """A request part that does not parse (a payment header that is not base64 JSON): 400."""
+
+
 class Unavailable(DomainError):
     """A dependency (database, broker, provider) did not answer."""
 

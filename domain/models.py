@@ -152,3 +152,55 @@ class Checkout:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AccountTier:
+    """A billing account's rate-limit tier as last computed, and the rule that decided it."""
+
+    billing_account_id: str
+    tier: str
+    reason: str
+    paid_cents: int
+    balance_cents: int
+    computed_at: datetime
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    workspace_id: str
+    billing_account_id: str
+    tier: AccountTier
+    requests_per_minute: int
+    remaining: int
+    reset_seconds: int
+
+
+@dataclass(frozen=True)
+class UsagePeriod:
+    period_start: datetime
+    usage_cents: int
+    quantity: int
+    events: int
+
+
+@dataclass(frozen=True)
+class MetricUsage:
+    metric: str
+    quantity: int
+    usage_cents: int
+
+
+@dataclass(frozen=True)
+class UsageOverview:
+    workspace_id: str
+    billing_account_id: str
+    since: datetime
+    until: datetime
+    granularity: str
+    series: list[UsagePeriod]
+    by_metric: list[MetricUsage]
+
+    @property
+    def total_usage_cents(self) -> int:
+        return sum(period.usage_cents for period in self.series)

@@ -7,7 +7,7 @@ from worker import logs, settings as settings_module
 
 QUEUES = ("ledger", "payments", "tiers", "maintenance")
 TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
-                "tasks.payments_x402"]
+                "tasks.payments_x402", "tasks.tiers"]
 
 # Tasks are named "<queue>.<action>", so the queue is the name's first part.
 ROUTES = {f"{queue}.*": {"queue": queue} for queue in QUEUES}
@@ -26,11 +26,14 @@ def is_redis(broker_url: str | None) -> bool:
 def transport_options(broker_url: str) -> dict:
     """Redis: redelivery after an hour (longer than any task or countdown), short socket timeouts.
 
-    A request enqueues after its commit, so a frozen broker costs it one socket_timeout; no
-    retry_on_timeout: it doubled that wait and replayed writes. The relay sends what failed.
+    A request enqueues after its commit, so a down or frozen broker must cost it one attempt of
+    at most a socket timeout: max_retries=0 stops kombu's connect retries (up to twice the
+    timeout), and no retry_on_timeout (it doubled the wait and replayed writes). The relay
+    sends what failed; the worker's consumer reconnects with its own retry settings.
     """
     if broker_url.startswith(("redis", "rediss", "unix")):
-        return {"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 2}
+        return {"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 2,
+                "max_retries": 0}
     return {}
 
 

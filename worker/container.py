@@ -3,8 +3,12 @@ import logging
 import os
 import threading
 
+import redis
+
+from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
+from domain.store.limiter import memory_limiter, redis_limiter
 from domain.store.uow import UnitOfWork, make_engine
 from worker import payments, settings as settings_module
 
@@ -18,9 +22,20 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
     ctx = Context(uow=lambda: UnitOfWork(engine), enqueue=enqueue,
-                  config=Config(intro_credit_cents=settings.intro_credit_cents),
-                  stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings))
+                  config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
+                                tier_max_age_seconds=settings.tier_max_age_seconds),
+                  stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
+                  limiter=limiter(settings))
     return Services(ctx)
+
+
+def limiter(settings: settings_module.Settings) -> FailurePolicy:
+    """The rate limiter on REDIS_URL (short timeouts: a decision never waits long on Redis); without
+    REDIS_URL (standalone), `limits`' memory storage, which is per process."""
+    if not settings.redis_url:
+        return FailurePolicy(memory_limiter(), fail_open=settings.rate_limit_fail_open)
+    pool = redis.ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
+    return FailurePolicy(redis_limiter(settings.redis_url, pool), fail_open=settings.rate_limit_fail_open)
 
 
 def services() -> Services:

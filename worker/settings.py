@@ -1,7 +1,10 @@
 """Configuration from the environment, validated once at start."""
+import json
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
+
+from domain.tiers import DEFAULT_TABLE, TierTable, parse_table
 
 
 class SettingsError(ValueError):
@@ -25,6 +28,11 @@ class Settings:
     x402_pay_to: str | None
     x402_network: str
     x402_asset: str | None
+    x402_eip712_name: str | None = None  # default: the network's USDC domain name
+    x402_eip712_version: str | None = None
+    tiers: TierTable = DEFAULT_TABLE  # BILLING_TIERS
+    tier_max_age_seconds: int = 900
+    rate_limit_fail_open: bool = True
 
 
 def _int(env: dict, name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
@@ -62,7 +70,29 @@ def load(env: dict | None = None) -> Settings:
         x402_pay_to=env.get("X402_PAY_TO") or None,
         x402_network=env.get("X402_NETWORK") or "eip155:84532",
         x402_asset=env.get("X402_ASSET") or None,
+        x402_eip712_name=env.get("X402_EIP712_NAME") or None,
+        x402_eip712_version=env.get("X402_EIP712_VERSION") or None,
+        tiers=_tiers(env),
+        tier_max_age_seconds=_int(env, "BILLING_TIER_MAX_AGE_SECONDS", 900, low=10, high=30 * 86400),
+        rate_limit_fail_open=_choice(env, "BILLING_RATE_LIMIT_FAILURE_MODE", ("open", "closed")) == "open",
     )
+
+
+def _tiers(env: dict) -> TierTable:
+    raw = env.get("BILLING_TIERS", "").strip()
+    if not raw:
+        return DEFAULT_TABLE
+    try:
+        return parse_table(json.loads(raw))
+    except ValueError as exc:
+        raise SettingsError(f"BILLING_TIERS: {exc}") from None
+
+
+def _choice(env: dict, name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+    return raw
 
 
 def require(value: str | None, name: str) -> str:

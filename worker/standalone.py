@@ -39,6 +39,14 @@ def _broker(settings: Settings, database_url: str) -> str:
     return "sqla+" + database_url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+def _create_broker_tables(broker_url: str) -> None:
+    """Let kombu create its tables once, before the API, worker and beat race to create them."""
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        conn.SimpleQueue("ledger").close()
+
+
 def run(settings: Settings, *, port: int, data_dir: Path) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +55,8 @@ def run(settings: Settings, *, port: int, data_dir: Path) -> int:
     env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=_broker(settings, database_url),
                BILLING_OPERATOR_TOKEN=token)
     migrate(database_url)
+    if not settings.broker_url:
+        _create_broker_tables(env["CELERY_BROKER_URL"])
     children = [subprocess.Popen(argv, env=env) for argv in (
         api_argv(port, workers=1, threads=8),
         worker_argv(ALL_QUEUES, concurrency=2, name="standalone@%h"),

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.store.uow import UnitOfWork
+from domain.tiers import DEFAULT_TABLE, TierTable
 
 Enqueue = Callable[..., bool]  # enqueue(task_name, **kwargs) -> sent?; never raises: the outbox covers a miss
 
@@ -11,6 +12,8 @@ Enqueue = Callable[..., bool]  # enqueue(task_name, **kwargs) -> sent?; never ra
 @dataclass(frozen=True)
 class Config:
     intro_credit_cents: int = 1000
+    tiers: TierTable = DEFAULT_TABLE
+    tier_max_age_seconds: int = 900  # the beat job recomputes tiers older than this
 
 
 @dataclass(frozen=True)
@@ -20,3 +23,4 @@ class Context:
     config: Config
     stripe: Any = None  # domain.providers.stripe_gateway.StripeGateway, when configured
     x402: Any = None  # domain.providers.x402_gateway.X402Gateway, when configured
+    limiter: Any = None  # a domain.ratelimit.Limiter; None: this process's memory, failing open

@@ -5,7 +5,7 @@ from datetime import timedelta
 from domain.errors import DomainError, Forbidden, NotFound
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
-from domain.services import access
+from domain.services import access, rate_limits, usage
 from domain.services.context import Context
 from domain.store import audit, ledger, operations
 
@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 
 APPLY_TASK = "ledger.apply_operation"
 # The task that drives an operation of each kind; the relay re-sends unfinished ones by this table.
-TASK_FOR_KIND = {"credit": APPLY_TASK}
+TASK_FOR_KIND = {"credit": APPLY_TASK, "x402_settle": "payments.settle_x402"}
+TASK_FOR_KIND |= {"usage": APPLY_TASK, "tier_refresh": rate_limits.APPLY_TASK}
+MOVES_MONEY = ("credit", "usage")  # kinds after which the account's rate-limit tier is recomputed
 MAX_ATTEMPTS = 10
 
 
@@ -66,12 +68,18 @@ class OperationService:
                 refusal = exc
             else:
                 operations.set_status(uow.conn, operation_id, "succeeded", result=result)
+                if op.kind in MOVES_MONEY:
+                    uow.after_commit(lambda: self._ctx.enqueue(rate_limits.RECOMPUTE_TASK,
+                                                               account_id=op.billing_account_id))
                 uow.commit()
                 return
         self.fail(operation_id, refusal.detail, title=type(refusal).__name__)
 
-    @staticmethod
-    def _apply(conn, op: Operation) -> dict:
+    def _apply(self, conn, op: Operation) -> dict:
+        if op.kind == "usage":
+            return usage.apply_batch(conn, op)
+        if op.kind == "tier_refresh":
+            return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":
             posting = ledger.post(conn, op.billing_account_id, op.payload["amountCents"],
                                   kind="credit_grant", key=f"op:{op.id}", workspace_id=op.workspace_id,
@@ -95,8 +103,11 @@ class OperationService:
         """Re-enqueue unfinished operations whose message was lost or never sent (the outbox relay)."""
         with self._ctx.uow() as uow:
             due = operations.due_for_relay(uow.conn, older_than=older_than, limit=limit)
-            sent = [op_id for op_id, kind in due
-                    if self._ctx.enqueue(TASK_FOR_KIND.get(kind, APPLY_TASK), operation_id=op_id)]
+            sent = []
+            for op_id, kind in due:
+                if not self._ctx.enqueue(TASK_FOR_KIND.get(kind, APPLY_TASK), operation_id=op_id):
+                    break  # the broker is down: stop here, rather than wait on it for every row
+                sent.append(op_id)
             if sent:
                 operations.mark_enqueued(uow.conn, sent)
             uow.commit()

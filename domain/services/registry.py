@@ -3,10 +3,13 @@ from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
 from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
+from domain.services.rate_limits import RateLimitService
 from domain.services.reads import ReadService
 from domain.services.stripe_checkout import StripeCheckoutService
+from domain.services.usage import UsageService
 from domain.services.users import UserService
 from domain.services.workspaces import WorkspaceService
+from domain.services.x402_checkout import X402CheckoutService
 
 
 class Services:
@@ -19,3 +22,6 @@ class Services:
         self.idempotency = IdempotencyService(ctx)
         self.checkouts = CheckoutService(ctx)
         self.stripe = StripeCheckoutService(ctx)
+        self.usage = UsageService(ctx)
+        self.rate_limits = RateLimitService(ctx)
+        self.x402 = X402CheckoutService(ctx)

@@ -10,6 +10,7 @@ from domain.models import Caller, Checkout
 from domain.providers.stripe_gateway import Event, Session, StripeGateway, session_from_event
 from domain.services import access
 from domain.services.context import Context
+from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import checkouts, ledger, stripe_events
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class StripeCheckoutService:
 
     def _apply(self, uow, event: Event) -> str:
         if event.type == "charge.refunded":
-            return self._refund(uow.conn, event.object)
+            return self._refund(uow, event.object)
         if event.type not in SESSION_EVENTS:
             return "ignored"
         session = session_from_event(event)
@@ -100,7 +101,12 @@ class StripeCheckoutService:
         if event.type == "checkout.session.completed" and session.payment_status != "paid":
             checkouts.change(uow.conn, checkout.id, details=checkout.details | {"paymentIntent": session.payment_intent})
             return "awaiting_payment"
+        self._tier_changes(uow, checkout.billing_account_id)
         return self._credit(uow.conn, checkout, session)
+
+    def _tier_changes(self, uow, account_id: str) -> None:
+        """Money moved (or may have): recompute the account's rate-limit tier once this commits."""
+        uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account_id))
 
     @staticmethod
     def _checkout_of(conn: Connection, session: Session) -> Checkout | None:
@@ -129,10 +135,9 @@ class StripeCheckoutService:
                          failure_reason=None)
         return "credited"
 
-    @staticmethod
-    def _refund(conn: Connection, charge: dict) -> str:
+    def _refund(self, uow, charge: dict) -> str:
         """Debit what Stripe refunded beyond what we debited already for this charge (may go below zero)."""
-        intent = charge.get("payment_intent")
+        conn, intent = uow.conn, charge.get("payment_intent")
         checkout = checkouts.by_payment_intent(conn, intent, for_update=True) if intent else None
         if checkout is None:
             return "unknown_charge"
@@ -140,6 +145,7 @@ class StripeCheckoutService:
         due = refunded_total - ledger.refunded_cents(conn, checkout.billing_account_id, charge["id"])
         if due <= 0:
             return "already_refunded"
+        self._tier_changes(uow, checkout.billing_account_id)
         posting = ledger.post(conn, checkout.billing_account_id, -due, kind="refund", allow_negative=True,
                               key=f"stripe_refund:{charge['id']}:{refunded_total}", reference=charge["id"],
                               workspace_id=checkout.workspace_id, description="Stripe refund")
@@ -186,6 +192,7 @@ class StripeCheckoutService:
         with self._ctx.uow() as uow:
             checkout = checkouts.get(uow.conn, checkout_id, for_update=True)
             if session.status == "complete" and session.payment_status == "paid":
+                self._tier_changes(uow, checkout.billing_account_id)
                 self._credit(uow.conn, checkout, session)
             elif session.status == "expired":
                 self._set_closed(uow.conn, checkout, "expired", "the Stripe session expired")

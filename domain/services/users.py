@@ -8,6 +8,7 @@ from domain.errors import Conflict, Forbidden, NotFound
 from domain.ids import new_id
 from domain.models import BillingAccount, Caller, User
 from domain.services.context import Context
+from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import accounts, ledger, users
 
 DEFAULT_ACCOUNT_NAME = "Default"
@@ -42,9 +43,10 @@ class UserService:
             if not users.insert_user(uow.conn, user_id, email, name):
                 raise Conflict("a user with this email exists")
             users.insert_api_key(uow.conn, new_id("key"), user_id, hash_key(api_key))
-            provision_default_account(uow.conn, user_id, self._ctx.config.intro_credit_cents)
+            account = provision_default_account(uow.conn, user_id, self._ctx.config.intro_credit_cents)
             user = users.get(uow.conn, user_id)
             uow.after_commit(lambda: self._ctx.enqueue("accounts.provision_default", user_id=user_id))
+            uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account.id))
             uow.commit()
         return user, api_key
 

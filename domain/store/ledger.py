@@ -7,6 +7,7 @@ from sqlalchemy import Connection, func, select, text
 from domain.errors import InsufficientFunds, NotFound
 from domain.models import Entry, KindTotal
 from domain.store.tables import billing_accounts, ledger_entries
+from domain.store.uow import note_postings
 
 # Lock the account row, insert the entry under its unique key, move the cached balance only if
 # the entry went in: all in one statement, so balance and entries cannot drift apart.
@@ -44,6 +45,7 @@ def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key
         "allow_negative": allow_negative,
     }).mappings().first()
     if row is not None:
+        note_postings(conn, [(kind, amount_cents)])
         return Posting(_entry(row), created=True)
     existing = conn.execute(select(ledger_entries).where(ledger_entries.c.idempotency_key == key)).mappings().first()
     if existing is not None:

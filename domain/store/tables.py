@@ -60,10 +60,15 @@ ledger_entries = Table(
     Column("reference", Text),
     Column("idempotency_key", Text, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()),
+    Column("metric", Text),  # usage entries: what was used, how much, and when
+    Column("quantity", BigInteger),
+    Column("occurred_at", DateTime(timezone=True)),
     CheckConstraint("amount_cents <> 0", name="ledger_entries_amount_nonzero"),
     CheckConstraint("kind IN (%s)" % ", ".join(f"'{k}'" for k in ENTRY_KINDS), name="ledger_entries_kind"),
     Index("ledger_entries_account_id", "billing_account_id", text("id DESC")),
     Index("ledger_entries_account_kind_id", "billing_account_id", "kind", text("id DESC")),
+    Index("ledger_entries_usage_overview", "workspace_id", "occurred_at",
+          postgresql_include=["amount_cents", "quantity", "metric"], postgresql_where=text("kind = 'usage'")),
 )
 
 workspaces = Table(
@@ -163,4 +168,26 @@ stripe_events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True)),
     Column("outcome", Text),
+)
+
+account_tiers = Table(
+    "account_tiers", metadata,
+    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), primary_key=True),
+    Column("tier", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("paid_cents", BigInteger, nullable=False),
+    Column("balance_cents", BigInteger, nullable=False),
+    Column("as_of_entry_id", BigInteger, nullable=False, server_default="0"),  # newest entry seen
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("account_tiers_computed_at", "computed_at"),
+)
+
+usage_rollups = Table(
+    "usage_rollups", metadata,
+    Column("workspace_id", Text, primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),  # the UTC hour's start
+    Column("metric", Text, primary_key=True),
+    Column("usage_cents", BigInteger, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
 )

@@ -8,6 +8,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from domain.errors import Unavailable
 
 
+POSTINGS = "billing.postings"  # Connection.info key: (kind, amount_cents) of entries written in this transaction
+
+
+def note_postings(conn: Connection, postings: list[tuple[str, int]]) -> None:
+    """Remember entries written in this transaction, for whoever observes commits (metrics)."""
+    conn.info.setdefault(POSTINGS, []).extend(postings)
+
+
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     """An engine for psycopg 3; plain postgresql:// URLs are accepted."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -25,8 +33,9 @@ def is_unavailable(exc: BaseException) -> bool:
 class UnitOfWork:
     """`with uow_factory() as uow: ...; uow.commit()`. Leaving without commit rolls back."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_postings: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
         self._engine = engine
+        self._on_postings = on_postings
         self._after_commit: list[Callable[[], None]] = []
         self.conn: Connection
 
@@ -41,6 +50,7 @@ class UnitOfWork:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.info.pop(POSTINGS, None)  # the connection goes back to the pool
         try:
             if self._tx.is_active:
                 self._tx.rollback()
@@ -55,7 +65,10 @@ class UnitOfWork:
         self._after_commit.append(callback)
 
     def commit(self) -> None:
+        postings = self.conn.info.pop(POSTINGS, [])
         self._tx.commit()
+        if self._on_postings is not None and postings:
+            self._on_postings(postings)
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()

@@ -28,6 +28,11 @@ CONTRACT = {
     "/workspaces/{workspaceId}/billing/credits": {"post"},
     "/workspaces/{workspaceId}/billing/transactions": {"get"},
     "/workspaces/{workspaceId}/billing/summary": {"get"},
+    "/workspaces/{workspaceId}/billing/usage": {"post"},
+    "/workspaces/{workspaceId}/billing/usage-overview": {"get"},
+    "/workspaces/{workspaceId}/rate-limits": {"get"},
+    "/workspaces/{workspaceId}/rate-limits/refresh": {"post"},
+    "/workspaces/{workspaceId}/rate-limits/check": {"post"},
 }
 CONTRACT_NAMES = {"account_id": "billingAccountId"}
 

@@ -1,0 +1,101 @@
+"""Usage: batches of metered events debited once per eventId, and the usage overview of a workspace."""
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection
+
+from domain import usage
+from domain.errors import Forbidden, InvalidInput
+from domain.ids import new_id
+from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
+from domain.services import access
+from domain.services.context import Context
+from domain.store import operations, usage as store
+
+APPLY_TASK = "ledger.apply_operation"
+FUTURE_TOLERANCE = timedelta(minutes=5)
+DEFAULT_WINDOW = timedelta(days=30)
+MAX_WINDOW = {"hour": timedelta(days=31), "day": timedelta(days=400)}
+
+
+class UsageService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def request(self, caller: Caller, workspace_id: str, events: list[usage.Event],
+                idempotency_key: str | None) -> Operation:
+        """Record a batch for the workspace's current default account; the worker debits it."""
+        if not caller.is_operator:
+            raise Forbidden("only the operator records usage")
+        now = datetime.now(UTC)
+        events = [dataclasses.replace(e, occurred_at=e.occurred_at or now) for e in events]
+        for i, event in enumerate(events):
+            if event.occurred_at > now + FUTURE_TOLERANCE:
+                raise InvalidInput("must not be more than 5 minutes in the future", field=f"events[{i}].occurredAt")
+        with self._ctx.uow() as uow:
+            workspace = access.workspace(uow.conn, caller, workspace_id).workspace
+            op, created = operations.insert_operation(
+                uow.conn, operation_id=new_id("op"), kind="usage", caller=caller.name,
+                idempotency_key=idempotency_key, workspace_id=workspace.id,
+                billing_account_id=workspace.default_billing_account_id,
+                payload={"events": [_event_json(e) for e in events]})
+            if created:
+                uow.after_commit(lambda: self._ctx.enqueue(APPLY_TASK, operation_id=op.id))
+            uow.commit()
+        return op
+
+    def overview(self, caller: Caller, workspace_id: str, since: datetime | None, until: datetime | None,
+                 granularity: str) -> UsageOverview:
+        until = until or (since + DEFAULT_WINDOW if since else datetime.now(UTC))
+        since = since or until - DEFAULT_WINDOW
+        if until - since > MAX_WINDOW[granularity]:
+            raise InvalidInput(f"a window of granularity {granularity} spans at most "
+                               f"{MAX_WINDOW[granularity].days} days", field="from")
+        with self._ctx.uow() as uow:
+            workspace = access.workspace(uow.conn, caller, workspace_id).workspace
+            series, metrics = store.overview(uow.conn, workspace.id, since, until, granularity)
+        return UsageOverview(workspace_id=workspace.id, billing_account_id=workspace.default_billing_account_id,
+                             since=since, until=until, granularity=granularity,
+                             series=[UsagePeriod(*row) for row in series],
+                             by_metric=[MetricUsage(*row) for row in metrics])
+
+
+def apply_batch(conn: Connection, op: Operation) -> dict:
+    """Debit one batch in the caller's transaction: every eventId at most once, never below zero."""
+    events = [_event(e) for e in op.payload["events"]]
+    balance = store.lock_for_batch(conn, op.workspace_id, op.billing_account_id)
+    found = store.prior(conn, [store.key(op.workspace_id, e.event_id) for e in events])
+    prior_ids = {k.split(":", 2)[2]: entry_id for k, (entry_id, *_rest) in found.items()}
+    outcomes = usage.plan(balance, events, {k.split(":", 2)[2]: tuple(v[1:]) for k, v in found.items()})
+    debits = [o for o in outcomes if o.status == usage.DEBITED]
+    ids, balance = store.insert(conn, op.billing_account_id, op.workspace_id, [
+        _row(op.workspace_id, o) for o in debits]) if debits else ({}, balance)
+    entry_of = prior_ids | {o.event.event_id: ids[store.key(op.workspace_id, o.event.event_id)] for o in debits}
+    return {"billingAccountId": op.billing_account_id, "workspaceId": op.workspace_id,
+            "debited": len(debits), "debitedCents": sum(o.event.amount_cents for o in debits),
+            "duplicates": sum(o.status == usage.DUPLICATE for o in outcomes),
+            "refused": sum(o.status == usage.REFUSED for o in outcomes), "balanceAfterCents": balance,
+            "events": [_outcome_json(o, entry_of.get(o.event.event_id)) for o in outcomes]}
+
+
+def _row(workspace_id: str, outcome: usage.Outcome) -> dict:
+    e = outcome.event
+    return {"key": store.key(workspace_id, e.event_id), "event_id": e.event_id, "metric": e.metric,
+            "quantity": e.quantity, "amount": e.amount_cents, "balance_after": outcome.balance_after_cents,
+            "occurred_at": e.occurred_at, "description": f"Usage: {e.quantity} {e.metric}"}
+
+
+def _outcome_json(outcome: usage.Outcome, entry_id: int | None) -> dict:
+    body = {"eventId": outcome.event.event_id, "status": outcome.status,
+            "transactionId": f"txn_{entry_id}" if entry_id and outcome.status != usage.REFUSED else None}
+    return body | ({"reason": outcome.reason} if outcome.reason else {})
+
+
+def _event_json(e: usage.Event) -> dict:
+    return {"eventId": e.event_id, "metric": e.metric, "quantity": e.quantity, "amountCents": e.amount_cents,
+            "occurredAt": e.occurred_at.astimezone(UTC).isoformat()}
+
+
+def _event(data: dict) -> usage.Event:
+    return usage.Event(event_id=data["eventId"], metric=data["metric"], quantity=data["quantity"],
+                       amount_cents=data["amountCents"], occurred_at=datetime.fromisoformat(data["occurredAt"]))

@@ -1,0 +1,127 @@
+"""Usage SQL: a batch of usage debits in one transaction, and the usage overview of a workspace."""
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, text
+
+from domain.errors import NotFound
+
+# Usage batches of one workspace run one at a time (their eventIds share a key space), then the
+# account row is locked: the same order everywhere, so two batches cannot deadlock.
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:workspace_id AS text), 0))")
+_ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR UPDATE")
+_PRIOR = text("""
+SELECT idempotency_key, id, metric, quantity, -amount_cents AS amount_cents
+FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements_text(CAST(:keys AS json))))
+""")
+
+# Every planned entry in one INSERT from one JSON document (ids follow the batch order, so the balance
+# chain holds), and the cached balance moved by exactly what went in. A key inserted meanwhile fails the
+# whole statement: the transaction rolls back and the task's retry sees it as a duplicate.
+_INSERT = text("""
+WITH inserted AS (
+    INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents, balance_after_cents,
+                                description, reference, idempotency_key, metric, quantity, occurred_at)
+    SELECT :account_id, :workspace_id, 'usage', -u.amount, u.balance_after, u.description, u.event_id,
+           u.key, u.metric, u.quantity, u.occurred_at
+    FROM json_to_recordset(CAST(:rows AS json))
+         AS u(ord int, amount bigint, balance_after bigint, description text, event_id text, key text,
+              metric text, quantity bigint, occurred_at timestamptz)
+    ORDER BY u.ord
+    RETURNING id, idempotency_key, amount_cents, metric, quantity, occurred_at
+), rolled AS (
+    INSERT INTO usage_rollups AS r (workspace_id, hour, metric, usage_cents, quantity, events)
+    SELECT :workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', metric,
+           -SUM(amount_cents), SUM(quantity), COUNT(*)
+    FROM inserted GROUP BY 2, 3
+    ON CONFLICT (workspace_id, hour, metric) DO UPDATE SET usage_cents = r.usage_cents + EXCLUDED.usage_cents,
+        quantity = r.quantity + EXCLUDED.quantity, events = r.events + EXCLUDED.events
+), moved AS (
+    UPDATE billing_accounts SET balance_cents = balance_cents + (SELECT SUM(amount_cents) FROM inserted)
+    WHERE id = :account_id RETURNING balance_cents
+)
+SELECT i.idempotency_key, i.id, (SELECT balance_cents FROM moved) AS balance_cents FROM inserted i
+""")
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def key(workspace_id: str, event_id: str) -> str:
+    return f"usage:{workspace_id}:{event_id}"
+
+
+def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> int:
+    """Serialize the workspace's usage batches, lock the account; its balance."""
+    conn.execute(_LOCK, {"workspace_id": workspace_id})
+    balance = conn.execute(_ACCOUNT, {"account_id": account_id}).scalar()
+    if balance is None:
+        raise NotFound("billing account not found")
+    return int(balance)
+
+
+def prior(conn: Connection, keys: list[str]) -> dict[str, tuple[int, str, int, int]]:
+    """key -> (entry id, metric, quantity, amountCents) for keys already in the ledger."""
+    rows = conn.execute(_PRIOR, {"keys": json.dumps(keys)})
+    return {r.idempotency_key: (r.id, r.metric, r.quantity, r.amount_cents) for r in rows}
+
+
+def insert(conn: Connection, account_id: str, workspace_id: str, rows: list[dict]) -> tuple[dict[str, int], int]:
+    """Insert planned debits (dicts of key, event_id, metric, quantity, amount, balance_after,
+    occurred_at, description); (key -> entry id, balance after)."""
+    document = json.dumps([row | {"ord": i} for i, row in enumerate(rows)], default=_iso)
+    params = {"account_id": account_id, "workspace_id": workspace_id, "rows": document}
+    result = conn.execute(_INSERT, params).all()
+    return {r.idempotency_key: r.id for r in result}, int(result[-1].balance_cents)
+
+
+# The overview: whole hours of the window from the hourly rollups, the partial hours at its two edges
+# from the ledger's usage index; aggregated per (period, metric), and generate_series supplies every
+# period of the window (UTC), so empty ones come back as zeros.
+_OVERVIEW = text("""
+WITH hours AS (
+    SELECT r.hour AT TIME ZONE 'UTC' AS hour, r.metric, r.usage_cents AS cents, r.quantity, r.events
+    FROM usage_rollups r WHERE r.workspace_id = :workspace_id AND r.hour >= :whole_from AND r.hour < :whole_to
+    UNION ALL
+    SELECT date_trunc('hour', e.occurred_at AT TIME ZONE 'UTC'), e.metric, -e.amount_cents, e.quantity, 1
+    FROM ledger_entries e
+    WHERE e.workspace_id = :workspace_id AND e.kind = 'usage'
+      AND ((e.occurred_at >= :since AND e.occurred_at < :whole_from)
+           OR (e.occurred_at >= :whole_to AND e.occurred_at < :until))
+), agg AS MATERIALIZED (
+    SELECT date_trunc(:unit, hour) AS period, metric, SUM(cents) AS cents, SUM(quantity) AS quantity,
+           SUM(events) AS events
+    FROM hours GROUP BY 1, 2
+), periods AS (
+    SELECT gs AS period FROM generate_series(date_trunc(:unit, CAST(:since AS timestamptz) AT TIME ZONE 'UTC'),
+                                             CAST(:until AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
+                                             CAST(:step AS interval)) gs
+)
+SELECT 'period' AS part, p.period AT TIME ZONE 'UTC' AS period_start, NULL AS metric,
+       COALESCE(SUM(a.cents), 0) AS cents, COALESCE(SUM(a.quantity), 0) AS quantity,
+       COALESCE(SUM(a.events), 0) AS events
+FROM periods p LEFT JOIN agg a ON a.period = p.period GROUP BY p.period
+UNION ALL
+SELECT 'metric', NULL, a.metric, SUM(a.cents), SUM(a.quantity), SUM(a.events) FROM agg a GROUP BY a.metric
+ORDER BY part DESC, period_start, cents DESC, metric
+""")
+
+
+def _hour(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def overview(conn: Connection, workspace_id: str, since: datetime, until: datetime,
+             unit: str) -> tuple[list[tuple[datetime, int, int, int]], list[tuple[str, int, int]]]:
+    """Per period (start, cents, quantity, events) and per metric (metric, quantity, cents)."""
+    whole_from = _hour(since + timedelta(hours=1) - timedelta(microseconds=1))  # since, rounded up
+    whole_to = _hour(until)
+    if whole_from > whole_to:  # no whole hour inside: the ledger answers for all of it
+        whole_from = whole_to = until
+    rows = conn.execute(_OVERVIEW, {"workspace_id": workspace_id, "since": since, "until": until,
+                                    "whole_from": whole_from, "whole_to": whole_to, "unit": unit,
+                                    "step": f"1 {unit}"}).all()
+    series = [(r.period_start, int(r.cents), int(r.quantity), int(r.events)) for r in rows if r.part == "period"]
+    metrics = [(r.metric, int(r.quantity), int(r.cents)) for r in rows if r.part == "metric"]
+    return series, metrics

@@ -1,0 +1,256 @@
+"""Tiers that follow the default account, and decisions on a real Redis (127.0.0.1:6379, a key prefix per test)."""
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from falcon import testing
+
+from api import responses
+from api.app import create_app
+from domain.ratelimit import FailurePolicy
+from domain.services.context import Config, Context
+from domain.services.registry import Services
+from domain.store.limiter import redis_limiter
+from domain.store.uow import UnitOfWork
+from tests.api.checks import assert_problem
+from tests.factories import OPERATOR_TOKEN, Api, new_linked_account, post
+from tests.processes import RedisServer
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def make_limiter(url: str, *, fail_open: bool = True) -> tuple[FailurePolicy, redis.ConnectionPool, str]:
+    prefix = f"test-rl-{uuid.uuid4().hex}"
+    pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.5)
+    return FailurePolicy(redis_limiter(url, pool, key_prefix=prefix), fail_open=fail_open), pool, prefix
+
+
+@pytest.fixture
+def limiter():
+    made, pool, prefix = make_limiter(REDIS_URL)
+    yield made
+    client = redis.Redis(connection_pool=pool)
+    keys = list(client.scan_iter(f"{prefix}:*"))  # only this test's keys: the shared Redis is never flushed
+    if keys:
+        client.delete(*keys)
+    pool.disconnect()
+
+
+def build_api(engine, queue, limiter, api_rate_limit: int = 0) -> Api:
+    services = Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=Config(), limiter=limiter))
+    return Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {}, api_rate_limit=api_rate_limit)))
+
+
+@pytest.fixture
+def rapi(engine, queue, limiter) -> Api:
+    return build_api(engine, queue, limiter)
+
+
+@pytest.fixture
+def world(rapi):
+    owner = rapi.new_user()
+    return owner, rapi.new_workspace(owner)
+
+
+def status(api: Api, key: str, ws: dict) -> dict:
+    result = api.call("GET", f"/workspaces/{ws['id']}/rate-limits", key)
+    assert result.status_code == 200, result.text
+    responses.RateLimitStatusShape.model_validate(result.json)
+    return result.json
+
+
+def check(api: Api, ws: dict, cost: int | None = None):
+    result = api.operator("POST", f"/workspaces/{ws['id']}/rate-limits/check",
+                          json={} if cost is None else {"cost": cost})
+    assert result.status_code == 200, result.text
+    responses.RateLimitDecisionShape.model_validate(result.json)
+    return result.json
+
+
+def storm(api: Api, workspaces: list[dict], count: int) -> list[bool]:
+    """`count` checks released together, spread over the workspaces; who was allowed."""
+    start = threading.Barrier(50)
+
+    def one(i):
+        if i < 50:
+            start.wait(timeout=10)
+        return check(api, workspaces[i % len(workspaces)])["allowed"]
+    with ThreadPoolExecutor(50) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_a_new_workspace_is_free_and_reading_its_status_consumes_nothing(rapi, world):
+    owner, ws = world
+    first = status(rapi, owner.key, ws)
+    assert (first["tier"], first["reason"], first["limits"], first["remaining"], first["resetSeconds"]) == (
+        "free", "paid < 500", {"requestsPerMinute": 60}, 60, 0)
+    assert first["billingAccountId"] == ws["defaultBillingAccountId"] and first["computedAt"].endswith("Z")
+    assert status(rapi, owner.key, ws)["remaining"] == 60
+
+
+def test_200_concurrent_checks_against_a_limit_of_60_allow_exactly_60(rapi, world):
+    owner, ws = world
+    assert storm(rapi, [ws], 200).count(True) == 60
+    after = status(rapi, owner.key, ws)
+    assert after["remaining"] == 0 and 1 <= after["resetSeconds"] <= 60
+    denied = check(rapi, ws)
+    assert (denied["allowed"], denied["limit"], denied["remaining"], denied["tier"]) == (False, 60, 0, "free")
+
+
+def test_two_workspaces_on_one_account_share_its_budget(rapi, world):
+    owner, first = world
+    second = rapi.new_workspace(owner, "Second", billingAccountId=owner.default_account_id)
+    other = rapi.new_workspace(rapi.new_user("Bo"))
+    assert storm(rapi, [first, second], 100).count(True) == 60
+    assert status(rapi, owner.key, second)["remaining"] == 0
+    assert check(rapi, other)["allowed"] is True  # another account keeps its own budget
+
+
+def test_a_cost_consumes_that_many_and_a_cost_beyond_what_is_left_consumes_nothing(rapi, world):
+    owner, ws = world
+    assert (check(rapi, ws, 50)["allowed"], check(rapi, ws, 11)["allowed"], check(rapi, ws, 10)["remaining"]) == (
+        True, False, 0)
+    assert check(rapi, ws, 61)["allowed"] is False
+    assert_problem(rapi.operator("POST", f"/workspaces/{ws['id']}/rate-limits/check", json={"cost": 0}), 422)
+    assert_problem(rapi.operator("POST", f"/workspaces/{ws['id']}/rate-limits/check", json={"cost": "1"}), 422)
+    assert_problem(rapi.call("POST", f"/workspaces/{ws['id']}/rate-limits/check", owner.key, json={}), 403)
+
+
+def test_switching_the_default_account_switches_the_tier_at_once(rapi, services, world, queue):
+    owner, ws = world
+    paid = new_linked_account(rapi, owner, ws["id"], "Paid")
+    post(services, paid["id"], 700, kind="stripe_topup")
+    empty = new_linked_account(rapi, owner, ws["id"], "Empty")
+    assert check(rapi, ws)["tier"] == "free"
+
+    switched = rapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{paid['id']}/default", owner.key)
+    assert switched.status_code == 200
+    now = status(rapi, owner.key, ws)
+    assert (now["tier"], now["reason"], now["billingAccountId"], now["remaining"]) == (
+        "tier1", "paid >= 500", paid["id"], 600)
+    assert ("tiers.recompute", {"account_id": paid["id"]}) in queue.sent
+    assert check(rapi, ws)["limit"] == 600
+
+    rapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{empty['id']}/default", owner.key)
+    assert (status(rapi, owner.key, ws)["tier"], check(rapi, ws)["limit"]) == ("restricted", 10)
+
+
+def test_a_top_up_moves_the_tier_once_the_recompute_task_runs(rapi, services, world, queue):
+    owner, ws = world
+    account_id = ws["defaultBillingAccountId"]
+    assert status(rapi, owner.key, ws)["tier"] == "free"
+    post(services, account_id, 499, kind="stripe_topup")
+    services.rate_limits.recompute(account_id)
+    assert status(rapi, owner.key, ws)["tier"] == "free"
+    post(services, account_id, 1, kind="x402_topup")
+    assert status(rapi, owner.key, ws)["tier"] == "free"  # stored until the task recomputes it
+    services.rate_limits.recompute(account_id)
+    assert status(rapi, owner.key, ws)["tier"] == "tier1"
+    post(services, account_id, -100, kind="refund", allow_negative=True)
+    services.rate_limits.recompute(account_id)
+    assert (status(rapi, owner.key, ws)["tier"], status(rapi, owner.key, ws)["reason"]) == ("free", "paid < 500")
+
+
+def test_usage_down_to_zero_restricts_the_workspace(rapi, services, world, queue):
+    owner, ws = world
+    op = rapi.operator("POST", f"/workspaces/{ws['id']}/billing/usage", json={"events": [
+        {"eventId": "all", "metric": "tokens", "quantity": 1, "amountCents": 1000}]}).json
+    services.operations.apply(op["id"])
+    for name, kwargs in list(queue.sent):
+        if name == "tiers.recompute":
+            services.rate_limits.recompute(**kwargs)
+    now = status(rapi, owner.key, ws)
+    assert (now["tier"], now["reason"], now["limits"]["requestsPerMinute"]) == ("restricted", "balance <= 0", 10)
+
+
+def test_refresh_is_an_operation_whose_result_is_the_new_status(rapi, services, world, queue):
+    owner, ws = world
+    member = rapi.new_user("Mem")
+    rapi.add_member(owner, ws["id"], member)
+    post(services, ws["defaultBillingAccountId"], 5_000, kind="stripe_topup")
+    accepted = rapi.call("POST", f"/workspaces/{ws['id']}/rate-limits/refresh", owner.key)
+    assert accepted.status_code == 202 and accepted.json["kind"] == "tier_refresh", accepted.text
+    assert ("tiers.apply_operation", {"operation_id": accepted.json["id"]}) in queue.sent
+    services.operations.apply(accepted.json["id"])
+    done = rapi.call("GET", accepted.headers["Location"], owner.key).json
+    assert done["status"] == "succeeded"
+    responses.RateLimitStatusShape.model_validate(done["result"])
+    assert (done["result"]["tier"], done["result"]["reason"]) == ("tier2", "paid >= 5000")
+    assert status(rapi, member.key, ws)["tier"] == "tier2"
+    assert rapi.operator("POST", f"/workspaces/{ws['id']}/rate-limits/refresh").status_code == 202
+    assert_problem(rapi.call("POST", f"/workspaces/{ws['id']}/rate-limits/refresh", member.key), 403)
+    assert_problem(rapi.call("GET", f"/workspaces/{ws['id']}/rate-limits", rapi.new_user("Eve").key), 404)
+
+
+def test_the_beat_job_refreshes_tiers_older_than_the_configured_age_or_behind_the_ledger(rapi, services,
+                                                                                      world, engine):
+    owner, ws = world
+    account_id = ws["defaultBillingAccountId"]
+    status(rapi, owner.key, ws)
+    post(services, account_id, 600, kind="stripe_topup")  # no recompute queued: the message was "lost"
+    assert services.rate_limits.refresh_stale() >= 1
+    assert status(rapi, owner.key, ws)["tier"] == "tier1"
+
+
+def test_the_api_key_limit_adds_headers_and_answers_429_with_retry_after_past_it(engine, queue, limiter):
+    api = build_api(engine, queue, limiter, api_rate_limit=5)
+    owner, other = api.new_user(), api.new_user("Bo")
+    answers = [api.call("GET", "/users/me", owner.key) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0"]
+    assert {a.headers["RateLimit-Limit"] for a in answers} == {"5"}
+    assert 1 <= int(answers[-1].headers["RateLimit-Reset"]) <= 60
+    refused = api.call("GET", "/users/me", owner.key)
+    assert_problem(refused, 429)
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60 and refused.headers["RateLimit-Remaining"] == "0"
+    missing = api.call("GET", f"/workspaces/ws_{'0' * 32}", other.key)  # errors carry the headers too
+    assert missing.status_code == 404 and missing.headers["RateLimit-Remaining"] == "4"
+    exempt = [api.operator("GET", f"/workspaces/ws_{'0' * 32}") for _ in range(8)]
+    assert {e.status_code for e in exempt} == {404} and "RateLimit-Limit" not in exempt[0].headers
+    assert "RateLimit-Limit" not in api.client.simulate_get("/health").headers
+
+
+def test_a_limit_of_zero_turns_the_api_key_limit_off(rapi):
+    owner = rapi.new_user()
+    assert "RateLimit-Limit" not in rapi.call("GET", "/users/me", owner.key).headers
+
+
+@pytest.fixture
+def dead_redis(tmp_path):
+    """A private redis-server that the test stops (or freezes); the shared one is never touched."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.thaw()
+    server.stop()
+
+
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+def test_with_redis_down_failing_open_allows_and_never_answers_500(engine, queue, dead_redis, outage):
+    made, pool, _ = make_limiter(dead_redis.url, fail_open=True)
+    api = build_api(engine, queue, made, api_rate_limit=5)
+    owner = api.new_user()
+    ws = api.new_workspace(owner)
+    dead_redis.stop() if outage == "stopped" else dead_redis.freeze()
+    assert check(api, ws)["allowed"] is True
+    assert status(api, owner.key, ws)["tier"] == "free"
+    answers = [api.call("GET", "/users/me", owner.key) for _ in range(8)]
+    assert {a.status_code for a in answers} == {200}
+    assert made.unavailable_total >= 10
+    pool.disconnect()
+
+
+def test_with_redis_down_failing_closed_refuses_decisions_and_answers_503(engine, queue, dead_redis):
+    made, pool, _ = make_limiter(dead_redis.url, fail_open=False)
+    api = build_api(engine, queue, made, api_rate_limit=5)
+    owner = api.new_user()  # the operator is exempt from the API limit, so this works while Redis is down too
+    ws = api.new_workspace(owner)
+    dead_redis.stop()
+    decision = check(api, ws)
+    assert (decision["allowed"], decision["remaining"]) == (False, 0)
+    refused = api.call("GET", "/users/me", owner.key)
+    assert_problem(refused, 503)
+    assert refused.headers["Retry-After"] == "1"
+    assert made.unavailable_total >= 2
+    pool.disconnect()

@@ -1,0 +1,73 @@
+"""The broker down while credits are posted: requests still answer 202 quickly, the relay delivers later."""
+import dataclasses
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from domain.models import OPERATOR_CALLER
+from domain.services.registry import Services
+from tests.processes import (account_locked, age_operations, assert_sound, blocked_mid_transaction,
+                             entries_per_operation, wait_for_operations)
+
+CREDITS = 6  # fewer than a gunicorn worker's threads: each request's own latency, without queueing
+# One send attempt bounded by the 2 s socket timeout, plus slack for a loaded CI machine; before
+# the fix a frozen broker held a request for 20-50 s.
+MAX_REQUEST_SECONDS = 5.0
+
+
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+def test_credits_posted_while_the_broker_is_down_are_applied_once_after_it_returns(stack, api, services, engine,
+                                                                                   outage):
+    stack.start()
+    owner = api.new_user()  # set up in-process: no provisioning task to keep the worker busy
+    workspace = api.new_workspace(owner)
+    stop, restore = {"stopped": (stack.redis.stop, stack.redis.start),
+                     "frozen": (stack.redis.freeze, stack.redis.thaw)}[outage]
+
+    def post(cents: int):
+        return stack.api.operator("POST", f"/workspaces/{workspace['id']}/billing/credits",
+                                  json={"amountCents": cents}, headers={"Idempotency-Key": str(uuid.uuid4())})
+
+    with account_locked(engine, workspace["defaultBillingAccountId"]):
+        in_flight = post(100).json["id"]  # the worker holds its message, unacknowledged, when the broker goes
+        blocked_mid_transaction(engine, in_flight)
+        stop()
+        with ThreadPoolExecutor(CREDITS) as pool:
+            answers = list(pool.map(post, range(101, 101 + CREDITS)))
+    assert [a.status_code for a in answers] == [202] * CREDITS, [a.text for a in answers]
+    slowest = max(a.elapsed for a in answers)
+    print(f"broker {outage}: the slowest of {CREDITS} concurrent requests took {slowest:.2f} s")
+    assert slowest < MAX_REQUEST_SECONDS
+    ids = [in_flight, *(a.json["id"] for a in answers)]
+    assert wait_for_operations(engine, [in_flight]) == {in_flight: "succeeded"}  # its ack is what fails
+
+    restore()
+    age_operations(engine, ids)  # the relay leaves alone what was sent less than 30 s ago
+    relayed = stack.billing("relay")
+    assert relayed.returncode == 0 and "relayed " in relayed.stdout, relayed.stderr
+    assert wait_for_operations(engine, ids, timeout=60) == {i: "succeeded" for i in ids}
+    assert stack.worker.popen.poll() is None, "the worker died with the broker instead of reconnecting"
+    assert entries_per_operation(engine, ids) == {i: 1 for i in ids}
+    balance = api.call("GET", f"/workspaces/{workspace['id']}/billing/balance", owner.key).json
+    assert balance["balanceCents"] == 1000 + sum(range(100, 101 + CREDITS))
+    assert_sound(services, workspace["defaultBillingAccountId"], *ids)
+
+
+def test_the_relay_stops_at_the_first_send_the_broker_refuses(api, services, queue, engine):
+    owner = api.new_user()
+    workspace = api.new_workspace(owner)
+    queue.up = False
+    ids = [services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 100, "", None).id
+           for _ in range(3)]
+    age_operations(engine, ids)
+    attempts = []
+    down = Services(dataclasses.replace(services.ctx, enqueue=lambda name, **kw: attempts.append(name) or False))
+
+    assert down.operations.relay() == 0
+    assert len(attempts) == 1  # not one broker timeout per due operation, holding their row locks
+
+    for operation_id in ids:
+        services.operations.apply(operation_id)
+    assert entries_per_operation(engine, ids) == {i: 1 for i in ids}
+    assert_sound(services, workspace["defaultBillingAccountId"], *ids)

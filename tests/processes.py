@@ -1,0 +1,299 @@
+"""Real processes for flow and fault tests: a private redis-server, gunicorn, a Celery worker and beat."""
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from sqlalchemy import text
+
+from domain.services.registry import Services
+from tests.factories import OPERATOR_TOKEN, Api
+from worker import settings
+from worker.celery_app import create_celery, queue_of
+from worker.cli import ALL_QUEUES, api_argv, beat_argv, worker_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.1):
+    """The predicate's first truthy value, polled until the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class Process:
+    """A subprocess in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, needle: str, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()[-3000:]}")
+            return needle in self.output()
+        wait_until(seen, timeout, f"{needle!r} from {self.name}")
+
+    def group(self) -> list[int]:
+        """Live pids of the group: the process and every descendant (pool children included)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.pid and fields[0] != "Z":  # pgid, state
+                    found.append(int(entry.name))
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL the whole group and wait until no member runs (their sockets are closed)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=10)
+        wait_until(lambda: not self.group(), 10, f"{self.name}'s group to die")
+
+    def terminate(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM, then SIGKILL whatever of the group is left."""
+        if self.popen.poll() is None:
+            self.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+class RedisServer:
+    """A private redis-server on a free port, without persistence: a restart loses what it held."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log_dir = log_dir
+        self.process: Process | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]
+        self.process = Process("redis", argv, dict(os.environ), self._log_dir)
+        self.process.wait_for_output("Ready to accept connections", timeout=10)
+
+    def stop(self) -> None:
+        """SIGKILL: the broker vanishes with everything it held."""
+        self.process.kill()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections but nothing answers (a hung broker)."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process.popen.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+
+class HttpClient:
+    """Falcon's TestClient.simulate_request over real HTTP, so tests.factories.Api drives a served app."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def simulate_request(self, method: str, path: str, *, json=None, body=None, headers=None,
+                         params=None) -> "HttpResult":
+        return HttpResult(requests.request(method, self.base_url + path, json=json, data=body,
+                                           headers=headers, params=params, timeout=30))
+
+
+class HttpResult:
+    def __init__(self, response: requests.Response) -> None:
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.text = response.text
+        self.elapsed = response.elapsed.total_seconds()
+        self.json = response.json() if response.content else None
+
+
+class Stack:
+    """The service as deployed, on the test database and a private Redis: API, worker, beat."""
+
+    def __init__(self, database_url: str, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.redis = RedisServer(log_dir)
+        self.env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=self.redis.url,
+                        CELERY_BROKER_URL=self.redis.url, BILLING_OPERATOR_TOKEN=OPERATOR_TOKEN,
+                        PYTHONUNBUFFERED="1")
+        self.processes: list[Process] = []
+        self.api: Api | None = None
+        self.worker: Process | None = None
+        self._celery = None
+
+    def _start(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.env, self.log_dir)
+        self.processes.append(process)
+        return process
+
+    def start(self, *, api: bool = True, worker: bool = True, concurrency: int = 2) -> None:
+        """Launch the API (gunicorn) and a worker together, then wait until both serve."""
+        if api:
+            port = free_port()
+            server = self._start("api", api_argv(port, workers=1, threads=8))
+            self.api = Api(HttpClient(f"http://127.0.0.1:{port}"))
+        if worker:
+            name = f"test{free_port()}@%h"
+            self.worker = self._start("worker", worker_argv(ALL_QUEUES, concurrency, name=name))
+        if api:
+            wait_until(lambda: server.popen.poll() is not None or self._answers(port), 60, "the API")
+            assert server.popen.poll() is None, server.output()
+        if worker:
+            self.worker.wait_for_output(" ready.", timeout=60)
+
+    @staticmethod
+    def _answers(port: int) -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start_beat(self) -> Process:
+        beat = self._start("beat", beat_argv(str(self.log_dir)))
+        beat.wait_for_output("beat: Starting", timeout=30)
+        return beat
+
+    def billing(self, *args: str) -> subprocess.CompletedProcess:
+        """Run an operator command (`billing relay`, `billing audit`) against this stack."""
+        return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=60)
+
+    def send_task(self, name: str, **kwargs) -> str:
+        """Publish a task message straight to this stack's broker, as a redelivery would; its id."""
+        if self._celery is None:
+            self._celery = create_celery(settings.load(self.env))
+        return self._celery.send_task(name, kwargs=kwargs, queue=queue_of(name)).id
+
+    def enqueue(self, task_name: str, **kwargs) -> bool:
+        """An Enqueue on this stack's broker, for services built in the test process."""
+        try:
+            self.send_task(task_name, **kwargs)
+            return True
+        except Exception:  # as worker.queue.enqueue: a refused send is the relay's job
+            return False
+
+    def services(self, services: Services) -> Services:
+        """The test's services, sending their tasks to this stack's worker."""
+        return Services(dataclasses.replace(services.ctx, enqueue=self.enqueue))
+
+    def logs(self, lines: int = 60) -> str:
+        """The tail of every process's output, for the report of a failed test."""
+        return "\n".join(f"----- {p.name} (pid {p.pid}) -----\n" + "\n".join(p.output().splitlines()[-lines:])
+                         for p in [*self.processes, self.redis.process])
+
+    def stop(self) -> None:
+        if self._celery is not None:
+            self._celery.close()
+        for process in self.processes:  # all at once: each may take a few seconds to shut down
+            process.terminate()
+        for process in self.processes:
+            process.stop()
+        self.redis.thaw()
+        self.redis.stop()
+
+
+# Database checks shared by flow and fault tests.
+
+def statuses(engine, operation_ids: list[str]) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT id, status FROM operations WHERE id = ANY(:ids)"),
+                                 {"ids": operation_ids}).all())
+
+
+def wait_for_operations(engine, operation_ids: list[str], timeout: float = 60) -> dict[str, str]:
+    """Poll until every operation is finished; their statuses by id."""
+    def finished():
+        found = statuses(engine, operation_ids)
+        return found if all(found.get(i) in ("succeeded", "failed") for i in operation_ids) else None
+    return wait_until(finished, timeout, f"{len(operation_ids)} operation(s) to finish", every=0.2)
+
+
+def entries_per_operation(engine, operation_ids: list[str]) -> dict[str, int]:
+    """How many ledger entries each operation posted (keyed op:<id>)."""
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text(
+            "SELECT reference, count(*) FROM ledger_entries WHERE idempotency_key = ANY(:keys) "
+            "GROUP BY reference"),
+            {"keys": [f"op:{i}" for i in operation_ids]}).all())
+    return {i: counts.get(i, 0) for i in operation_ids}
+
+
+def age_operations(engine, operation_ids: list[str], seconds: int = 120) -> None:
+    """Make unfinished operations look abandoned for `seconds`, as after a long outage."""
+    with engine.begin() as conn:
+        conn.execute(text(
+            "UPDATE operations SET updated_at = updated_at - make_interval(secs => :s), "
+            "enqueued_at = enqueued_at - make_interval(secs => :s) "
+            "WHERE id = ANY(:ids) AND status IN ('queued', 'running')"), {"ids": operation_ids, "s": seconds})
+
+
+@contextmanager
+def account_locked(engine, account_id: str):
+    """Hold the account's row lock: a worker posting to it blocks inside its transaction."""
+    with engine.connect() as conn:
+        with conn.begin():
+            conn.execute(text("SELECT 1 FROM billing_accounts WHERE id = :id FOR UPDATE"), {"id": account_id})
+            yield
+
+
+def backends_waiting_on_locks(engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalars())
+
+
+def blocked_mid_transaction(engine, operation_id: str) -> set[int]:
+    """Wait until a worker runs the operation and waits on a lock; the waiting backends' pids."""
+    return wait_until(lambda: statuses(engine, [operation_id]) == {operation_id: "running"}
+                      and backends_waiting_on_locks(engine), 30, f"{operation_id} to block on a lock")
+
+
+def assert_sound(services, *ids: str) -> None:
+    """The audit finds nothing wrong with these accounts or operations."""
+    problems = services.operations.audit()
+    assert [p for p in problems if any(i in p for i in ids)] == [], problems
