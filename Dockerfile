@@ -8,5 +8,5 @@ COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . && useradd --system billing
 USER billing
-EXPOSE 8000 5555
+EXPOSE 8000 5555 9808
 CMD ["billing", "api"]

@@ -7,6 +7,7 @@ import falcon
 from api import errors, openapi
 from api.auth import Authentication
 from api.idempotency import IdempotencyKeys
+from api.metrics import NO_METRICS, Metrics, MetricsPort, RequestMetrics
 from api.ratelimit import ApiRateLimit
 from api.resources import rate_limits, usage
 from api.request_log import RequestLog
@@ -17,7 +18,8 @@ from domain.services.registry import Services
 WS = "/workspaces/{workspace_id}"
 
 
-def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str, object]]:
+def routes(s: Services, checks: dict[str, Callable[[], None]],
+           metrics: MetricsPort = NO_METRICS) -> list[tuple[str, object]]:
     document = functools.cache(lambda: openapi.build(table))
     table = [
         ("/users", users.Users(s.users)),
@@ -53,28 +55,31 @@ def routes(s: Services, checks: dict[str, Callable[[], None]]) -> list[tuple[str
         ("/ready", service.Ready(checks)),
         ("/openapi.json", service.OpenApi(document)),
         ("/docs", service.Docs(lambda: openapi.page(document()))),
+        ("/metrics", Metrics(metrics)),
     ]
     return table
 
 
 def create_app(s: Services, operator_token: str | None, checks: dict[str, Callable[[], None]],
-               api_rate_limit: int = 0) -> falcon.App:
+               api_rate_limit: int = 0, metrics: MetricsPort = NO_METRICS) -> falcon.App:
     """The app; api_rate_limit is each API key's requests per minute (0: off)."""
-    app = falcon.App(middleware=[RequestLog(), Authentication(s.users, operator_token),
+    app = falcon.App(middleware=[RequestLog(), RequestMetrics(metrics), Authentication(s.users, operator_token),
                                  ApiRateLimit(s.rate_limits, api_rate_limit), IdempotencyKeys(s.idempotency)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    for path, resource in routes(s, checks):
+    for path, resource in routes(s, checks, metrics):
         app.add_route(path, resource)
     return app
 
 
 def get_app() -> falcon.App:
     """The production app, wired from the environment (gunicorn 'api.app:get_app()')."""
-    from worker import health, logs, settings
+    from worker import health, logs, metrics, settings
     from worker.container import services
 
     logs.configure("api")
     loaded = settings.load()
+    port = MetricsPort(metrics.observe_request,
+                       lambda: metrics.render(lambda: metrics.gauges(services(), loaded.broker_url)))
     return create_app(services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"),
-                      health.checks(loaded), api_rate_limit=loaded.api_rate_limit)
+                      health.checks(loaded), api_rate_limit=loaded.api_rate_limit, metrics=port)

@@ -1,11 +1,19 @@
-"""Idempotency-Key on POST: the first response (status and body) is replayed for 24 hours."""
+"""Idempotency-Key on POST: the first response (status and body) is replayed for 24 hours.
+
+A resource with `settles_idempotency = True` stores its answer in its own transaction (see
+domain.services.idempotency): the middleware leaves it the claim (`claim(req)`), the resource renders
+its answer with `answer()` and sends a replay with `send_replay()`. Should it fail instead (a refusal,
+an invalid body), the middleware stores the refusal as the first answer here, as for any resource.
+"""
 import hashlib
+import json
 
 import falcon
 
-from api.errors import invalid
+from api.errors import Problem, invalid
 from api.schemas import MAX_BODY_BYTES, raw_body, read_json
-from domain.services.idempotency import IdempotencyService
+from domain.errors import Conflict
+from domain.services.idempotency import Claim, IdempotencyService, Replay
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADERS = ("Location", "Content-Type")
@@ -24,29 +32,104 @@ class IdempotencyKeys:
         raw = _buffer_body(req, getattr(resource, "max_body_bytes", MAX_BODY_BYTES))
         fingerprint = hashlib.sha256(b"\n".join([req.method.encode(), req.relative_uri.encode(), raw])).hexdigest()
         caller = req.context.caller.name
+        if getattr(resource, "settles_idempotency", False):
+            req.context.idempotency_claim = Claim(caller, key, fingerprint)
+            return
         replay = self._idempotency.begin(caller, key, fingerprint)
         if replay is not None:
-            resp.status = falcon.code_to_http_status(replay.status)
-            resp.data = replay.body.encode()
-            for name, value in replay.headers.items():
-                resp.set_header(name, value)
-            resp.set_header("Idempotent-Replayed", "true")
+            send_replay(resp, replay)
             resp.complete = True
             return
         req.context.idempotency = (caller, key)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        pending = getattr(req.context, "idempotency_claim", None)
+        if pending is not None:
+            self._settle_unanswered(req, resp, pending)
+            return
         claim = getattr(req.context, "idempotency", None)
         if claim is None:
             return
-        status = int(str(resp.status).split()[0]) if not isinstance(resp.status, int) else resp.status
+        status = _status(resp)
         if status >= 500 or status == 402:  # 402 asks for the same request again, paid: not a final answer
             self._idempotency.abandon(*claim)
             return
         body = resp.render_body() or b""
         resp.data = body
-        headers = {name: resp.get_header(name) for name in REPLAYED_HEADERS if resp.get_header(name)}
-        self._idempotency.finish(*claim, status, body.decode(), headers)
+        self._idempotency.finish(*claim, status, body.decode(), _stored_headers(resp))
+
+    def _settle_unanswered(self, req: falcon.Request, resp: falcon.Response, claim: Claim) -> None:
+        """A settling resource that did not store its answer (it failed): store the failure as the first
+        answer, or answer as the key's stored first answer would."""
+        if getattr(req.context, "idempotency_settled", False):
+            return
+        status = _status(resp)
+        if status >= 500 or status == 402:  # not a final answer; nothing was stored
+            return
+        body = resp.render_body() or b""
+        resp.data = body
+        try:
+            replay = self._idempotency.settle(claim, Replay(status, body.decode(), _stored_headers(resp)))
+        except Conflict as exc:
+            _conflict(resp, exc)
+            return
+        if replay is not None:
+            send_replay(resp, replay)
+
+
+def claim(req: falcon.Request) -> Claim | None:
+    """The Idempotency-Key claim a settling resource stores its answer under, if the request has a key."""
+    return getattr(req.context, "idempotency_claim", None)
+
+
+def answer(resp: falcon.Response, status: int, media: object, *, location: str | None = None) -> Replay:
+    """Render the resource's answer once, so what is stored for replays is exactly what is sent."""
+    resp.status = falcon.code_to_http_status(status)
+    if location is not None:
+        resp.location = location
+    resp.media = media
+    body = resp.render_body() or b""
+    resp.data = body
+    return Replay(status, body.decode(), _stored_headers(resp))
+
+
+def settled(req: falcon.Request) -> None:
+    """The resource's transaction stored its answer (or found the one to replay): nothing left to do."""
+    req.context.idempotency_settled = True
+
+
+def send_replay(resp: falcon.Response, replay: Replay) -> None:
+    _reset(resp)
+    resp.status = falcon.code_to_http_status(replay.status)
+    resp.data = replay.body.encode()
+    for name, value in replay.headers.items():
+        resp.set_header(name, value)
+    resp.set_header("Idempotent-Replayed", "true")
+
+
+def _conflict(resp: falcon.Response, exc: Conflict) -> None:
+    """Answer 409 as the error handlers would have, had the resource raised it."""
+    _reset(resp)
+    problem = Problem(409, "Conflict", exc.detail)
+    resp.status = problem.status
+    resp.content_type = "application/problem+json"
+    resp.text = json.dumps(problem.to_dict())
+
+
+def _reset(resp: falcon.Response) -> None:
+    resp.media = None
+    resp.data = None
+    resp.text = None
+    for name in REPLAYED_HEADERS:
+        resp.delete_header(name)
+
+
+def _status(resp: falcon.Response) -> int:
+    return int(str(resp.status).split()[0]) if not isinstance(resp.status, int) else resp.status
+
+
+def _stored_headers(resp: falcon.Response) -> dict:
+    return {name: resp.get_header(name) for name in REPLAYED_HEADERS if resp.get_header(name)}
 
 
 def _buffer_body(req: falcon.Request, limit: int) -> bytes:

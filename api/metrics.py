@@ -14,6 +14,9 @@ class MetricsPort:
     render: Callable[[], tuple[str, bytes]]  # content type, exposition text
 
 
+NO_METRICS = MetricsPort(lambda *_: None, lambda: ("text/plain; version=0.0.4", b""))
+
+
 class RequestMetrics:
     def __init__(self, port: MetricsPort) -> None:
         self._port = port

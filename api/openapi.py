@@ -1,7 +1,5 @@
 """The OpenAPI 3.1 document, built from the routes and the schemas that validate requests."""
-import html
-
-from api import responses
+from api import docs_page, responses
 from api.doc import EndpointDoc
 
 PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
@@ -69,7 +67,7 @@ def _query_parameters(model) -> list[dict]:
 
 def _operation(d: EndpointDoc, path_params: list[str], components: dict) -> dict:
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemShape"}}}
-    op = {"summary": d.summary, "description": f"Who: {d.who}. {d.notes}".strip(),
+    op = {"summary": d.summary, "description": f"Who: {d.who}. {d.notes}".strip(), "x-who": d.who,
           "parameters": [{"name": _param_name(p), "in": "path", "required": True, "schema": {"type": "string"}}
                          for p in path_params]}
     if d.who not in ("anyone",):
@@ -110,20 +108,5 @@ def build(routes: list[tuple[str, object]]) -> dict:
 
 
 def page(document: dict) -> str:
-    """A plain HTML rendering of the document: no scripts, no CDN."""
-    rows = []
-    for path, methods in document["paths"].items():
-        for method, op in methods.items():
-            statuses = ", ".join(op["responses"])
-            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                        f"<td>{html.escape(op['summary'])}<br><small>{html.escape(op['description'])}</small></td>"
-                        f"<td>{statuses}</td></tr>")
-    conventions = "".join(f"<p>{html.escape(p)}</p>" for p in document["info"]["description"].split("\n\n"))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>Billing service API</title>"
-            "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}td{vertical-align:top;"
-            "padding:.3em;border-bottom:1px solid #ddd}</style></head><body><h1>Billing service API</h1>"
-            f"{conventions}<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"
-            f"<table><tr><th>Method</th><th>Path</th><th>What</th><th>Statuses</th></tr>{''.join(rows)}"
-            "</table></body></html>")
-
-
+    """The readable page over the document (GET /docs)."""
+    return docs_page.render(document)

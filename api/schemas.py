@@ -36,35 +36,53 @@ class Query(BaseModel):
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+USER_ID, ACCOUNT_ID = "usr_6f1c2b9a4e7d4c0b8a5e3d2f1a0b9c8d", "ba_0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e"
+
+
+def examples(*bodies: dict) -> ConfigDict:
+    """Request examples for the OpenAPI document and the /docs page (a test validates each)."""
+    return ConfigDict(json_schema_extra={"examples": list(bodies)})
 Id = Annotated[str, Field(min_length=1, max_length=100)]
 MovementCents = Annotated[int, Field(gt=0, le=MAX_MOVEMENT_CENTS,
                                      description="Integer cents, 1 to 100,000,000.")]
 
 
 class CreateUser(Body):
+    model_config = examples({"email": "ada@example.com", "name": "Ada Lovelace"})
+
     email: Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
     name: Name | None = None
 
 
 class CreateWorkspace(Body):
+    model_config = examples({"name": "Acme"}, {"name": "Acme research", "billingAccountId": ACCOUNT_ID})
+
     name: Name
     billing_account_id: Id | None = None
 
 
 class AddMember(Body):
+    model_config = examples({"userId": USER_ID, "role": "member"})
+
     user_id: Id
     role: Literal["admin", "member"]
 
 
 class CreateBillingAccount(Body):
+    model_config = examples({"name": "Project Apollo"})
+
     name: Name
 
 
 class LinkBillingAccount(Body):
+    model_config = examples({"billingAccountId": ACCOUNT_ID})
+
     billing_account_id: Id
 
 
 class AddCredits(Body):
+    model_config = examples({"amountCents": 2500, "description": "Goodwill credit"})
+
     amount_cents: MovementCents
     description: Annotated[str, Field(max_length=500)] = ""
 
@@ -76,6 +94,8 @@ HttpUrl = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?:
 class CreateCheckoutSession(Body):
     """CreateCheckoutSessionDto."""
 
+    model_config = examples({"amountCents": 2000, "successUrl": "https://app.example.com/billing/done",
+                             "cancelUrl": "https://app.example.com/billing"})
     amount_cents: Annotated[int, Field(ge=50, le=1_000_000, description="Integer cents, 50 to 1,000,000.")]
     success_url: HttpUrl
     cancel_url: HttpUrl
@@ -122,6 +142,11 @@ class UsageEvent(Body):
 
 
 class RecordUsage(Body):
+    model_config = examples({"events": [
+        {"eventId": "req-7f3a-0001", "metric": "api.requests", "quantity": 1000, "amountCents": 40},
+        {"eventId": "job-9c1e", "metric": "gpu.seconds", "quantity": 360, "amountCents": 1250,
+         "occurredAt": "2026-11-27T12:00:00Z"}]})
+
     events: Annotated[list[UsageEvent], Field(min_length=1, max_length=1000)]
 
 
@@ -130,6 +155,8 @@ class UsageOverviewQuery(Window):
 
 
 class CheckRateLimit(Body):
+    model_config = examples({"cost": 1}, {})
+
     cost: Annotated[int, Field(ge=1, le=100_000, description="Requests to consume, default 1.")] = 1
 
 

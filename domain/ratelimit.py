@@ -2,6 +2,7 @@
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,14 +36,19 @@ class Limiter(Protocol):
 class FailurePolicy:
     """Wraps a Limiter: when the store is unreachable, allow everything (open) or nothing (closed)."""
 
-    def __init__(self, inner: Limiter, *, fail_open: bool = True) -> None:
+    def __init__(self, inner: Limiter, *, fail_open: bool = True,
+                 on_decision: Callable[[Decision], None] | None = None) -> None:
         self.inner, self.fail_open = inner, fail_open
+        self._on_decision = on_decision
         self.unavailable_total = 0  # decisions taken without the store; a metric to export
         self._down_until = 0.0
         self._lock = threading.Lock()
 
     def hit(self, key: str, per_minute: int, cost: int = 1) -> Decision:
-        return self._guarded(lambda: self.inner.hit(key, per_minute, cost), per_minute)
+        decision = self._guarded(lambda: self.inner.hit(key, per_minute, cost), per_minute)
+        if self._on_decision is not None:
+            self._on_decision(decision)
+        return decision
 
     def peek(self, key: str, per_minute: int) -> Decision:
         return self._guarded(lambda: self.inner.peek(key, per_minute), per_minute)

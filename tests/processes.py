@@ -148,7 +148,8 @@ class HttpResult:
         self.headers = response.headers
         self.text = response.text
         self.elapsed = response.elapsed.total_seconds()
-        self.json = response.json() if response.content else None
+        is_json = "json" in response.headers.get("Content-Type", "")
+        self.json = response.json() if response.content and is_json else None
 
 
 class Stack:
@@ -197,9 +198,9 @@ class Stack:
         beat.wait_for_output("beat: Starting", timeout=30)
         return beat
 
-    def billing(self, *args: str) -> subprocess.CompletedProcess:
+    def billing(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run an operator command (`billing relay`, `billing audit`) against this stack."""
-        return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=self.env,
+        return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=self.env | (env or {}),
                               capture_output=True, text=True, timeout=60)
 
     def send_task(self, name: str, **kwargs) -> str:

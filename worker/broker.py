@@ -13,6 +13,17 @@ class Channel(redis.Channel):
             raise RedisConnectionError("the broker connection is closed")
         return super()._connparams(asynchronous=asynchronous)
 
+    def _create_client(self, asynchronous=False):
+        # kombu builds a new redis.Redis (some 170 response callbacks registered) for every publish, event
+        # and ack: most of a send's CPU. One client per channel and pool does the same: a client holds no
+        # state of its own, each command takes a connection from the pool (reset after a fork).
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        client = self.__dict__.get("_sync_client")
+        if client is None or client.connection_pool is not self.pool:
+            client = self.__dict__["_sync_client"] = super()._create_client()
+        return client
+
 
 class Transport(redis.Transport):
     Channel = Channel

@@ -1,4 +1,6 @@
 """The Celery app: Redis broker, JSON only, late acks, queues by purpose."""
+import os
+
 from celery import Celery, signals
 
 import beat_schedule
@@ -52,6 +54,10 @@ def create_celery(settings: settings_module.Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=16,
         worker_hijack_root_logger=False,
+        # Task events for Flower, on in every deployment (the worker's `-E`); the sqla broker of
+        # standalone mode has no fanout, and Celery turns them off there by itself.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         task_default_queue="ledger",
         task_routes=ROUTES,
         task_create_missing_queues=True,
@@ -81,3 +87,26 @@ def _unbind_ids(task=None, **_) -> None:
     if tokens:
         tracing.request_id.reset(tokens[0])
         tracing.operation_id.reset(tokens[1])
+
+
+@signals.task_prerun.connect
+def _task_started(task=None, **_) -> None:
+    from worker import metrics
+
+    task.request.metrics_started = metrics.task_started(task.name)
+
+
+@signals.task_postrun.connect
+def _task_finished(task=None, state=None, **_) -> None:
+    from worker import metrics
+
+    metrics.task_finished(task.name, state, getattr(task.request, "metrics_started", None))
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_) -> None:
+    port = int(os.environ.get("WORKER_METRICS_PORT", "9808") or 0)
+    if port:
+        from worker import metrics
+
+        metrics.serve(port)

@@ -3,12 +3,14 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from worker import settings as settings_module
 
 CELERY_APP = "worker.celery_app"
 ALL_QUEUES = "ledger,payments,tiers,maintenance"
+API_GRACEFUL_SECONDS = 20  # after SIGTERM, in-flight requests get this long (compose's stop_grace_period is longer)
 
 
 def migrate(database_url: str) -> None:
@@ -25,13 +27,15 @@ def migrate(database_url: str) -> None:
 
 
 def api_argv(port: int, workers: int, threads: int) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "api.app:get_app()", "--bind", f"0.0.0.0:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", "20",
-            "--access-logfile", "-", "--error-logfile", "-"]
+    return [sys.executable, "-m", "gunicorn", "api.app:get_app()", "--config", "python:worker.gunicorn_conf",
+            "--bind", f"0.0.0.0:{port}",
+            "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", str(API_GRACEFUL_SECONDS),
+            "--worker-class", "worker.http_worker.DrainingThreadWorker",
+            "--error-logfile", "-"]  # no access log: api.request_log writes one JSON line per request
 
 
 def worker_argv(queues: str, concurrency: int, name: str = "worker@%h") -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "--queues", queues,
+    return [sys.executable, "-m", "worker.celery_main", "-A", CELERY_APP, "worker", "--queues", queues,
             "--concurrency", str(concurrency), "--hostname", name, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle"]
 
@@ -57,7 +61,7 @@ def _cmd_api(args, s) -> int:
 def _cmd_worker(args, s) -> int:
     settings_module.require(s.database_url, "DATABASE_URL")
     settings_module.require(s.broker_url, "REDIS_URL")
-    argv = worker_argv(args.queues, args.concurrency)
+    argv = worker_argv(args.queues, args.concurrency, args.hostname)
     os.execv(argv[0], argv)
 
 
@@ -67,10 +71,23 @@ def _cmd_beat(args, s) -> int:
     os.execv(argv[0], argv)
 
 
+def flower_argv(port: int, address: str, state_dir: str | None = None) -> list[str]:
+    """Flower on the broker. Workers send task events by configuration, so Flower need not switch
+    them on; its task history stays in memory unless a state directory is given."""
+    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "flower", f"--port={port}",
+            f"--address={address}", "--enable_events=False", "--max_tasks=10000"]
+    if state_dir:
+        return argv + ["--persistent=True", f"--db={Path(state_dir) / 'flower-state'}",
+                       "--state_save_interval=60000"]
+    return argv + ["--persistent=False"]
+
+
 def _cmd_flower(args, s) -> int:
     settings_module.require(s.broker_url, "REDIS_URL")
-    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "flower", f"--port={args.port}",
-            f"--address={args.address}"]
+    if not os.environ.get("FLOWER_BASIC_AUTH"):
+        print("billing flower: FLOWER_BASIC_AUTH (user:password) is not set: the pages are open to anyone "
+              "who reaches the port and the HTTP API answers 401", file=sys.stderr)
+    argv = flower_argv(args.port, args.address, args.state_dir)
     os.execv(argv[0], argv)
 
 
@@ -109,6 +126,126 @@ def _cmd_relay(args, s) -> int:
     return 0
 
 
+def _cmd_reconcile(args, s) -> int:
+    from datetime import timedelta
+
+    from worker.container import services
+
+    age = None if args.older_than is None else timedelta(seconds=args.older_than)
+    if args.provider in ("stripe", "all") and services().ctx.stripe is None:
+        if args.provider == "stripe":
+            settings_module.require(None, "STRIPE_API_KEY")
+        print("stripe: skipped, not configured (STRIPE_API_KEY)")
+    elif args.provider in ("stripe", "all"):
+        after = timedelta(seconds=s.stripe_reconcile_after_seconds) if age is None else age
+        print(f"stripe: reconciled {services().stripe.reconcile(after=after)} pending checkout(s)")
+    if args.provider in ("x402", "all"):
+        found = services().x402.reconcile() if age is None else services().x402.reconcile(older_than=age)
+        print(f"x402: reconciled {found} pending payment(s)")
+    return 0
+
+
+def _operation_json(op) -> str:
+    """The operation as GET /operations/{id} shows it."""
+    def ts(t):
+        return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return json.dumps({"id": op.id, "kind": op.kind, "status": op.status, "result": op.result, "error": op.error,
+                       "createdAt": ts(op.created_at), "updatedAt": ts(op.updated_at)})
+
+
+def _answer(op, args) -> int:
+    """Print the operation; with --wait, once it has finished (exit 1 if it failed or is still pending)."""
+    import time
+
+    from domain.models import OPERATOR_CALLER
+    from worker.container import services
+
+    deadline = time.monotonic() + args.timeout
+    while args.wait and op.status not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        op = services().operations.get(OPERATOR_CALLER, op.id)
+    print(_operation_json(op))
+    if args.wait and op.status == "failed":
+        print(f"billing: operation {op.id} failed", file=sys.stderr)
+    elif args.wait and op.status != "succeeded":
+        print(f"billing: operation {op.id} is still {op.status} after {args.timeout} s: is a worker running? "
+              "(it is applied once one is)", file=sys.stderr)
+    return 1 if args.wait and op.status != "succeeded" else 0
+
+
+def _cmd_credit(args, s) -> int:
+    from domain.models import OPERATOR_CALLER
+    from worker.container import services
+
+    op = services().operations.request_credit(OPERATOR_CALLER, args.workspace_id, args.amount_cents,
+                                              args.description, args.idempotency_key)
+    return _answer(op, args)
+
+
+def _cmd_tiers_refresh(args, s) -> int:
+    from domain.models import OPERATOR_CALLER
+    from worker.container import services
+
+    if args.all:
+        print(f"recomputed the tiers of {services().rate_limits.refresh_all()} billing account(s)")
+        return 0
+    return _answer(services().rate_limits.request_refresh(OPERATOR_CALLER, args.workspace_id, None), args)
+
+
+def _bounded(kind: str, low: int, high: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: {kind} must be a whole number from {low} to {high}")
+        return int(text)
+    return parse
+
+
+def _text(limit: int, low: int = 0):
+    def parse(text: str) -> str:
+        if not low <= len(text) <= limit or not text.isprintable():
+            raise argparse.ArgumentTypeError(f"must be {low} to {limit} printable characters")
+        return text
+    return parse
+
+
+def _wait_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--wait", action="store_true", help="poll until a worker has applied it; exit 1 "
+                         "if it failed or is still unfinished after --timeout")
+    command.add_argument("--timeout", type=_bounded("--timeout", 1, 3600), default=60, help="seconds (default 60)")
+
+
+def _operator_commands(sub) -> None:
+    from domain.money import MAX_MOVEMENT_CENTS
+
+    what = ("run the Stripe and x402 reconcile jobs once (beat runs them every 60 and 30 s): Stripe is asked "
+            "about pending checkouts, pending x402 payments are settled again")
+    reconcile = sub.add_parser("reconcile", help=what, description=what)
+    reconcile.add_argument("--provider", choices=("stripe", "x402", "all"), default="all")
+    reconcile.add_argument("--older-than", type=_bounded("--older-than", 0, 7 * 86400), metavar="SECONDS",
+                           help="only what has been pending this long (default: the beat jobs' ages)")
+    reconcile.set_defaults(run=_cmd_reconcile)
+    what = ("grant credits to a workspace's default billing account, as POST /workspaces/{id}/billing/credits "
+            "does with the operator key; prints the operation")
+    credit = sub.add_parser("credit", help=what, description=what)
+    credit.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    credit.add_argument("amount_cents", metavar="AMOUNT_CENTS", type=_bounded("AMOUNT_CENTS", 1, MAX_MOVEMENT_CENTS))
+    credit.add_argument("--description", type=_text(500), default="")
+    credit.add_argument("--idempotency-key", type=_text(255, low=1),
+                        help="the same key again returns the first operation instead of crediting twice")
+    _wait_options(credit)
+    credit.set_defaults(run=_cmd_credit)
+    tiers = sub.add_parser("tiers", help="rate-limit tiers: `billing tiers refresh`")
+    what = ("recompute rate-limit tiers: one workspace's (queued, as POST .../rate-limits/refresh does) or, "
+            "with --all, every billing account's, now")
+    refresh = tiers.add_subparsers(dest="tiers_command", required=True).add_parser("refresh", help=what,
+                                                                                   description=what)
+    which = refresh.add_mutually_exclusive_group(required=True)
+    which.add_argument("workspace_id", metavar="WORKSPACE_ID", nargs="?")
+    which.add_argument("--all", action="store_true", help="every billing account, recomputed in this process")
+    _wait_options(refresh)
+    refresh.set_defaults(run=_cmd_tiers_refresh)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="billing", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--queues", default=ALL_QUEUES)
     worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--hostname", default="worker@%h", help="the name Flower shows (%%h: this host's name)")
     worker.set_defaults(run=_cmd_worker)
     beat = sub.add_parser("beat", help="run Celery beat (exactly one per deployment)")
     beat.add_argument("--state-dir", default=os.environ.get("BILLING_BEAT_STATE_DIR", "/tmp"))
@@ -128,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
     flower = sub.add_parser("flower", help="run Flower, the Celery monitor, on the broker")
     flower.add_argument("--port", type=int, default=5555)
     flower.add_argument("--address", default="0.0.0.0")
+    flower.add_argument("--state-dir", default=os.environ.get("BILLING_FLOWER_STATE_DIR"),
+                        help="keep Flower's task history in this directory across restarts (default: memory only)")
     flower.set_defaults(run=_cmd_flower)
     standalone = sub.add_parser("standalone", help="API, worker and beat in one command; without "
                                 "DATABASE_URL/REDIS_URL on an embedded PostgreSQL")
@@ -142,6 +282,7 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--stuck-after", type=int, default=600, help="seconds before an unfinished operation counts as stuck")
     audit.set_defaults(run=_cmd_audit)
     sub.add_parser("relay", help="send unfinished operations to the queue once").set_defaults(run=_cmd_relay)
+    _operator_commands(sub)
     return p
 
 

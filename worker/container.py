@@ -10,7 +10,7 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.limiter import memory_limiter, redis_limiter
 from domain.store.uow import UnitOfWork, make_engine
-from worker import payments, settings as settings_module
+from worker import metrics, payments, settings as settings_module
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -21,7 +21,7 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
     engine = make_engine(settings_module.require(settings.database_url, "DATABASE_URL"), pool_size)
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
-    ctx = Context(uow=lambda: UnitOfWork(engine), enqueue=enqueue,
+    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings), enqueue=enqueue,
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds),
                   stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
@@ -33,9 +33,11 @@ def limiter(settings: settings_module.Settings) -> FailurePolicy:
     """The rate limiter on REDIS_URL (short timeouts: a decision never waits long on Redis); without
     REDIS_URL (standalone), `limits`' memory storage, which is per process."""
     if not settings.redis_url:
-        return FailurePolicy(memory_limiter(), fail_open=settings.rate_limit_fail_open)
+        return FailurePolicy(memory_limiter(), fail_open=settings.rate_limit_fail_open,
+                             on_decision=metrics.observe_decision)
     pool = redis.ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
-    return FailurePolicy(redis_limiter(settings.redis_url, pool), fail_open=settings.rate_limit_fail_open)
+    return FailurePolicy(redis_limiter(settings.redis_url, pool), fail_open=settings.rate_limit_fail_open,
+                         on_decision=metrics.observe_decision)
 
 
 def services() -> Services:

@@ -1,5 +1,7 @@
 """Prometheus metrics of the API and the worker; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set."""
+import logging
 import os
+import time
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -14,12 +16,68 @@ TASK_SECONDS = Histogram("billing_task_duration_seconds", "Celery task run time"
 POSTINGS = Counter("billing_ledger_postings_total", "Ledger entries committed", ["kind"])
 POSTED_CENTS = Counter("billing_ledger_posted_cents_total", "Cents moved by committed entries",
                        ["kind", "direction"])
-RATE_LIMIT_DECISIONS = Counter("billing_rate_limit_decisions_total", "Rate-limit decisions", ["scope", "decision"])
+RATE_LIMIT_DECISIONS = Counter("billing_rate_limit_decisions_total", "Rate-limit decisions (checks and API keys)",
+                               ["decision", "store"])  # allowed|denied; ok|unavailable
+
+
+def task_started(name: str) -> float:
+    TASKS.labels(name, "started").inc()
+    return time.perf_counter()
+
+
+def task_finished(name: str, state: str | None, started: float | None) -> None:
+    event = {"SUCCESS": "succeeded", "RETRY": "retried"}.get(state or "", "failed")
+    TASKS.labels(name, event).inc()
+    if started is not None:
+        TASK_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+def serve(port: int) -> None:
+    """The worker's own /metrics (every pool process's counters), on a background thread."""
+    from prometheus_client import start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:  # the port is taken (a second worker on this host): run without it
+        logging.getLogger(__name__).warning("worker metrics not served on port %s: %s", port, exc)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_SECONDS.labels(method, route).observe(seconds)
+
+
+def observe_decision(decision) -> None:
+    RATE_LIMIT_DECISIONS.labels("allowed" if decision.allowed else "denied",
+                                "unavailable" if decision.degraded else "ok").inc()
+
+
+def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:
+    """Scrape-time values: queue depth per queue (Redis broker), outbox backlog, checkouts by state."""
+    snapshot = services.stats.snapshot()
+    found = {
+        "billing_outbox_operations": [({"status": s}, n) for s, n in snapshot["backlog"].items()],
+        "billing_checkouts": [({"provider": p, "status": s}, n) for p, s, n in snapshot["checkouts"]],
+    }
+    if broker_url and broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        from worker.celery_app import QUEUES
+
+        client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            found["billing_queue_depth"] = [({"queue": q}, client.llen(q)) for q in QUEUES]
+        except redis.RedisError:
+            found["billing_queue_depth"] = []
+        finally:
+            client.close()
+    return found
 
 
 def observe_postings(postings: list[tuple[str, int]]) -> None:

@@ -1,8 +1,9 @@
 """/workspaces/{workspaceId}/billing: linked accounts, balance, transactions, summary, credits."""
 import falcon
 
-from api import responses as r, schemas, views
+from api import idempotency, responses as r, schemas, views
 from api.doc import doc
+from domain.services.idempotency import Replay
 from domain.services.operations import OperationService
 from domain.services.reads import ReadService
 from domain.services.workspaces import WorkspaceService
@@ -101,6 +102,8 @@ class Summary:
 
 
 class Credits:
+    settles_idempotency = True  # the operation and its Idempotency-Key answer commit together
+
     def __init__(self, operations: OperationService) -> None:
         self._operations = operations
 
@@ -109,7 +112,15 @@ class Credits:
          notes="The account is the workspace default at the moment of the request. Poll Location.")
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         body = schemas.load(schemas.AddCredits, req)
-        op = self._operations.request_credit(req.context.caller, workspace_id, body.amount_cents,
-                                             body.description, req.get_header("Idempotency-Key"))
-        resp.status, resp.location = falcon.HTTP_202, f"/operations/{op.id}"
-        resp.media = views.operation(op)
+        claim = idempotency.claim(req)
+
+        def answer(op) -> Replay:
+            return idempotency.answer(resp, 202, views.operation(op), location=f"/operations/{op.id}")
+        outcome = self._operations.request_credit(req.context.caller, workspace_id, body.amount_cents,
+                                                  body.description, req.get_header("Idempotency-Key"),
+                                                  claim=claim, answer=answer)
+        idempotency.settled(req)
+        if isinstance(outcome, Replay):
+            idempotency.send_replay(resp, outcome)
+        elif claim is None:
+            answer(outcome)

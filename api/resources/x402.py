@@ -36,6 +36,8 @@ the workspace's owner or an admin. SDK buyers: x402 clients refuse payments over
 
 
 class X402TopUp(schemas.Body):
+    model_config = schemas.examples({"amountCents": 500})
+
     amount_cents: Annotated[int, Field(ge=1, le=1_000_000, description="Integer cents, 1 to 1,000,000.")]
 
 

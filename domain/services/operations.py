@@ -1,13 +1,34 @@
-"""Queued money movements: accept now, apply in the worker, exactly once."""
+"""Queued money movements: accept now, apply in the worker, exactly once.
+
+Credits are applied in batches: the task of one credit also claims other queued credits that no other
+transaction holds (FOR UPDATE SKIP LOCKED), locks their accounts without waiting on any, and posts every
+credit whose account it holds, marks them succeeded and stores their accounts' tiers, all in one
+transaction. While batches come back full, the task goes on with the next ones (for DRAIN_SECONDS at
+most), each in its own transaction, so a backlog is applied at the pace of the database rather than of
+the messages. Each credit's own message still arrives; finding its credit finished, it is a wake-up: it
+applies whatever credits are queued by then (every SWEEP_SECONDS at most per process), so work never waits
+for a queue of messages longer than the queue of work. A credit whose account another transaction holds
+waits for it the original way: marked running (committed, so an attempt is counted and visible), then
+posted in a second transaction. An attempt of a batched credit is counted when it is applied (a batch
+that fails or dies rolls back whole); a batch failing on a database error is retried with its own credit
+alone, so a bad credit cannot hold the others back.
+"""
 import logging
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
-from domain.errors import DomainError, Forbidden, NotFound
+from sqlalchemy.exc import DBAPIError
+
+from domain import tiers
+from domain.errors import DomainError, Forbidden, NotFound, Unavailable
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
-from domain.services import access, rate_limits, usage
+from domain.services import rate_limits, usage
 from domain.services.context import Context
-from domain.store import audit, ledger, operations
+from domain.services.idempotency import Claim, Replay, settle_in
+from domain.store import audit, batch, ledger, operations
+from domain.store.uow import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -17,24 +38,49 @@ TASK_FOR_KIND = {"credit": APPLY_TASK, "x402_settle": "payments.settle_x402"}
 TASK_FOR_KIND |= {"usage": APPLY_TASK, "tier_refresh": rate_limits.APPLY_TASK}
 MOVES_MONEY = ("credit", "usage")  # kinds after which the account's rate-limit tier is recomputed
 MAX_ATTEMPTS = 10
+BATCHED_KINDS = ("credit",)  # applied in batches, their accounts' tiers computed in the same transaction
+BATCH_SIZE = 100  # operations applied by one transaction at most
+DRAIN_SECONDS = 0.5  # how long one task goes on applying full batches of queued credits
+SWEEP_SECONDS = 0.2  # a message finding its operation finished applies queued credits, this often at most
+FINISHED_REMEMBERED = 20_000  # ids of finished operations each process keeps, newest last
 
 
 class OperationService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        # Operations this process saw committed as finished: a message for one of them (a batch applied it
+        # before its own message came) ends without a database round trip. Finished is final.
+        self._finished: dict[str, None] = {}
+        self._last_sweep = 0.0
+
+    def _remember_finished(self, operation_ids) -> None:
+        self._finished.update(dict.fromkeys(operation_ids))
+        while len(self._finished) > FINISHED_REMEMBERED:
+            del self._finished[next(iter(self._finished))]
 
     def request_credit(self, caller: Caller, workspace_id: str, amount_cents: int, description: str,
-                       idempotency_key: str | None) -> Operation:
-        """Record a credit to the workspace's current default account; the worker applies it."""
+                       idempotency_key: str | None, *, claim: Claim | None = None,
+                       answer: Callable[[Operation], Replay] | None = None) -> Operation | Replay:
+        """Record a credit to the workspace's current default account; the worker applies it.
+
+        With an Idempotency-Key `claim`, `answer(op)` is the response stored for replays in the same
+        transaction; when the key holds a first answer already, that answer comes back instead (a Replay)
+        and nothing is recorded."""
         if not caller.is_operator:
             raise Forbidden("only the operator grants credits")
+        if not looks_like("ws", workspace_id):
+            raise NotFound("workspace not found")
         with self._ctx.uow() as uow:
-            workspace = access.workspace(uow.conn, caller, workspace_id).workspace
-            op, created = operations.insert_operation(
+            op, created = operations.insert_for_workspace(
                 uow.conn, operation_id=new_id("op"), kind="credit", caller=caller.name,
-                idempotency_key=idempotency_key, workspace_id=workspace.id,
-                billing_account_id=workspace.default_billing_account_id,
+                idempotency_key=idempotency_key, workspace_id=workspace_id,
                 payload={"amountCents": amount_cents, "description": description})
+            if op is None:
+                raise NotFound("workspace not found")
+            if claim is not None:
+                replay = settle_in(uow.conn, claim, answer(op))
+                if replay is not None:
+                    return replay  # rolled back: the key's first answer stands
             if created:
                 uow.after_commit(lambda: self._ctx.enqueue(APPLY_TASK, operation_id=op.id))
             uow.commit()
@@ -48,16 +94,54 @@ class OperationService:
         return op
 
     def apply(self, operation_id: str) -> None:
-        """Apply one operation. Safe to run twice: the ledger key is the operation id."""
-        with self._ctx.uow() as uow:
-            op = operations.get(uow.conn, operation_id, for_update=True)
-            if op is None or op.status in ("succeeded", "failed"):
-                return  # a redelivery of finished work
-            op = operations.set_status(uow.conn, operation_id, "running")
-            uow.commit()
-        if op.attempts > MAX_ATTEMPTS:
-            self.fail(operation_id, f"gave up after {MAX_ATTEMPTS} attempts")
+        """Apply one operation (a credit: in a batch with other queued credits). Safe to run twice: the
+        ledger key is the operation id."""
+        if operation_id in self._finished:
+            self._sweep()  # a message for a credit a batch finished: a wake-up all the same
             return
+        try:
+            then = self._start(operation_id, alone=False)
+        except DBAPIError as exc:  # not the database down: maybe another credit of the batch; try it alone
+            if is_unavailable(exc):
+                raise
+            log.warning("a batch with operation %s failed (%s); applying it alone", operation_id, exc)
+            then = self._start(operation_id, alone=True)
+        if then is not None:
+            then()
+
+    def _start(self, operation_id: str, *, alone: bool) -> Callable[[], None] | None:
+        """The first transaction of apply: what to do after it committed."""
+        with self._ctx.uow() as uow:
+            op = operations.get(uow.conn, operation_id, for_update=True, unfinished=True)
+            if op is None:  # a redelivery of finished work (or of work a batch finished): nothing to commit
+                return None if alone else self._sweep
+            if op.attempts >= MAX_ATTEMPTS:
+                operations.set_status(uow.conn, operation_id, "failed", attempt=True, error={
+                    "title": "operation failed", "detail": f"gave up after {MAX_ATTEMPTS} attempts"})
+                uow.commit()
+                return None
+            then = self._apply_with_batch(uow, op, alone=alone) if op.kind in BATCHED_KINDS else None
+            if then is None:  # not batched, or its account is held elsewhere: counted and shown running,
+                operations.set_status(uow.conn, operation_id, "running")  # then applied
+                then = lambda: self._apply_running(operation_id)  # noqa: E731
+            uow.commit()
+        return then
+
+    def _apply_with_batch(self, uow, op: Operation, *, alone: bool = False) -> Callable[[], None] | None:
+        """Apply `op` with up to BATCH_SIZE - 1 other queued credits in `uow`: what to do once it commits
+        (go on with the next batches when this one was full), or None when another transaction holds
+        op's account (then nothing was posted for op; the others were)."""
+        others = [] if alone else operations.claim_queued(uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE - 1,
+                                                           max_attempts=MAX_ATTEMPTS, but=[op.id])
+        claimed = [op, *others]
+        finished, skipped = self._apply_batch(uow.conn, claimed)
+        uow.after_commit(lambda: self._remember_finished(finished))
+        if op.id not in finished:
+            return None
+        return (lambda: self._drain(skipped)) if len(claimed) == BATCH_SIZE else (lambda: None)
+
+    def _apply_running(self, operation_id: str) -> None:
+        """The second transaction of an operation marked running: apply it (waiting on its account)."""
         with self._ctx.uow() as uow:
             op = operations.get(uow.conn, operation_id, for_update=True)
             if op.status != "running":
@@ -68,12 +152,84 @@ class OperationService:
                 refusal = exc
             else:
                 operations.set_status(uow.conn, operation_id, "succeeded", result=result)
-                if op.kind in MOVES_MONEY:
+                if op.kind in MOVES_MONEY and op.kind not in BATCHED_KINDS:
                     uow.after_commit(lambda: self._ctx.enqueue(rate_limits.RECOMPUTE_TASK,
                                                                account_id=op.billing_account_id))
                 uow.commit()
                 return
         self.fail(operation_id, refusal.detail, title=type(refusal).__name__)
+
+    def _apply_batch(self, conn, claimed: list[Operation]) -> tuple[list[str], set[str]]:
+        """Post the claimed (locked) credits whose accounts no other transaction holds, mark them succeeded
+        (or failed, refused) and store their accounts' tiers, in this transaction: the ids finished, and
+        the ids left queued because their account was held (their own messages, or later batches, apply
+        them)."""
+        held = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
+        results: dict[str, dict] = {}
+        refused: list[str] = []
+        skipped: set[str] = set()
+        for op in claimed:
+            if op.billing_account_id not in held:
+                skipped.add(op.id)
+                continue
+            try:
+                results[op.id] = self._post_credit(conn, op)
+            except DomainError as exc:  # a business refusal: recorded with the others, never retried
+                operations.set_status(conn, op.id, "failed", attempt=True,
+                                      error={"title": type(exc).__name__, "detail": exc.detail})
+                refused.append(op.id)
+        operations.succeed_many(conn, results)
+        self._store_tiers(conn, {results[i]["billingAccountId"] for i in results})
+        return [*results, *refused], skipped
+
+    def _sweep(self) -> None:
+        """A message whose credit a batch finished already wakes the worker all the same: apply what is
+        queued now (at most every SWEEP_SECONDS per process), rather than when the queue of messages,
+        longer than the queue of work, reaches a message whose credit is still queued."""
+        now = time.monotonic()
+        if now - self._last_sweep >= SWEEP_SECONDS:
+            self._last_sweep = now
+            self._drain(set())
+
+    def _drain(self, skipped: set[str]) -> None:
+        """Apply further batches of queued credits, each in its own transaction, while they come back
+        full and DRAIN_SECONDS last; never those skipped already (their accounts were held)."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with self._ctx.uow() as uow:
+                    claimed = operations.claim_queued(uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE,
+                                                      max_attempts=MAX_ATTEMPTS, but=list(skipped))
+                    if not claimed:
+                        return
+                    finished, left = self._apply_batch(uow.conn, claimed)
+                    uow.after_commit(lambda: self._remember_finished(finished))
+                    uow.commit()
+            except (DBAPIError, Unavailable) as exc:  # extra work only: each credit's own message remains
+                log.warning("applying a batch of queued credits failed (%s); left to their own messages", exc)
+                return
+            skipped |= left
+            if len(claimed) < BATCH_SIZE:
+                return
+
+    def _post_credit(self, conn, op: Operation) -> dict:
+        posting = ledger.post(conn, op.billing_account_id, op.payload["amountCents"],
+                              kind="credit_grant", key=f"op:{op.id}", workspace_id=op.workspace_id,
+                              description=op.payload.get("description") or "Credit grant",
+                              reference=op.id)
+        return {"transactionId": f"txn_{posting.entry.id}", "billingAccountId": op.billing_account_id,
+                "amountCents": posting.entry.amount_cents,
+                "balanceAfterCents": posting.entry.balance_after_cents}
+
+    def _store_tiers(self, conn, account_ids: set[str]) -> None:
+        """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
+        if not account_ids:
+            return
+        table, decided = self._ctx.config.tiers, {}
+        for account_id, (balance, paid, last_entry_id) in batch.tier_inputs(conn, list(account_ids)).items():
+            decision = tiers.decide(balance, paid, table)
+            decided[account_id] = (decision.tier, decision.reason, paid, balance, last_entry_id)
+        batch.save_tiers(conn, decided)
 
     def _apply(self, conn, op: Operation) -> dict:
         if op.kind == "usage":
@@ -81,13 +237,9 @@ class OperationService:
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":
-            posting = ledger.post(conn, op.billing_account_id, op.payload["amountCents"],
-                                  kind="credit_grant", key=f"op:{op.id}", workspace_id=op.workspace_id,
-                                  description=op.payload.get("description") or "Credit grant",
-                                  reference=op.id)
-            return {"transactionId": f"txn_{posting.entry.id}", "billingAccountId": op.billing_account_id,
-                    "amountCents": posting.entry.amount_cents,
-                    "balanceAfterCents": posting.entry.balance_after_cents}
+            result = self._post_credit(conn, op)
+            self._store_tiers(conn, {op.billing_account_id})
+            return result
         raise NotFound(f"no handler for operations of kind {op.kind}")
 
     def fail(self, operation_id: str, reason: str, *, title: str = "operation failed") -> None:
@@ -100,14 +252,21 @@ class OperationService:
             uow.commit()
 
     def relay(self, *, older_than: timedelta = timedelta(seconds=30), limit: int = 1000) -> int:
-        """Re-enqueue unfinished operations whose message was lost or never sent (the outbox relay)."""
+        """Re-enqueue unfinished operations whose message was lost or never sent (the outbox relay).
+
+        A queued credit's task applies up to BATCH_SIZE queued credits, oldest first, so one message
+        per BATCH_SIZE due credits re-drives them all; every other operation gets its own message."""
         with self._ctx.uow() as uow:
             due = operations.due_for_relay(uow.conn, older_than=older_than, limit=limit)
+            batched = [op_id for op_id, kind, status in due if kind in BATCHED_KINDS and status == "queued"]
+            sends = [(APPLY_TASK, batched[i:i + BATCH_SIZE]) for i in range(0, len(batched), BATCH_SIZE)]
+            sends += [(TASK_FOR_KIND.get(kind, APPLY_TASK), [op_id]) for op_id, kind, status in due
+                      if not (kind in BATCHED_KINDS and status == "queued")]
             sent = []
-            for op_id, kind in due:
-                if not self._ctx.enqueue(TASK_FOR_KIND.get(kind, APPLY_TASK), operation_id=op_id):
+            for task, covered in sends:
+                if not self._ctx.enqueue(task, operation_id=covered[0]):
                     break  # the broker is down: stop here, rather than wait on it for every row
-                sent.append(op_id)
+                sent += covered
             if sent:
                 operations.mark_enqueued(uow.conn, sent)
             uow.commit()

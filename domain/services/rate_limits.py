@@ -106,6 +106,19 @@ class RateLimitService:
             self.recompute(account_id)
         return len(due)
 
+    def refresh_all(self, page: int = 500) -> int:
+        """Recompute and store every billing account's tier now, page by page (an operator's command)."""
+        done, after = 0, ""
+        while True:
+            with self._ctx.uow() as uow:
+                account_ids = store.account_ids(uow.conn, after=after, limit=page)
+            for account_id in account_ids:
+                self.recompute(account_id)
+            done += len(account_ids)
+            if len(account_ids) < page:
+                return done
+            after = account_ids[-1]
+
 
 def refresh_in(conn: Connection, op: Operation, ctx: Context) -> dict:
     """Apply a tier_refresh operation: the account's tier recomputed, the workspace's new status."""

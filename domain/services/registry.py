@@ -5,6 +5,7 @@ from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
 from domain.services.rate_limits import RateLimitService
 from domain.services.reads import ReadService
+from domain.services.stats import StatsService
 from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.usage import UsageService
 from domain.services.users import UserService
@@ -25,3 +26,4 @@ class Services:
         self.usage = UsageService(ctx)
         self.rate_limits = RateLimitService(ctx)
         self.x402 = X402CheckoutService(ctx)
+        self.stats = StatsService(ctx)

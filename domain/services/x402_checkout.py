@@ -13,6 +13,7 @@ from domain.models import Caller, Checkout, Operation, Workspace
 from domain.providers.x402_gateway import FacilitatorUnavailable, Payment, PaymentRejected, Settlement, X402Gateway
 from domain.services import access
 from domain.services.context import Context
+from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import checkouts, ledger, operations, x402_payments
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ class X402CheckoutService:
             if outcome.outcome == "settled":
                 result = self._credit(uow.conn, checkout, outcome.transaction)
                 operations.set_status(uow.conn, operation_id, "succeeded", result=result)
+                account_id = checkout.billing_account_id
+                uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account_id))
             elif outcome.outcome == "failed" and not ours:
                 checkouts.change(uow.conn, checkout_id, status="failed", failure_reason=outcome.reason)
                 operations.set_status(uow.conn, operation_id, "failed",

@@ -1,13 +1,20 @@
-"""Operation SQL: the queued intents that the worker applies and the relay re-drives."""
+"""Operation SQL: the queued intents that the worker applies and the relay re-drives.
+
+The hot paths (a credit accepted, a batch of credits applied) use fixed text() statements: no statement
+is built per call, and psycopg prepares each one on the server after a few executions.
+"""
+import json
 from datetime import timedelta
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.models import Operation
 from domain.store.tables import operations
 
 _o = operations.c
+_COLUMNS = ("id, kind, status, caller, workspace_id, billing_account_id, payload, result, error, attempts, "
+            "created_at, updated_at")
 
 
 def _operation(row) -> Operation:
@@ -34,39 +41,119 @@ def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: 
     return _operation(existing), False
 
 
-def get(conn: Connection, operation_id: str, *, for_update: bool = False) -> Operation | None:
-    query = select(operations).where(_o.id == operation_id)
-    if for_update:
-        query = query.with_for_update()
-    row = conn.execute(query).mappings().first()
+# The workspace's current default account is read by the INSERT itself: one statement, one round trip.
+_INSERT_FOR_WORKSPACE = text(f"""
+INSERT INTO operations (id, kind, caller, idempotency_key, workspace_id, billing_account_id, payload)
+SELECT :id, :kind, :caller, :key, w.id, w.default_billing_account_id, CAST(:payload AS jsonb)
+FROM workspaces w WHERE w.id = :workspace_id
+ON CONFLICT ON CONSTRAINT operations_caller_idempotency_key DO NOTHING
+RETURNING {_COLUMNS}
+""")
+_BY_KEY = text(f"SELECT {_COLUMNS} FROM operations WHERE caller = :caller AND idempotency_key = :key")
+
+
+def insert_for_workspace(conn: Connection, *, operation_id: str, kind: str, caller: str,
+                         idempotency_key: str | None, workspace_id: str,
+                         payload: dict) -> tuple[Operation | None, bool]:
+    """Insert an operation on the workspace's default account: (op, True); (existing, False) when the
+    caller's idempotency key names one already; (None, False) when the workspace does not exist."""
+    row = conn.execute(_INSERT_FOR_WORKSPACE, {
+        "id": operation_id, "kind": kind, "caller": caller, "key": idempotency_key,
+        "workspace_id": workspace_id, "payload": json.dumps(payload)}).mappings().first()
+    if row is not None:
+        return _operation(row), True
+    if idempotency_key is None:
+        return None, False
+    existing = conn.execute(_BY_KEY, {"caller": caller, "key": idempotency_key}).mappings().first()
+    return (_operation(existing), False) if existing else (None, False)
+
+
+_GET = {
+    (False, False): text(f"SELECT {_COLUMNS} FROM operations WHERE id = :id"),
+    (True, False): text(f"SELECT {_COLUMNS} FROM operations WHERE id = :id FOR UPDATE"),
+    # Only an unfinished one is locked: a finished one (a redelivered message) costs no row lock.
+    (True, True): text(f"SELECT {_COLUMNS} FROM operations WHERE id = :id AND status IN ('queued', 'running') "
+                       "FOR UPDATE"),
+    (False, True): text(f"SELECT {_COLUMNS} FROM operations WHERE id = :id AND status IN ('queued', 'running')"),
+}
+
+
+def get(conn: Connection, operation_id: str, *, for_update: bool = False,
+        unfinished: bool = False) -> Operation | None:
+    """The operation (locked, with for_update); with unfinished, None for a finished one too."""
+    row = conn.execute(_GET[for_update, unfinished], {"id": operation_id}).mappings().first()
     return _operation(row) if row else None
 
 
+_SET_STATUS = text(f"""
+UPDATE operations SET status = :status, result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
+       updated_at = now(), attempts = attempts + :attempt
+WHERE id = :id
+RETURNING {_COLUMNS}
+""")
+
+
 def set_status(conn: Connection, operation_id: str, status: str, *, result: dict | None = None,
-               error: dict | None = None) -> Operation:
-    row = conn.execute(update(operations).where(_o.id == operation_id).values(
-        status=status, result=result, error=error, updated_at=func.now(),
-        attempts=_o.attempts + (1 if status == "running" else 0)).returning(operations)).mappings().one()
+               error: dict | None = None, attempt: bool | None = None) -> Operation:
+    """Move an operation; `attempt` (default: when it starts running) counts one more attempt."""
+    attempt = status == "running" if attempt is None else attempt
+    row = conn.execute(_SET_STATUS, {
+        "id": operation_id, "status": status, "attempt": 1 if attempt else 0,
+        "result": None if result is None else json.dumps(result),
+        "error": None if error is None else json.dumps(error)}).mappings().one()
     return _operation(row)
+
+
+# Queued operations of the given kinds that nobody holds, oldest first (the operations_pending index).
+_CLAIM_QUEUED = text(f"""
+SELECT {_COLUMNS} FROM operations
+WHERE status = 'queued' AND kind = ANY(CAST(:kinds AS text[])) AND attempts < :max_attempts
+  AND id <> ALL(CAST(:but AS text[]))
+ORDER BY updated_at LIMIT :limit
+FOR UPDATE SKIP LOCKED
+""")
+
+
+def claim_queued(conn: Connection, *, kinds: tuple[str, ...], limit: int, max_attempts: int,
+                 but: list[str]) -> list[Operation]:
+    """Lock up to `limit` queued operations that no other transaction holds (never waiting on one)."""
+    if limit <= 0:
+        return []
+    rows = conn.execute(_CLAIM_QUEUED, {"kinds": list(kinds), "limit": limit, "max_attempts": max_attempts,
+                                        "but": but}).mappings()
+    return [_operation(row) for row in rows]
+
+
+# Every row updated by one statement; each attempt counted, as a 'running' mark would have.
+_SUCCEED_MANY = text("""
+UPDATE operations o SET status = 'succeeded', result = CAST(v.result AS jsonb), error = NULL,
+       attempts = o.attempts + 1, updated_at = now()
+FROM unnest(CAST(:ids AS text[]), CAST(:results AS text[])) AS v(id, result)
+WHERE o.id = v.id
+""")
+
+
+def succeed_many(conn: Connection, results: dict[str, dict]) -> None:
+    """Mark operations succeeded with their results, counting the attempt that applied them."""
+    if results:
+        conn.execute(_SUCCEED_MANY, {"ids": list(results), "results": [json.dumps(r) for r in results.values()]})
 
 
 def mark_enqueued(conn: Connection, operation_ids: list[str]) -> None:
     conn.execute(update(operations).where(_o.id.in_(operation_ids)).values(enqueued_at=func.now()))
 
 
-def due_for_relay(conn: Connection, *, older_than: timedelta, limit: int) -> list[tuple[str, str]]:
-    """(id, kind) of unfinished operations not enqueued (or not touched) for older_than."""
+def due_for_relay(conn: Connection, *, older_than: timedelta, limit: int) -> list[tuple[str, str, str]]:
+    """(id, kind, status) of unfinished operations not enqueued (or not touched) for older_than."""
     cutoff = func.now() - older_than
-    query = (select(_o.id, _o.kind).where(
+    query = (select(_o.id, _o.kind, _o.status).where(
         _o.status.in_(("queued", "running")), _o.updated_at < cutoff,
         (_o.enqueued_at.is_(None)) | (_o.enqueued_at < cutoff))
         .order_by(_o.updated_at).limit(limit).with_for_update(skip_locked=True))
-    return [(row.id, row.kind) for row in conn.execute(query)]
+    return [(row.id, row.kind, row.status) for row in conn.execute(query)]
 
 
 def stuck(conn: Connection, *, older_than: timedelta) -> list[str]:
     query = select(_o.id).where(_o.status.in_(("queued", "running")),
                                 _o.updated_at < func.now() - older_than)
     return list(conn.execute(query).scalars())
-
-

@@ -5,7 +5,7 @@ from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.models import AccountTier
-from domain.store.tables import account_tiers
+from domain.store.tables import account_tiers, billing_accounts
 
 _t = account_tiers.c
 
@@ -60,3 +60,9 @@ def save(conn: Connection, account_id: str, *, tier: str, reason: str, paid_cent
 def stale(conn: Connection, *, older_than: timedelta, limit: int) -> list[str]:
     rows = conn.execute(_STALE, {"age": older_than.total_seconds(), "limit": limit})
     return [row.billing_account_id for row in rows]
+
+
+def account_ids(conn: Connection, *, after: str, limit: int) -> list[str]:
+    """Billing account ids in id order, from just after `after`."""
+    query = select(billing_accounts.c.id).where(billing_accounts.c.id > after).order_by(billing_accounts.c.id)
+    return list(conn.execute(query.limit(limit)).scalars())

@@ -1,0 +1,12 @@
+"""What operators watch: unfinished operations (the outbox) and checkouts by provider and state."""
+from domain.services.context import Context
+from domain.store import stats
+
+
+class StatsService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def snapshot(self) -> dict:
+        with self._ctx.uow() as uow:
+            return {"backlog": stats.operation_backlog(uow.conn), "checkouts": stats.checkout_counts(uow.conn)}

@@ -1,0 +1,80 @@
+"""SIGTERM, as a deploy or `docker compose stop` sends it: the API drains, the worker shuts down warm.
+
+The test holds a lock that the requests (or the worker's postings) wait on, so the signal arrives
+while they are deterministically in flight.
+"""
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+import requests
+from sqlalchemy import text
+
+from tests.faults.test_worker_killed import credit
+from tests.processes import (account_locked, assert_sound, backends_waiting_on_locks, entries_per_operation,
+                             statuses, wait_for_operations, wait_until)
+
+
+def _refuses_connections(base_url: str) -> bool:
+    try:
+        requests.get(base_url + "/health", timeout=2)
+    except requests.ConnectionError:
+        return True
+    return False
+
+
+def test_sigterm_to_the_api_finishes_every_request_in_flight(stack, engine):
+    stack.start(worker=False)
+    [server] = [p for p in stack.processes if p.name == "api"]
+    owner = stack.api.new_user()
+    workspace = stack.api.new_workspace(owner)
+
+    def grant(i):
+        return stack.api.operator("POST", f"/workspaces/{workspace['id']}/billing/credits",
+                                  json={"amountCents": 100 + i})
+    with ThreadPoolExecutor(6) as pool:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("LOCK TABLE operations IN EXCLUSIVE MODE"))  # reads pass, inserts wait
+            answers = [pool.submit(grant, i) for i in range(6)]
+            wait_until(lambda: len(backends_waiting_on_locks(engine)) == 6, 30, "six requests to block")
+            server.popen.send_signal(signal.SIGTERM)
+            wait_until(lambda: _refuses_connections(stack.api.client.base_url), 10, "the API to stop accepting")
+            assert server.popen.poll() is None  # still draining the six
+        results = [answer.result() for answer in answers]
+
+    assert [r.status_code for r in results] == [202] * 6, [r.text for r in results]
+    assert server.popen.wait(timeout=25) == 0, server.output()[-3000:]
+    assert set(statuses(engine, [r.json["id"] for r in results]).values()) == {"queued"}
+
+
+def test_sigterm_to_the_worker_finishes_its_current_credits_and_loses_none(stack, api, services, engine):
+    stack.start(api=False, concurrency=2)
+    owners = [api.new_user() for _ in range(3)]
+    workspaces = [api.new_workspace(owner) for owner in owners]
+    hot = workspaces[0]["defaultBillingAccountId"]
+
+    with account_locked(engine, hot):
+        ids = [credit(stack.services(services), workspaces[i % 3], 100 + i) for i in range(30)]
+        wait_until(lambda: len(backends_waiting_on_locks(engine)) == 2, 30, "both pool processes to block")
+        running = [i for i, status in statuses(engine, ids).items() if status == "running"]
+        stack.worker.popen.send_signal(signal.SIGTERM)
+        stack.worker.wait_for_output("worker: Warm shutdown", timeout=10)
+        assert stack.worker.popen.poll() is None  # waiting for the two credits it is applying
+    assert stack.worker.popen.wait(timeout=30) == 0, stack.worker.output()[-3000:]
+    assert len(running) == 2 and statuses(engine, running) == {i: "succeeded" for i in running}
+    assert "WorkerLostError" not in stack.worker.output()
+
+    # The stopping worker put back what it had prefetched, so the next deploy's worker applies the rest
+    # at once: no message waits out the visibility timeout, none needs the relay.
+    broker = redis.Redis.from_url(stack.redis.url)
+    unfinished = [i for i, status in statuses(engine, ids).items() if status != "succeeded"]
+    assert broker.hlen("unacked") == 0 and broker.llen("ledger") >= len(unfinished) > 0
+    broker.close()
+    stack.start(api=False)
+    assert wait_for_operations(engine, ids, timeout=20) == {i: "succeeded" for i in ids}
+    assert entries_per_operation(engine, ids) == {i: 1 for i in ids}
+    with engine.connect() as conn:
+        attempts = dict(conn.execute(text("SELECT id, attempts FROM operations WHERE id = ANY(:ids)"),
+                                     {"ids": running}).all())
+    assert attempts == {i: 1 for i in running}  # finished by the stopping worker, never run again
+    assert_sound(services, hot, *ids)

@@ -1,0 +1,113 @@
+"""`billing credit`, `billing tiers refresh` and `billing reconcile` as an operator runs them, against the
+stack's database and broker: the same services as the API, answers in one line when something is wrong."""
+import json
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from domain.models import Caller
+from domain.providers.stripe_gateway import StripeGateway
+from domain.services.context import Config, Context
+from domain.services.registry import Services
+from domain.store.uow import UnitOfWork
+from tests.factories import post
+from tests.standins.stripe_api import StripeStandIn
+
+
+def _workspace(stack):
+    owner = stack.api.new_user()
+    return owner, stack.api.new_workspace(owner)
+
+
+def _balance(stack, owner, workspace) -> int:
+    return stack.api.call("GET", f"/workspaces/{workspace['id']}/billing/balance", owner.key).json["balanceCents"]
+
+
+def _one_line_error(done, expected: str) -> None:
+    assert done.returncode != 0 and done.stdout == "", done
+    assert done.stderr == expected + "\n", done.stderr
+
+
+def test_billing_credit_grants_like_the_api_and_waits_until_the_worker_applied_it(stack):
+    owner, workspace = _workspace(stack)
+    key = f"grant-{uuid.uuid4()}"
+    done = stack.billing("credit", workspace["id"], "2500", "--description", "goodwill", "--idempotency-key", key,
+                         "--wait")
+    assert done.returncode == 0, done.stderr
+    op = json.loads(done.stdout)
+    assert (op["kind"], op["status"]) == ("credit", "succeeded")
+    assert (op["result"]["amountCents"], op["result"]["balanceAfterCents"]) == (2500, 3500)
+    assert stack.api.operator("GET", f"/operations/{op['id']}").json == op
+
+    again = stack.billing("credit", workspace["id"], "2500", "--idempotency-key", key)
+    assert again.returncode == 0 and json.loads(again.stdout)["id"] == op["id"]
+    assert _balance(stack, owner, workspace) == 3500
+    newest = stack.api.call("GET", f"/workspaces/{workspace['id']}/billing/transactions", owner.key).json["data"]
+    assert [(t["kind"], t["amountCents"], t["description"]) for t in newest[:2]] == [
+        ("credit_grant", 2500, "goodwill"), ("intro_credit", 1000, newest[1]["description"])]
+
+
+def test_billing_credit_answers_one_line_for_an_unknown_workspace(stack):
+    _one_line_error(stack.billing("credit", f"ws_{uuid.uuid4().hex}", "100"), "billing: workspace not found")
+
+
+def _stale_tier1(stack, services, owner, workspace) -> None:
+    """A stored `free` tier that a top-up made stale, as if the recompute message was lost."""
+    path = f"/workspaces/{workspace['id']}/rate-limits"
+    assert stack.api.call("GET", path, owner.key).json["tier"] == "free"
+    post(services, workspace["defaultBillingAccountId"], 600, kind="stripe_topup")
+    assert stack.api.call("GET", path, owner.key).json["tier"] == "free"
+
+
+def test_billing_tiers_refresh_recomputes_one_workspace_or_every_account(stack, services):
+    owner, workspace = _workspace(stack)
+    _stale_tier1(stack, services, owner, workspace)
+    done = stack.billing("tiers", "refresh", workspace["id"], "--wait")
+    assert done.returncode == 0, done.stderr
+    op = json.loads(done.stdout)
+    assert (op["kind"], op["status"], op["result"]["tier"]) == ("tier_refresh", "succeeded", "tier1")
+
+    other_owner, other = _workspace(stack)
+    _stale_tier1(stack, services, other_owner, other)
+    everything = stack.billing("tiers", "refresh", "--all")
+    assert everything.returncode == 0, everything.stderr
+    assert int(everything.stdout.split()[4]) >= 2, everything.stdout  # "recomputed the tiers of N ..."
+    assert stack.api.call("GET", f"/workspaces/{other['id']}/rate-limits", other_owner.key).json["tier"] == "tier1"
+
+
+@pytest.fixture(scope="module")
+def stripe_api():
+    standin = StripeStandIn().start()
+    yield standin
+    standin.stop()
+
+
+def test_billing_reconcile_credits_a_paid_checkout_whose_webhook_never_came(stack, engine, stripe_api):
+    owner, workspace = _workspace(stack)
+    gateway = StripeGateway("sk_test_cli", "whsec_cli", stripe_api.url, timeout_seconds=2)
+    stripe = Services(Context(uow=lambda: UnitOfWork(engine), enqueue=lambda *a, **k: True, config=Config(),
+                              stripe=gateway)).stripe
+    checkout = stripe.create(Caller(owner.id), workspace["id"], 1500, "https://app.example/ok",
+                             "https://app.example/no", None)
+    stripe_api.pay(checkout.provider_ref)  # paid at Stripe; its webhook is lost
+    env = {"STRIPE_API_KEY": "sk_test_cli", "STRIPE_API_BASE": stripe_api.url}
+
+    done = stack.billing("reconcile", "--provider", "stripe", "--older-than", "0", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("stripe: reconciled ") and "x402" not in done.stdout, done.stdout
+    assert _balance(stack, owner, workspace) == 2500
+    with engine.connect() as conn:
+        status = conn.execute(text("SELECT status FROM checkouts WHERE id = :id"), {"id": checkout.id}).scalar()
+        topups = conn.execute(text("SELECT count(*) FROM ledger_entries WHERE billing_account_id = :a AND "
+                                   "kind = 'stripe_topup'"), {"a": workspace["defaultBillingAccountId"]}).scalar()
+    assert (status, topups) == ("completed", 1)
+
+
+def test_billing_reconcile_skips_an_unconfigured_stripe_unless_asked_for_it(stack):
+    done = stack.billing("reconcile")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "stripe: skipped, not configured (STRIPE_API_KEY)" and lines[1].startswith("x402: reconciled ")
+    _one_line_error(stack.billing("reconcile", "--provider", "stripe"),
+                    "billing: configuration error: STRIPE_API_KEY is not set")

@@ -1,0 +1,46 @@
+"""The `billing` command's operator tools: help for each, and wrong arguments refused in one line."""
+import pytest
+
+from worker.cli import flower_argv, main, parser
+
+OPERATOR_COMMANDS = [["audit"], ["relay"], ["reconcile"], ["credit"], ["tiers"], ["tiers", "refresh"], ["flower"]]
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+def test_every_operator_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args([*command, "--help"])
+    assert exited.value.code == 0
+    assert f"usage: billing {' '.join(command)}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["credit", "ws_1", "12.5"], "AMOUNT_CENTS must be a whole number from 1 to 100000000"),
+    (["credit", "ws_1", "0"], "AMOUNT_CENTS must be a whole number"),
+    (["credit", "ws_1", "100000001"], "AMOUNT_CENTS must be a whole number"),
+    (["credit", "ws_1", "5", "--idempotency-key", ""], "must be 1 to 255 printable characters"),
+    (["credit", "ws_1", "5", "--description", "x" * 501], "must be 0 to 500 printable characters"),
+    (["tiers", "refresh"], "one of the arguments WORKSPACE_ID --all is required"),
+    (["tiers", "refresh", "ws_1", "--all"], "not allowed with argument WORKSPACE_ID"),
+    (["reconcile", "--provider", "paypal"], "invalid choice: 'paypal'"),
+    (["reconcile", "--older-than", "-5"], "--older-than must be a whole number"),
+])
+def test_wrong_arguments_are_refused_with_usage_and_one_reason(argv, complaint, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_a_missing_setting_is_one_line_naming_it(monkeypatch, capsys):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr("worker.container._built", {})
+    assert main(["credit", "ws_1", "5"]) == 2
+    assert capsys.readouterr().err == "billing: configuration error: DATABASE_URL is not set\n"
+
+
+def test_flower_keeps_nothing_on_disk_unless_given_a_state_directory():
+    assert "--persistent=False" in flower_argv(5555, "0.0.0.0")
+    kept = flower_argv(5555, "0.0.0.0", "/var/lib/flower")
+    assert "--persistent=True" in kept and "--db=/var/lib/flower/flower-state" in kept
+    assert "--enable_events=False" in kept  # the workers send task events by their own configuration
