@@ -1,4 +1,5 @@
 """Builders for tests: users, workspaces and calls with the right keys."""
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -68,3 +69,14 @@ def post(services, account_id: str, amount_cents: int, *, key: str | None = None
                               allow_negative=allow_negative)
         uow.commit()
     return posting
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """Prometheus exposition text as {'name{a="x",b="y"}': value}, labels sorted whatever the exporter's order."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? ([0-9.e+-]+)$", line)
+        if match:
+            labels = ",".join(sorted(re.findall(r'[a-z_]+="(?:[^"\\]|\\.)*"', match.group(2) or "")))
+            found[match.group(1) + (f"{{{labels}}}" if labels else "")] = float(match.group(3))
+    return found

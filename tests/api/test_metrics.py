@@ -1,5 +1,4 @@
 """GET /metrics: the counters move by exactly what a flow did."""
-import re
 
 import pytest
 from falcon import testing
@@ -10,7 +9,7 @@ from api.metrics import MetricsPort
 from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
-from tests.factories import OPERATOR_TOKEN, Api
+from tests.factories import OPERATOR_TOKEN, Api, prometheus_samples
 from worker import metrics
 
 
@@ -25,14 +24,7 @@ def mapi(engine, queue):
 def _scrape(api: Api) -> dict[str, float]:
     result = api.call("GET", "/metrics")
     assert result.status_code == 200 and result.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for line in result.text.splitlines():
-        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? ([0-9.e+-]+)$", line)
-        if match:  # labels in a canonical (sorted) order, whatever order the exporter wrote
-            labels = ",".join(sorted(re.findall(r'[a-z_]+="(?:[^"\\]|\\.)*"', match.group(2) or "")))
-            name = match.group(1) + (f"{{{labels}}}" if labels else "")
-            samples[name] = float(match.group(3))
-    return samples
+    return prometheus_samples(result.text)
 
 
 def _delta(before: dict, after: dict, name: str) -> float:

@@ -1,10 +1,10 @@
 """Stripe and metrics as deployed: the served API, a real worker and Redis, Stripe's SDK against a stand-in."""
 import json
-import re
 
 import pytest
 import requests
 
+from tests.factories import prometheus_samples
 from tests.processes import Stack, assert_sound, free_port, wait_until
 from tests.standins.stripe_api import StripeStandIn, signed_event
 
@@ -31,19 +31,8 @@ def stack(database_url, tmp_path_factory, stripe_api):
         stack.stop()
 
 
-def _samples(text: str) -> dict[str, float]:
-    found = {}
-    for line in text.splitlines():
-        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? ([0-9.e+-]+)$", line)
-        if match:  # labels in a canonical (sorted) order, whatever order the exporter wrote
-            labels = ",".join(sorted(re.findall(r'[a-z_]+="(?:[^"\\]|\\.)*"', match.group(2) or "")))
-            name = match.group(1) + (f"{{{labels}}}" if labels else "")
-            found[name] = float(match.group(3))
-    return found
-
-
 def _worker_metrics(stack) -> dict[str, float]:
-    return _samples(requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).text)
+    return prometheus_samples(requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).text)
 
 
 def test_a_paid_checkout_is_credited_by_the_worker_once_however_often_stripe_calls(stack, stripe_api, services):
@@ -88,6 +77,6 @@ def test_the_worker_and_the_api_export_metrics_that_move_with_a_credit(stack, se
     task_lines = [json.loads(line) for line in stack.worker.output().splitlines() if "flow-trace-42" in line]
     assert any(line.get("operation_id") == posted.json["id"] and line["request_id"] == "flow-trace-42"
                for line in task_lines), "the worker's log lines carry the request and operation ids"
-    served = _samples(api.call("GET", "/metrics").text)
+    served = prometheus_samples(api.call("GET", "/metrics").text)
     assert served.get('billing_http_requests_total{method="POST",route="/workspaces/{workspace_id}/billing/credits",status="202"}', 0) >= 1
     assert 'billing_queue_depth{queue="ledger"}' in served and 'billing_outbox_operations{status="queued"}' in served
