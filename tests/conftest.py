@@ -73,3 +73,12 @@ def services(engine, queue) -> Services:
 def api(services) -> Api:
     checks = {"database": lambda: None}
     return Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, checks)))
+
+
+@pytest.fixture(autouse=True)
+def _process_logs(request):
+    """Print a flow or fault stack's process output after each test: pytest shows it when one fails."""
+    stack = request.getfixturevalue("stack") if "stack" in request.fixturenames else None
+    yield
+    if stack is not None:
+        print(stack.logs())

@@ -14,11 +14,3 @@ def stack(database_url, tmp_path_factory):
     finally:
         stack.stop()
 
-
-@pytest.fixture(autouse=True)
-def _process_logs(request):
-    """Print the processes' output after each test: pytest shows it when the test fails."""
-    stack = request.getfixturevalue("stack") if "stack" in request.fixturenames else None
-    yield
-    if stack is not None:
-        print(stack.logs())
