@@ -11,4 +11,3 @@ def stack(database_url, tmp_path):
         yield stack
     finally:
         stack.stop()
-

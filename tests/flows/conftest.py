@@ -13,4 +13,3 @@ def stack(database_url, tmp_path_factory):
         yield stack
     finally:
         stack.stop()
-
