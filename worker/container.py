@@ -11,6 +11,7 @@ from domain.services.registry import Services
 from domain.store.limiter import memory_limiter, redis_limiter
 from domain.store.uow import UnitOfWork, make_engine
 from worker import metrics, payments, settings as settings_module
+from worker.wakeups import MergedSends
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -25,7 +26,7 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds),
                   stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
-                  limiter=limiter(settings))
+                  limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000))
     return Services(ctx)
 
 

@@ -33,6 +33,9 @@ class Settings:
     tiers: TierTable = DEFAULT_TABLE  # BILLING_TIERS
     tier_max_age_seconds: int = 900
     rate_limit_fail_open: bool = True
+    broker_visibility_timeout: int = 3600  # BILLING_BROKER_VISIBILITY_TIMEOUT
+    wake_interval_ms: int = 25  # BILLING_WAKE_INTERVAL_MS: the least time between two merged wake-ups
+
 
 
 def _int(env: dict, name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
@@ -75,6 +78,8 @@ def load(env: dict | None = None) -> Settings:
         tiers=_tiers(env),
         tier_max_age_seconds=_int(env, "BILLING_TIER_MAX_AGE_SECONDS", 900, low=10, high=30 * 86400),
         rate_limit_fail_open=_choice(env, "BILLING_RATE_LIMIT_FAILURE_MODE", ("open", "closed")) == "open",
+        broker_visibility_timeout=_int(env, "BILLING_BROKER_VISIBILITY_TIMEOUT", 3600, low=1, high=7 * 86400),
+        wake_interval_ms=_int(env, "BILLING_WAKE_INTERVAL_MS", 25, high=10_000),
     )
 
 

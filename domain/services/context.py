@@ -24,3 +24,5 @@ class Context:
     stripe: Any = None  # domain.providers.stripe_gateway.StripeGateway, when configured
     x402: Any = None  # domain.providers.x402_gateway.X402Gateway, when configured
     limiter: Any = None  # a domain.ratelimit.Limiter; None: this process's memory, failing open
+    # Wakes the worker to apply queued credits; sends may be merged (worker.wakeups). None: enqueue.
+    wake: Enqueue | None = None

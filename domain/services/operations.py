@@ -3,15 +3,15 @@
 Credits are applied in batches: the task of one credit also claims other queued credits that no other
 transaction holds (FOR UPDATE SKIP LOCKED), locks their accounts without waiting on any, and posts every
 credit whose account it holds, marks them succeeded and stores their accounts' tiers, all in one
-transaction. While batches come back full, the task goes on with the next ones (for DRAIN_SECONDS at
-most), each in its own transaction, so a backlog is applied at the pace of the database rather than of
-the messages. Each credit's own message still arrives; finding its credit finished, it is a wake-up: it
-applies whatever credits are queued by then (every SWEEP_SECONDS at most per process), so work never waits
-for a queue of messages longer than the queue of work. A credit whose account another transaction holds
-waits for it the original way: marked running (committed, so an attempt is counted and visible), then
-posted in a second transaction. An attempt of a batched credit is counted when it is applied (a batch
-that fails or dies rolls back whole); a batch failing on a database error is retried with its own credit
-alone, so a bad credit cannot hold the others back.
+transaction. Then it goes on with the next batches, each in its own transaction, until no credit is
+queued, so a backlog is applied at the pace of the database rather than of the messages. A message is
+thus a wake-up: the API merges the messages of many credits into one (worker.wakeups), and a task that
+stops with credits still queued (out of time, or their accounts held) sends one more message for them.
+A credit whose account another transaction holds waits for it the original way: marked running
+(committed, so an attempt is counted and visible), then posted in a second transaction. An attempt of a
+batched credit is counted when it is applied (a batch that fails or dies rolls back whole); a batch
+failing on a database error is applied again one credit per transaction, so a bad credit cannot hold the
+others back.
 """
 import logging
 import time
@@ -21,10 +21,10 @@ from datetime import timedelta
 from sqlalchemy.exc import DBAPIError
 
 from domain import tiers
-from domain.errors import DomainError, Forbidden, NotFound, Unavailable
+from domain.errors import DomainError, NotFound, Unavailable
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
-from domain.services import rate_limits, usage
+from domain.services import access, rate_limits, usage
 from domain.services.context import Context
 from domain.services.idempotency import Claim, Replay, settle_in
 from domain.store import audit, batch, ledger, operations
@@ -40,23 +40,12 @@ MOVES_MONEY = ("credit", "usage")  # kinds after which the account's rate-limit 
 MAX_ATTEMPTS = 10
 BATCHED_KINDS = ("credit",)  # applied in batches, their accounts' tiers computed in the same transaction
 BATCH_SIZE = 100  # operations applied by one transaction at most
-DRAIN_SECONDS = 0.5  # how long one task goes on applying full batches of queued credits
-SWEEP_SECONDS = 0.2  # a message finding its operation finished applies queued credits, this often at most
-FINISHED_REMEMBERED = 20_000  # ids of finished operations each process keeps, newest last
+DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of queued credits
 
 
 class OperationService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        # Operations this process saw committed as finished: a message for one of them (a batch applied it
-        # before its own message came) ends without a database round trip. Finished is final.
-        self._finished: dict[str, None] = {}
-        self._last_sweep = 0.0
-
-    def _remember_finished(self, operation_ids) -> None:
-        self._finished.update(dict.fromkeys(operation_ids))
-        while len(self._finished) > FINISHED_REMEMBERED:
-            del self._finished[next(iter(self._finished))]
 
     def request_credit(self, caller: Caller, workspace_id: str, amount_cents: int, description: str,
                        idempotency_key: str | None, *, claim: Claim | None = None,
@@ -67,7 +56,8 @@ class OperationService:
         transaction; when the key holds a first answer already, that answer comes back instead (a Replay)
         and nothing is recorded."""
         if not caller.is_operator:
-            raise Forbidden("only the operator grants credits")
+            with self._ctx.uow() as uow:
+                access.refuse_user(uow.conn, caller, workspace_id, "only the operator grants credits")
         if not looks_like("ws", workspace_id):
             raise NotFound("workspace not found")
         with self._ctx.uow() as uow:
@@ -82,7 +72,8 @@ class OperationService:
                 if replay is not None:
                     return replay  # rolled back: the key's first answer stands
             if created:
-                uow.after_commit(lambda: self._ctx.enqueue(APPLY_TASK, operation_id=op.id))
+                wake = self._ctx.wake or self._ctx.enqueue
+                uow.after_commit(lambda: wake(APPLY_TASK, operation_id=op.id))
             uow.commit()
         return op
 
@@ -94,11 +85,8 @@ class OperationService:
         return op
 
     def apply(self, operation_id: str) -> None:
-        """Apply one operation (a credit: in a batch with other queued credits). Safe to run twice: the
-        ledger key is the operation id."""
-        if operation_id in self._finished:
-            self._sweep()  # a message for a credit a batch finished: a wake-up all the same
-            return
+        """Apply one operation; a credit's message also applies every credit queued by then, in batches.
+        Safe to run twice: the ledger key is the operation id."""
         try:
             then = self._start(operation_id, alone=False)
         except DBAPIError as exc:  # not the database down: maybe another credit of the batch; try it alone
@@ -113,32 +101,31 @@ class OperationService:
         """The first transaction of apply: what to do after it committed."""
         with self._ctx.uow() as uow:
             op = operations.get(uow.conn, operation_id, for_update=True, unfinished=True)
-            if op is None:  # a redelivery of finished work (or of work a batch finished): nothing to commit
-                return None if alone else self._sweep
+            if op is None:  # finished (a batch took it, or a redelivery): still a wake-up for queued credits
+                return lambda: self._drain(operation_id, set())
             if op.attempts >= MAX_ATTEMPTS:
                 operations.set_status(uow.conn, operation_id, "failed", attempt=True, error={
                     "title": "operation failed", "detail": f"gave up after {MAX_ATTEMPTS} attempts"})
                 uow.commit()
                 return None
-            then = self._apply_with_batch(uow, op, alone=alone) if op.kind in BATCHED_KINDS else None
-            if then is None:  # not batched, or its account is held elsewhere: counted and shown running,
-                operations.set_status(uow.conn, operation_id, "running")  # then applied
-                then = lambda: self._apply_running(operation_id)  # noqa: E731
+            skipped: set[str] | None = None  # a credit: those of its batch whose accounts were held
+            if op.kind in BATCHED_KINDS:
+                others = [] if alone else operations.claim_queued(
+                    uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE - 1, max_attempts=MAX_ATTEMPTS, but=[op.id])
+                finished, skipped = self._apply_batch(uow.conn, [op, *others])
+                if op.id in finished:
+                    uow.commit()
+                    return lambda: self._drain(operation_id, skipped)
+                skipped.discard(op.id)
+            # Not batched, or its account is held elsewhere: counted and shown running, then applied.
+            operations.set_status(uow.conn, operation_id, "running")
             uow.commit()
-        return then
 
-    def _apply_with_batch(self, uow, op: Operation, *, alone: bool = False) -> Callable[[], None] | None:
-        """Apply `op` with up to BATCH_SIZE - 1 other queued credits in `uow`: what to do once it commits
-        (go on with the next batches when this one was full), or None when another transaction holds
-        op's account (then nothing was posted for op; the others were)."""
-        others = [] if alone else operations.claim_queued(uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE - 1,
-                                                           max_attempts=MAX_ATTEMPTS, but=[op.id])
-        claimed = [op, *others]
-        finished, skipped = self._apply_batch(uow.conn, claimed)
-        uow.after_commit(lambda: self._remember_finished(finished))
-        if op.id not in finished:
-            return None
-        return (lambda: self._drain(skipped)) if len(claimed) == BATCH_SIZE else (lambda: None)
+        def then() -> None:
+            self._apply_running(operation_id)
+            if skipped is not None:
+                self._drain(operation_id, skipped)
+        return then
 
     def _apply_running(self, operation_id: str) -> None:
         """The second transaction of an operation marked running: apply it (waiting on its account)."""
@@ -182,35 +169,55 @@ class OperationService:
         self._store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return [*results, *refused], skipped
 
-    def _sweep(self) -> None:
-        """A message whose credit a batch finished already wakes the worker all the same: apply what is
-        queued now (at most every SWEEP_SECONDS per process), rather than when the queue of messages,
-        longer than the queue of work, reaches a message whose credit is still queued."""
-        now = time.monotonic()
-        if now - self._last_sweep >= SWEEP_SECONDS:
-            self._last_sweep = now
-            self._drain(set())
-
-    def _drain(self, skipped: set[str]) -> None:
-        """Apply further batches of queued credits, each in its own transaction, while they come back
-        full and DRAIN_SECONDS last; never those skipped already (their accounts were held)."""
+    def _drain(self, operation_id: str, skipped: set[str]) -> None:
+        """Apply the queued credits, a batch per transaction, until none is left or DRAIN_SECONDS pass;
+        never those skipped already (their accounts were held). Whatever is left, a message of its own
+        comes back for: the API merges the messages of many credits into one (worker.wakeups), so this
+        one may be the only message that covers them."""
         deadline = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < deadline:
+        failed: set[str] = set()
+        full = True
+        while full and time.monotonic() < deadline:
+            claimed: list[Operation] = []
             try:
                 with self._ctx.uow() as uow:
                     claimed = operations.claim_queued(uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE,
-                                                      max_attempts=MAX_ATTEMPTS, but=list(skipped))
-                    if not claimed:
-                        return
-                    finished, left = self._apply_batch(uow.conn, claimed)
-                    uow.after_commit(lambda: self._remember_finished(finished))
+                                                      max_attempts=MAX_ATTEMPTS, but=[*skipped, *failed])
+                    _, left = self._apply_batch(uow.conn, claimed)
                     uow.commit()
-            except (DBAPIError, Unavailable) as exc:  # extra work only: each credit's own message remains
-                log.warning("applying a batch of queued credits failed (%s); left to their own messages", exc)
-                return
+            except DBAPIError as exc:
+                if is_unavailable(exc) or not claimed:
+                    raise
+                log.warning("a batch of queued credits failed (%s); applying them one by one", exc)
+                held, refused = self._apply_one_by_one([op.id for op in claimed])
+                skipped, failed = skipped | held, failed | refused
+                continue
             skipped |= left
-            if len(claimed) < BATCH_SIZE:
-                return
+            full = len(claimed) == BATCH_SIZE
+        if full:  # out of time with more queued
+            self._ctx.enqueue(APPLY_TASK, operation_id=operation_id)
+        if skipped:  # one message for the credits whose accounts were held; it waits on the account
+            self._ctx.enqueue(APPLY_TASK, operation_id=min(skipped))
+
+    def _apply_one_by_one(self, operation_ids: list[str]) -> tuple[set[str], set[str]]:
+        """Apply each credit of a failed batch in a transaction of its own: the ids left queued because
+        their account was held, and those that failed alone. These wait for the relay, whose message for
+        each fails with a retry and backoff, then dead-letters it: a bad credit holds no other back."""
+        held: set[str] = set()
+        failed: set[str] = set()
+        for operation_id in operation_ids:
+            try:
+                with self._ctx.uow() as uow:
+                    op = operations.get(uow.conn, operation_id, for_update=True, unfinished=True)
+                    if op is not None:
+                        held |= self._apply_batch(uow.conn, [op])[1]
+                    uow.commit()
+            except DBAPIError as exc:
+                if is_unavailable(exc):
+                    raise
+                log.warning("operation %s failed alone (%s)", operation_id, exc)
+                failed.add(operation_id)
+        return held, failed
 
     def _post_credit(self, conn, op: Operation) -> dict:
         posting = ledger.post(conn, op.billing_account_id, op.payload["amountCents"],

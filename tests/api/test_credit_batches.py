@@ -65,15 +65,17 @@ def test_one_message_applies_every_queued_credit_and_stores_their_tiers(api, ser
     assert attempts(engine, ids) == {i: 1 for i in ids}
 
 
-def test_a_credit_whose_account_is_held_is_left_queued_for_its_own_message(api, services, engine, no_backlog,
-                                                                          workspaces):
+def test_a_credit_whose_account_is_held_is_left_queued_with_a_message_of_its_own(api, services, queue, engine,
+                                                                                no_backlog, workspaces):
     owners, spaces = workspaces
     hot = spaces[0]["defaultBillingAccountId"]
     with account_locked(engine, hot):
         held, free = credit(services, spaces[0], 300), credit(services, spaces[1], 400)
+        queue.sent = []
         services.operations.apply(free)  # its batch claims the held one too, and leaves it alone
         assert statuses(engine, [held, free]) == {held: "queued", free: "succeeded"}
         assert attempts(engine, [held]) == {held: 0}
+    assert queue.sent == [(APPLY_TASK, {"operation_id": held})]  # messages are merged: it needs its own
     services.operations.apply(held)
     assert statuses(engine, [held]) == {held: "succeeded"}
     assert (balance(api, owners[0], spaces[0]), balance(api, owners[1], spaces[1])) == (1300, 1400)
@@ -88,9 +90,7 @@ def test_a_full_batch_goes_on_with_the_next_ones(api, services, engine, no_backl
     assert entries_per_operation(engine, ids) == {i: 1 for i in ids}
 
 
-def test_a_message_for_a_finished_credit_applies_what_is_queued(api, services, engine, no_backlog, workspaces,
-                                                               monkeypatch):
-    monkeypatch.setattr(operation_service, "SWEEP_SECONDS", 0)
+def test_a_message_for_a_finished_credit_applies_what_is_queued(api, services, engine, no_backlog, workspaces):
     _, spaces = workspaces
     first = credit(services, spaces[0], 10)
     services.operations.apply(first)
