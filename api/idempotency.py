@@ -56,7 +56,7 @@ class IdempotencyKeys:
             return
         body = resp.render_body() or b""
         resp.data = body
-        self._idempotency.finish(*claim, status, body.decode(), _stored_headers(resp))
+        self._idempotency.finish(*claim, status, _replayable(resource, body), _stored_headers(resp))
 
     def _settle_unanswered(self, req: falcon.Request, resp: falcon.Response, claim: Claim) -> None:
         """A settling resource that did not store its answer (it failed): store the failure as the first
@@ -130,6 +130,16 @@ def _status(resp: falcon.Response) -> int:
 
 def _stored_headers(resp: falcon.Response) -> dict:
     return {name: resp.get_header(name) for name in REPLAYED_HEADERS if resp.get_header(name)}
+
+
+def _replayable(resource, body: bytes) -> str:
+    """The body stored for replays, less the fields a resource shows only once (a new user's API key: the
+    service keeps it only as a hash)."""
+    shown_once = getattr(resource, "shown_once", ())
+    media = json.loads(body) if shown_once and body else None
+    if isinstance(media, dict) and any(name in media for name in shown_once):
+        return json.dumps({name: value for name, value in media.items() if name not in shown_once})
+    return body.decode()
 
 
 def _buffer_body(req: falcon.Request, limit: int) -> bytes:

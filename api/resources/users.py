@@ -7,12 +7,15 @@ from domain.services.users import UserService
 
 
 class Users:
+    shown_once = ("apiKey",)  # never stored for an Idempotency-Key replay
+
     def __init__(self, users: UserService) -> None:
         self._users = users
 
     @doc("Create a user with a default billing account and its introductory credit", who="operator",
          status=201, body=schemas.CreateUser, response=r.CreatedUserShape, errors=(401, 403, 409, 422),
-         notes="The API key is returned once. Emails are unique, compared case-insensitively.")
+         notes="The API key is returned once and kept only as a hash: a replay under the same Idempotency-Key "
+               "answers the user without `apiKey`. Emails are unique, compared case-insensitively.")
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = schemas.load(schemas.CreateUser, req)
         user, api_key = self._users.create(req.context.caller, body.email, body.name)

@@ -1,4 +1,6 @@
 """Who may see and manage what. Unknown and foreign look the same: NotFound."""
+from typing import NoReturn
+
 from sqlalchemy import Connection
 
 from domain.errors import Forbidden, NotFound
@@ -23,6 +25,12 @@ def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bo
     if manage and role not in ("owner", "admin"):
         raise Forbidden("only the workspace's owner or an admin may manage its billing")
     return Membership(found, role=role)
+
+
+def refuse_user(conn: Connection, caller: Caller, workspace_id: str, detail: str) -> NoReturn:
+    """A user asking for an action only the operator takes: 403 where they may see the workspace, 404 where not."""
+    workspace(conn, caller, workspace_id)
+    raise Forbidden(detail)
 
 
 def is_linked(conn: Connection, workspace_id: str, account_id: str) -> bool:

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection
 
 from domain import usage
-from domain.errors import Forbidden, InvalidInput
+from domain.errors import InvalidInput
 from domain.ids import new_id
 from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
 from domain.services import access
@@ -26,7 +26,8 @@ class UsageService:
                 idempotency_key: str | None) -> Operation:
         """Record a batch for the workspace's current default account; the worker debits it."""
         if not caller.is_operator:
-            raise Forbidden("only the operator records usage")
+            with self._ctx.uow() as uow:
+                access.refuse_user(uow.conn, caller, workspace_id, "only the operator records usage")
         now = datetime.now(UTC)
         events = [dataclasses.replace(e, occurred_at=e.occurred_at or now) for e in events]
         for i, event in enumerate(events):
