@@ -152,19 +152,20 @@ class OperationService:
         the ids left queued because their account was held (their own messages, or later batches, apply
         them)."""
         held = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
+        skipped = {op.id for op in claimed if op.billing_account_id not in held}
+        ready = [op for op in claimed if op.id not in skipped]
+        posted = ledger.post_credits(conn, [self._credit(op) for op in ready], kind="credit_grant")
         results: dict[str, dict] = {}
         refused: list[str] = []
-        skipped: set[str] = set()
-        for op in claimed:
-            if op.billing_account_id not in held:
-                skipped.add(op.id)
-                continue
-            try:
-                results[op.id] = self._post_credit(conn, op)
+        for op in ready:
+            try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
+                entry = posted.get(f"op:{op.id}") or self._post_credit(conn, op)["entry"]
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
                 operations.set_status(conn, op.id, "failed", attempt=True,
                                       error={"title": type(exc).__name__, "detail": exc.detail})
                 refused.append(op.id)
+                continue
+            results[op.id] = _credit_result(op, entry)
         operations.succeed_many(conn, results)
         self._store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return [*results, *refused], skipped
@@ -219,14 +220,18 @@ class OperationService:
                 failed.add(operation_id)
         return held, failed
 
+    @staticmethod
+    def _credit(op: Operation) -> ledger.Credit:
+        return ledger.Credit(op.billing_account_id, op.payload["amountCents"], f"op:{op.id}",
+                             workspace_id=op.workspace_id,
+                             description=op.payload.get("description") or "Credit grant", reference=op.id)
+
     def _post_credit(self, conn, op: Operation) -> dict:
-        posting = ledger.post(conn, op.billing_account_id, op.payload["amountCents"],
-                              kind="credit_grant", key=f"op:{op.id}", workspace_id=op.workspace_id,
-                              description=op.payload.get("description") or "Credit grant",
-                              reference=op.id)
-        return {"transactionId": f"txn_{posting.entry.id}", "billingAccountId": op.billing_account_id,
-                "amountCents": posting.entry.amount_cents,
-                "balanceAfterCents": posting.entry.balance_after_cents}
+        credit = self._credit(op)
+        posting = ledger.post(conn, credit.account_id, credit.amount_cents, kind="credit_grant", key=credit.key,
+                              workspace_id=credit.workspace_id, description=credit.description,
+                              reference=credit.reference)
+        return {"entry": posting.entry, **_credit_result(op, posting.entry)}
 
     def _store_tiers(self, conn, account_ids: set[str]) -> None:
         """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
@@ -244,7 +249,7 @@ class OperationService:
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":
-            result = self._post_credit(conn, op)
+            result = _credit_result(op, self._post_credit(conn, op)["entry"])
             self._store_tiers(conn, {op.billing_account_id})
             return result
         raise NotFound(f"no handler for operations of kind {op.kind}")
@@ -282,3 +287,8 @@ class OperationService:
     def audit(self, *, stuck_after: timedelta = timedelta(minutes=10)) -> list[str]:
         with self._ctx.uow() as uow:
             return audit.problems(uow.conn, stuck_after=stuck_after)
+
+
+def _credit_result(op: Operation, entry) -> dict:
+    return {"transactionId": f"txn_{entry.id}", "billingAccountId": op.billing_account_id,
+            "amountCents": entry.amount_cents, "balanceAfterCents": entry.balance_after_cents}

@@ -58,6 +58,59 @@ def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key
                             balance_cents=balance)
 
 
+# Many postings on accounts this transaction holds locked, in one statement: each entry's balance_after is
+# its account's balance plus the running sum of that account's postings in batch order, entries take ids in
+# that order (so the chain reads right), and each account's cached balance moves to its last entry's.
+# Keys posted before are left out (post() tells what they were).
+_POST_MANY = text("""
+WITH v AS (
+    SELECT * FROM unnest(CAST(:accounts AS text[]), CAST(:amounts AS bigint[]), CAST(:keys AS text[]),
+                         CAST(:workspaces AS text[]), CAST(:descriptions AS text[]), CAST(:refs AS text[]))
+         WITH ORDINALITY AS v(account_id, amount, key, workspace_id, description, reference, ord)
+), fresh AS (
+    SELECT v.*, a.balance_cents + SUM(v.amount) OVER (PARTITION BY v.account_id ORDER BY v.ord) AS balance_after
+    FROM v JOIN billing_accounts a ON a.id = v.account_id
+    WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idempotency_key = v.key)
+), inserted AS (
+    INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents, balance_after_cents,
+                                description, reference, idempotency_key)
+    SELECT account_id, workspace_id, :kind, amount, balance_after, description, reference, key
+    FROM fresh ORDER BY ord
+    RETURNING *
+), moved AS (
+    UPDATE billing_accounts a SET balance_cents = last.balance_after_cents
+    FROM (SELECT DISTINCT ON (billing_account_id) billing_account_id, balance_after_cents
+          FROM inserted ORDER BY billing_account_id, id DESC) AS last
+    WHERE a.id = last.billing_account_id
+)
+SELECT * FROM inserted
+""")
+
+
+@dataclass(frozen=True)
+class Credit:
+    account_id: str
+    amount_cents: int  # > 0
+    key: str
+    workspace_id: str | None = None
+    description: str = ""
+    reference: str | None = None
+
+
+def post_credits(conn: Connection, credits: list[Credit], *, kind: str) -> dict[str, Entry]:
+    """Post credits (positive amounts) on accounts this transaction holds locked, in one statement: the
+    new entries by key. A key posted before, or an account that does not exist, has none."""
+    if not credits:
+        return {}
+    rows = conn.execute(_POST_MANY, {
+        "accounts": [c.account_id for c in credits], "amounts": [c.amount_cents for c in credits],
+        "keys": [c.key for c in credits], "workspaces": [c.workspace_id for c in credits],
+        "descriptions": [c.description for c in credits], "refs": [c.reference for c in credits],
+        "kind": kind}).mappings().all()
+    note_postings(conn, [(kind, row["amount_cents"]) for row in rows])
+    return {row["idempotency_key"]: _entry(row) for row in rows}
+
+
 def _entry(row) -> Entry:
     return Entry(id=row["id"], billing_account_id=row["billing_account_id"],
                  workspace_id=row["workspace_id"], kind=row["kind"],

@@ -9,7 +9,8 @@ from domain.models import OPERATOR_CALLER
 from domain.services import operations as operation_service
 from domain.services.operations import APPLY_TASK, BATCH_SIZE
 from tests.api.checks import assert_problem, row_counts
-from tests.processes import account_locked, age_operations, entries_per_operation, statuses
+from domain.store import ledger
+from tests.processes import account_locked, age_operations, assert_sound, entries_per_operation, statuses
 
 
 @pytest.fixture
@@ -63,6 +64,28 @@ def test_one_message_applies_every_queued_credit_and_stores_their_tiers(api, ser
         services.operations.apply(operation_id)
     assert entries_per_operation(engine, ids) == {i: 1 for i in ids}
     assert attempts(engine, ids) == {i: 1 for i in ids}
+    assert_sound(services, *ids, *(w["defaultBillingAccountId"] for w in spaces))  # balance chains read right
+
+
+def test_one_statement_posts_many_credits_per_account_in_order_and_never_a_key_twice(api, services, engine,
+                                                                                     workspaces):
+    _, spaces = workspaces
+    a, b = spaces[0]["defaultBillingAccountId"], spaces[1]["defaultBillingAccountId"]
+    key = uuid.uuid4().hex
+    credits = [ledger.Credit(account, cents, f"{key}:{n}") for n, (account, cents) in
+               enumerate([(a, 5), (b, 7), (a, 11), (a, 13), (b, 17)])]
+    with engine.begin() as conn:
+        posted = ledger.post_credits(conn, credits, kind="credit_grant")
+    assert [(posted[c.key].billing_account_id, posted[c.key].balance_after_cents) for c in credits] == [
+        (a, 1005), (b, 1007), (a, 1016), (a, 1029), (b, 1024)]
+    ids = [posted[c.key].id for c in credits]
+    assert ids == sorted(ids)  # entries take ids in batch order, so each chain reads in that order
+    with engine.begin() as conn:
+        assert ledger.post_credits(conn, credits, kind="credit_grant") == {}  # posted before: nothing
+        balances = dict(conn.execute(text("SELECT id, balance_cents FROM billing_accounts WHERE id = ANY(:ids)"),
+                                     {"ids": [a, b]}).all())
+    assert balances == {a: 1029, b: 1024}
+    assert_sound(services, a, b)
 
 
 def test_a_credit_whose_account_is_held_is_left_queued_with_a_message_of_its_own(api, services, queue, engine,
@@ -165,13 +188,13 @@ def test_a_batch_failing_on_one_credit_applies_the_others_alone(api, services, e
 
     _, spaces = workspaces
     bad, good = credit(services, spaces[0], 10), credit(services, spaces[1], 20)
-    post_credit = services.operations._post_credit
+    post_credits = operation_service.ledger.post_credits
 
-    def failing(conn, op):
-        if op.id == bad:
+    def failing(conn, credits, **kwargs):
+        if f"op:{bad}" in [c.key for c in credits]:
             raise IntegrityError("INSERT ...", {}, Exception("a credit the ledger refuses"))
-        return post_credit(conn, op)
-    monkeypatch.setattr(services.operations, "_post_credit", failing)
+        return post_credits(conn, credits, **kwargs)
+    monkeypatch.setattr(operation_service.ledger, "post_credits", failing)
     services.operations.apply(good)  # its batch holds the bad one too: the batch fails, it goes alone
     assert statuses(engine, [bad, good]) == {bad: "queued", good: "succeeded"}
     with pytest.raises(IntegrityError):
