@@ -189,7 +189,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Load:
-    """Closed-loop keep-alive HTTP clients: each sends next_request() until the deadline or None."""
+    """Closed-loop keep-alive HTTP clients: each sends next_request() until the deadline or None.
+
+    A request is (path, body, headers), a POST, or (method, path, body, headers)."""
 
     def __init__(self, port: int, clients: int, next_request, deadline: float) -> None:
         self.port, self.clients, self.next_request, self.deadline = port, clients, next_request, deadline
@@ -208,10 +210,10 @@ class Load:
             request = self.next_request()
             if request is None:
                 break
-            path, body, headers = request
+            method, path, body, headers = request if len(request) == 4 else ("POST", *request)
             start = time.monotonic()
             try:
-                conn.request("POST", path, body, headers)
+                conn.request(method, path, body, headers)
                 resp = conn.getresponse()
                 payload = resp.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -243,3 +245,361 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
+
+
+# Process control for bench/soak, which kills and restarts the service's processes on a schedule.
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_redis_on(children: list[Child], port: int, name: str = "redis") -> Child:
+    """A private redis-server on a fixed port, so a restarted one has the same URL; no persistence."""
+    child = Child(name, [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+                         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], dict(os.environ))
+    children.append(child)
+    child.wait_for(lambda: "Ready to accept connections" in child.text(), 10, f"redis-server on port {port}")
+    return child
+
+
+def start_worker(children: list[Child], env: dict, name: str, concurrency: int, hostname: str) -> Child:
+    """The real worker (worker.cli.worker_argv) on every queue, once it is ready."""
+    from worker.cli import ALL_QUEUES, worker_argv
+
+    child = Child(name, worker_argv(ALL_QUEUES, concurrency, name=hostname), env)
+    children.append(child)
+    child.wait_for(lambda: " ready." in child.text(), 90, name)
+    return child
+
+
+def start_beat(children: list[Child], env: dict, name: str, state_dir: str) -> Child:
+    from worker.cli import beat_argv
+
+    child = Child(name, beat_argv(state_dir), env)
+    children.append(child)
+    child.wait_for(lambda: "beat: Starting" in child.text(), 60, name)
+    return child
+
+
+def sigkill(child: Child) -> None:
+    """SIGKILL the child's whole process group (a crash: no shutdown code runs) and reap it."""
+    try:
+        os.killpg(child.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.proc.wait(timeout=10)
+
+
+def billing(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """An operator command (`billing audit`, `billing relay`) run as the CLI runs it."""
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# Pieces of the benchmarks that bench/run drives (hot_account, balance_read, transactions_page, usage_overview,
+# webhooks, memory): user keys, the service's environment, the credit ceiling, the SQL an endpoint runs as a
+# pgbench script, latencies, `billing audit`, peak memory, and the rows of bench/run's table.
+
+def user_key(n: int) -> str:
+    """The API key seed_api_keys gives user n."""
+    return f"bk_bench_{n}"
+
+
+def seed_api_keys(url: str, users: int) -> None:
+    """An API key for users 1..users (user_key(n)), hashed as domain.services.users.hash_key hashes it."""
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO api_keys (id, user_id, key_hash) "
+                     "SELECT 'key_' || md5('k' || n), 'usr_' || md5('u' || n), "
+                     "sha256(convert_to('bk_bench_' || n, 'UTF8')) FROM generate_series(1, %(n)s) n", {"n": users})
+
+
+def add_members(url: str, workspace: int, users: range) -> None:
+    """These users join workspace n as members (its owner stays owner), so that reads of one workspace
+    spread over many keys (each key has its own BILLING_API_RATE_LIMIT)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO workspace_members (workspace_id, user_id, role) "
+                     "SELECT 'ws_' || md5('w' || %(w)s), 'usr_' || md5('u' || n), 'member' "
+                     "FROM generate_series(%(first)s::int, %(last)s::int) n ON CONFLICT DO NOTHING",
+                     {"w": workspace, "first": users[0], "last": users[-1]})
+
+
+def service_env(database_url: str, redis_url: str, **extra: str) -> dict:
+    """The environment of the API and the worker: production defaults, our database and Redis, a fresh
+    operator token (BILLING_OPERATOR_TOKEN)."""
+    import secrets
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "BENCH_NO_REEXEC")}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
+               BILLING_OPERATOR_TOKEN=f"bench-{secrets.token_urlsafe(16)}", **extra)
+    return env
+
+
+def audit(env: dict) -> dict:
+    """`billing audit` on the service's database: ok, and the problems it printed."""
+    out = billing(env, "audit", timeout=1800)
+    problems = [line for line in out.stdout.splitlines() if line.strip() and not line.startswith("audit: ")]
+    if out.returncode not in (0, 1):
+        problems.append(f"billing audit exited {out.returncode}: {out.stderr.strip()[-500:]}")
+    log(f"billing audit: {'ok' if out.returncode == 0 else f'{len(problems)} problem(s)'}")
+    return {"ok": out.returncode == 0, "problems": problems[:50]}
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.2) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise SetupError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ms(seconds: float | None, digits: int = 2) -> float | None:
+    return None if seconds is None else round(seconds * 1000, digits)
+
+
+# The credit ceiling of issue 9 ("update cached balance + insert entry with unique key, one transaction per
+# credit"): the same two variants as bench/credits, on copies of the two tables (same columns, indexes,
+# foreign key and append-only trigger) so that the service's own tables stay the service's.
+CREDIT_CEILING_TABLES = """
+DROP SCHEMA IF EXISTS ceiling CASCADE;
+CREATE SCHEMA ceiling;
+CREATE TABLE ceiling.billing_accounts (LIKE public.billing_accounts INCLUDING ALL);
+CREATE TABLE ceiling.ledger_entries (LIKE public.ledger_entries INCLUDING ALL);
+ALTER TABLE ceiling.ledger_entries ADD FOREIGN KEY (billing_account_id) REFERENCES ceiling.billing_accounts (id);
+CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ceiling.ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION public.ledger_entries_refuse_change();
+INSERT INTO ceiling.billing_accounts SELECT * FROM public.billing_accounts;
+INSERT INTO ceiling.ledger_entries (billing_account_id, workspace_id, kind, amount_cents, balance_after_cents,
+                                    description, reference, idempotency_key)
+SELECT billing_account_id, workspace_id, kind, amount_cents, balance_after_cents, description, reference,
+       idempotency_key FROM public.ledger_entries ORDER BY id;
+"""
+CREDIT_CEILING_SCRIPTS = {
+    # domain/store/ledger.py's one-statement posting
+    "posting": """\\set aid random({first}, {last})
+\\set amount random(1, 5000)
+WITH inserted AS (
+    INSERT INTO ceiling.ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
+                                balance_after_cents, description, reference, idempotency_key)
+    SELECT a.id, NULL, 'credit_grant', CAST(:amount AS bigint), a.balance_cents + CAST(:amount AS bigint),
+           'bench credit', NULL, 'op' || chr(58) || 'op_' || replace(gen_random_uuid()::text, '-', '')
+    FROM ceiling.billing_accounts a
+    WHERE a.id = 'ba_' || md5('a' || CAST(:aid AS text)) AND (false OR a.balance_cents + CAST(:amount AS bigint) >= 0)
+    FOR UPDATE
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING *
+)
+UPDATE ceiling.billing_accounts SET balance_cents = inserted.balance_after_cents
+FROM inserted WHERE ceiling.billing_accounts.id = inserted.billing_account_id
+RETURNING inserted.*;
+""",
+    # the same work as an explicit transaction of two statements
+    "explicit": """\\set aid random({first}, {last})
+\\set amount random(1, 5000)
+BEGIN;
+UPDATE ceiling.billing_accounts SET balance_cents = balance_cents + CAST(:amount AS bigint)
+WHERE id = 'ba_' || md5('a' || CAST(:aid AS text)) RETURNING balance_cents;
+INSERT INTO ceiling.ledger_entries (billing_account_id, kind, amount_cents, balance_after_cents,
+                                    description, idempotency_key)
+SELECT id, 'credit_grant', CAST(:amount AS bigint), balance_cents, 'bench credit',
+       'op' || chr(58) || 'op_' || replace(gen_random_uuid()::text, '-', '')
+FROM ceiling.billing_accounts WHERE id = 'ba_' || md5('a' || CAST(:aid AS text));
+END;
+""",
+}
+CREDIT_CEILING_AUDIT = """
+SELECT count(*) FROM ceiling.billing_accounts a
+LEFT JOIN (SELECT billing_account_id, SUM(amount_cents) AS total FROM ceiling.ledger_entries
+           GROUP BY billing_account_id) s ON s.billing_account_id = a.id
+WHERE a.balance_cents <> COALESCE(s.total, 0)
+"""
+
+
+def credit_ceiling(url: str, first: int, last: int, clients: int, seconds: int) -> dict:
+    """pgbench credits to accounts first..last (random), both variants; the faster one's tps is the ceiling.
+    Run it before the service starts, so that nothing of ours competes with it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(CREDIT_CEILING_TABLES)
+        conn.execute("VACUUM ANALYZE ceiling.billing_accounts, ceiling.ledger_entries")
+    runs = {name: run_pgbench(url, script.format(first=first, last=last), clients, seconds, f"credit-{name}")
+            for name, script in CREDIT_CEILING_SCRIPTS.items()}
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute(CREDIT_CEILING_AUDIT).fetchone()[0]:
+            raise SetupError("the ceiling's copied accounts do not match their entries after pgbench")
+        conn.execute("DROP SCHEMA ceiling CASCADE")  # its rows would add to the service's table scans
+    best = max(runs, key=lambda name: runs[name]["tps"])
+    log("credit ceiling: " + ", ".join(f"{name} {run['tps']:.0f} tps" for name, run in runs.items()))
+    return {"tps": runs[best]["tps"], "variant": best, "runs": runs}
+
+
+# The SQL an endpoint runs, caught in process from the real app (api.app.create_app on the services the
+# API builds), so the ceiling follows the code as it changes.
+
+def capture_sql(env: dict, method: str, path: str, headers: dict, body: str | None = None) -> list[dict]:
+    """The transactions one request runs: [{"statements": [...], "end": "COMMIT"|"ROLLBACK"}], parameters
+    inlined as literals. The request is made twice and the second is taken (connections and caches warm)."""
+    from falcon import testing
+    from sqlalchemy import Engine, event
+
+    from api.app import create_app
+    from worker import settings as settings_module
+    from worker.container import build
+
+    settings = settings_module.load(env)
+    services = build(settings, enqueue=lambda *a, **k: False, pool_size=1)
+    client = testing.TestClient(create_app(services, settings.operator_token, {},
+                                           api_rate_limit=settings.api_rate_limit))
+    caught: list[dict] = []
+
+    def begin(conn) -> None:
+        caught.append({"statements": [], "end": None})
+
+    def execute(conn, cursor, statement, parameters, context, executemany) -> None:
+        if not caught or caught[-1]["end"]:
+            begin(conn)
+        caught[-1]["statements"].append(psycopg.ClientCursor(cursor.connection).mogrify(statement, parameters))
+
+    def ender(word: str):
+        def end(conn) -> None:
+            if caught and not caught[-1]["end"]:
+                caught[-1]["end"] = word
+        return end
+    listeners = [("begin", begin), ("before_cursor_execute", execute), ("commit", ender("COMMIT")),
+                 ("rollback", ender("ROLLBACK"))]
+    try:
+        for attempt in range(2):
+            caught.clear()
+            if attempt:
+                for name, fn in listeners:
+                    event.listen(Engine, name, fn)
+            answer = client.simulate_request(method, path, headers=headers, body=body)
+            if answer.status_code >= 400:
+                raise SetupError(f"{method} {path} answered {answer.status_code} in process: {answer.text[:300]}")
+    finally:
+        for name, fn in listeners:
+            if event.contains(Engine, name, fn):
+                event.remove(Engine, name, fn)
+    return [t for t in caught if t["statements"]]
+
+
+_VARIABLE_IN_LITERAL = re.compile(r":[A-Za-z_]")
+
+
+def _pgbench_safe(statement: str) -> str:
+    """pgbench -M prepared reads ':name' anywhere as a variable, string literals included: a literal with
+    such a colon is spelled with chr(58) instead (constant-folded, so plans do not change)."""
+    out, i = [], 0
+    while i < len(statement):
+        if statement[i] != "'":
+            out.append(statement[i])
+            i += 1
+            continue
+        end = i + 1
+        while True:
+            end = statement.index("'", end)
+            if statement[end + 1:end + 2] == "'":
+                end += 2
+                continue
+            break
+        literal = statement[i:end + 1]
+        if _VARIABLE_IN_LITERAL.search(literal):
+            literal = "(" + "' || chr(58) || '".join(literal.split(":")) + ")"
+        out.append(literal)
+        i = end + 1
+    return "".join(out)
+
+
+def pgbench_script(transactions: list[dict], replace: dict[str, str] | None = None, header: str = "") -> str:
+    """A pgbench script of caught transactions; `replace` maps literal text (e.g. "'ws_...'") to a pgbench
+    expression (e.g. "('ws_' || md5('w' || CAST(:n AS text)))") so that every run may pick another row."""
+    lines = [header.rstrip("\n")] if header else []
+    for t in transactions:
+        lines.append("BEGIN;")
+        for statement in t["statements"]:
+            statement = _pgbench_safe(statement.strip().rstrip(";"))
+            for literal, expression in (replace or {}).items():
+                statement = statement.replace(literal, expression)
+            lines.append(statement + ";")
+        lines.append(f"{t['end'] or 'ROLLBACK'};")
+    return "\n".join(lines) + "\n"
+
+
+def pgbench_latencies(url: str, script: str, clients: int, transactions: int, name: str) -> dict:
+    """pgbench -t with a per-transaction log: tps and the latencies (ms) of every transaction."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    sql, prefix = LOGS / f"{BENCH}-pgbench-{name}.sql", LOGS / f"{BENCH}-pgbench-{name}-tx"
+    sql.write_text(script)
+    for old in LOGS.glob(f"{prefix.name}.*"):
+        old.unlink()
+    argv = [shutil.which("pgbench") or "/usr/bin/pgbench", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 5432),
+            "-U", u.username or "postgres", "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients),
+            "-t", str(transactions), "-l", "--log-prefix", str(prefix), "-f", str(sql), u.path.lstrip("/")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=LOGS)
+    (LOGS / f"{BENCH}-pgbench-{name}.log").write_text(out.stdout + out.stderr)
+    if out.returncode != 0:
+        raise SetupError(f"pgbench ({name}) failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    latencies = [int(line.split()[2]) / 1000 for path in LOGS.glob(f"{prefix.name}.*")
+                 for line in path.read_text().splitlines() if line.strip()]
+    tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout).group(1))
+    return {"tps": tps, "transactions": len(latencies), "clients": clients,
+            "p50_ms": round(percentile(latencies, 0.5), 3), "p95_ms": round(percentile(latencies, 0.95), 3),
+            "p99_ms": round(percentile(latencies, 0.99), 3)}
+
+
+def timed_requests(port: int, requests: list[tuple[str, str, str, dict]], count: int) -> dict[str, dict]:
+    """count requests (label, method, path, headers), taken in turn, one at a time on one keep-alive
+    connection; per label: the statuses and the latency percentiles (ms). Labels taken in turn share the
+    machine's moment, so their ratio holds when the machine's load drifts."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    latencies: dict[str, list[float]] = {}
+    statuses: dict[str, Counter] = {}
+    for i in range(count):
+        label, method, path, headers = requests[i % len(requests)]
+        start = time.perf_counter()
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        latencies.setdefault(label, []).append((time.perf_counter() - start) * 1000)
+        statuses.setdefault(label, Counter())[resp.status] += 1
+    conn.close()
+    return {label: {"count": len(values), "statuses": dict(statuses[label]),
+                    "p50_ms": round(percentile(values, 0.5), 3), "p95_ms": round(percentile(values, 0.95), 3),
+                    "p99_ms": round(percentile(values, 0.99), 3)} for label, values in latencies.items()}
+
+
+def process_memory(child: Child) -> dict[int, dict]:
+    """pid -> {cmd, role, hwm_mb (VmHWM, the peak RSS), rss_mb} of every process in the child's group;
+    role is "main" for the child itself (gunicorn's arbiter, Celery's consumer), "child" for its workers."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != child.proc.pid:
+                continue
+            status = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            continue
+        if "VmHWM" not in status:
+            continue
+        found[int(entry.name)] = {"cmd": cmd[:120], "role": "main" if int(entry.name) == child.proc.pid else "child",
+                                  "hwm_mb": round(int(status["VmHWM"].split()[0]) / 1024, 1),
+                                  "rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1)}
+    return found
+
+
+def row(name: str, project: str, ceiling: str, ratio: float | None, target: str, met: bool | None) -> dict:
+    """One line of bench/run's table."""
+    return {"name": name, "project": project, "ceiling": ceiling, "ratio": None if ratio is None else round(ratio, 3),
+            "target": target, "met": met}
