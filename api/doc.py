@@ -14,6 +14,8 @@ class EndpointDoc:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
+    answers: dict[int, tuple[str, type[BaseModel]]] = field(default_factory=dict)  # other non-problem answers
+    media_type: str | None = None  # the success answer's type when it has no response model
     notes: str = ""
     headers: dict = field(default_factory=dict)
 

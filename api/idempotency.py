@@ -11,7 +11,7 @@ import json
 import falcon
 
 from api.errors import Problem, invalid
-from api.schemas import MAX_BODY_BYTES, raw_body, read_json
+from api.schemas import MAX_BODY_BYTES, check_documented_body, raw_body, read_json
 from domain.errors import Conflict
 from domain.services.idempotency import Claim, IdempotencyService, Replay
 
@@ -30,6 +30,7 @@ class IdempotencyKeys:
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise invalid([{"field": HEADER, "message": "must be 1 to 255 printable characters"}])
         raw = _buffer_body(req, getattr(resource, "max_body_bytes", MAX_BODY_BYTES))
+        check_documented_body(resource, req)  # a body the endpoint refuses (422) claims no key either
         fingerprint = hashlib.sha256(b"\n".join([req.method.encode(), req.relative_uri.encode(), raw])).hexdigest()
         caller = req.context.caller.name
         if getattr(resource, "settles_idempotency", False):

@@ -37,6 +37,7 @@ class Metrics:
         self._port = port
 
     @doc("Prometheus text: requests, latencies, tasks, queue depth, outbox backlog, ledger postings, "
-         "checkouts, rate-limit decisions", who="anyone (scrapers; keep it on the internal network)")
+         "checkouts, rate-limit decisions", who="anyone (scrapers; keep it on the internal network)",
+         media_type="text/plain")
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type, resp.data = self._port.render()

@@ -7,10 +7,20 @@ PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
 METHODS = ("get", "post", "put", "patch", "delete")
 
 CONVENTIONS = """\
-Money is integer cents (`amountCents`, `balanceCents`), currency `usd`; a float, string, boolean, zero or
-negative amount, or one over 100,000,000 cents, is refused with 422. Errors are RFC 9457
-`application/problem+json`; 422 adds `errors: [{field, message}]`. Bodies over 64 KiB: 413; bodies that
-are not one JSON object (including NaN, Infinity and duplicate keys): 400. Unknown fields: 422.
+Money is integer cents (`amountCents`, `balanceCents`), currency `usd`; a float (also a whole one such
+as `1.0` or `1e2`), string, boolean, zero or negative amount, or one over 100,000,000 cents (so any
+integer beyond 64 bits), is refused with 422. Errors are RFC 9457 `application/problem+json`; 422 adds
+`errors: [{field, message}]`.
+
+Bodies are one UTF-8 JSON object (`Content-Type: application/json`). Over 64 KiB (512 KiB for usage
+batches): 413, also when Content-Length alone says so. 400, with the reason in `detail`: not JSON; not
+UTF-8 (UTF-16 or UTF-32, a byte order mark, invalid bytes); nested deeper than 32 levels; `NaN`,
+`Infinity` or `-Infinity`; a lone surrogate escape such as `\\ud800`; and an object with the same key
+twice, whatever the values: `{"amountCents": 1, "amountCents": 100000}` is refused rather than read as
+either amount. JSON that is not an object, unknown fields, and unknown query parameters (on operations
+that take any): 422. An id that does not name something the caller may see answers 404, in the path or in
+a body; ids are compared exactly, so look-alikes (Cyrillic letters, fullwidth digits, zero-width or bidi
+characters, another case) name nothing.
 
 Authentication: `Authorization: Bearer <key>`; a user's key comes back once from `POST /users`, the
 operator key is `BILLING_OPERATOR_TOKEN`. Missing or unknown key: 401. An object the caller may not see
@@ -20,9 +30,11 @@ or accounts, create workspaces, link accounts).
 
 Idempotency: every POST accepts `Idempotency-Key` (1-255 printable characters). The first answer below
 500 is stored for 24 hours per caller and key and replayed (same status, same body, header
-`Idempotent-Replayed: true`). The same key with another method, path or body: 409. A second request while
-the first is still running: 409, retry shortly. Money-moving operations are also unique per caller and
-key in the database, so a retry can never queue a second movement.
+`Idempotent-Replayed: true`); a request refused before the endpoint ran (a bad key, a body refused with
+400, 413 or 422) claims nothing, so it may be corrected and sent again under the same key. The same key
+with another method, path or body: 409. A second request while the first is still running: 409, retry
+shortly. Money-moving operations are also unique per caller and key in the database, so a retry can
+never queue a second movement.
 
 Pagination: `limit` 1-200 (default 50) and an opaque `cursor`; lists answer `{data, nextCursor}`, newest
 first. Paging by cursor returns every entry exactly once, also while new entries are written (new ones
@@ -40,6 +52,10 @@ unreachable, `BILLING_RATE_LIMIT_FAILURE_MODE` decides: `open` (default) lets re
 answers 503 with `Retry-After`; either way it is logged and counted, never a 500. The same setting governs
 `POST .../rate-limits/check` (`closed` answers `allowed: false`).
 """
+
+
+IDEMPOTENCY_KEY = ("1-255 printable characters (else 422). The endpoint's first answer below 500 is replayed "
+                   "for 24 hours; the same key with another method, path or body: 409.")
 
 
 def _param_name(name: str) -> str:
@@ -65,26 +81,40 @@ def _query_parameters(model) -> list[dict]:
              "description": prop.get("description", "")} for name, prop in schema["properties"].items()]
 
 
-def _operation(d: EndpointDoc, path_params: list[str], components: dict) -> dict:
+def _operation(d: EndpointDoc, method: str, path_params: list[str], public: bool, components: dict) -> dict:
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemShape"}}}
     op = {"summary": d.summary, "description": f"Who: {d.who}. {d.notes}".strip(), "x-who": d.who,
           "parameters": [{"name": _param_name(p), "in": "path", "required": True, "schema": {"type": "string"}}
                          for p in path_params]}
-    if d.who not in ("anyone",):
+    errors = set(d.errors)
+    if not public:  # every authenticated call may meet a bad key, the API's own rate limit, a lost dependency
         op["security"] = [{"bearer": []}]
+        errors |= {401, 429, 503}
     if d.query is not None:
         op["parameters"] += _query_parameters(d.query)
     if d.body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(d.body, components)}}}
+        required = any(f.is_required() for f in d.body.model_fields.values())  # else an empty body means {}
+        op["requestBody"] = {"required": required,
+                             "content": {"application/json": {"schema": _schema(d.body, components)}}}
+    if method == "post" and not public:  # the middleware reads the key, and the body with it, on every POST
         op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,
+                                 "description": IDEMPOTENCY_KEY,
                                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+        errors |= {400, 409, 413, 422}
+    if d.body is not None:
+        errors |= {400, 413}
     ok: dict = {"description": "Success"}
     if d.response is not None:
         ok["content"] = {"application/json": {"schema": _schema(d.response, components)}}
+    elif d.media_type is not None:
+        ok["content"] = {d.media_type: {"schema": {"type": "object" if d.media_type.endswith("json") else "string"}}}
     op["responses"] = {str(d.status): ok}
     if d.status == 201 and d.summary.startswith("Link"):
         op["responses"]["200"] = ok | {"description": "Already linked"}
-    for status in sorted(set(d.errors) | ({400, 413} if d.body else set())):
+    for status, (description, model) in d.answers.items():
+        op["responses"][str(status)] = {"description": description,
+                                        "content": {"application/json": {"schema": _schema(model, components)}}}
+    for status in sorted(errors):
         op["responses"][str(status)] = {"description": "Problem", "content": problem}
     return op
 
@@ -99,7 +129,8 @@ def build(routes: list[tuple[str, object]]) -> dict:
             responder = getattr(resource, f"on_{method}", None)
             d = getattr(responder, "endpoint_doc", None)
             if d is not None:
-                paths.setdefault(_path(template), {})[method] = _operation(d, params, components)
+                public = getattr(resource, "public", False)
+                paths.setdefault(_path(template), {})[method] = _operation(d, method, params, public, components)
     return {"openapi": "3.1.0",
             "info": {"title": "Billing service", "version": "0.1.0", "description": CONVENTIONS},
             "paths": paths,

@@ -172,6 +172,37 @@ class X402AcceptedShape(OperationShape):
     checkoutId: str
 
 
+class X402Shape(BaseModel):
+    """x402 protocol objects: the protocol may add fields, so unknown ones are allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class X402ResourceShape(X402Shape):
+    url: str
+    description: str
+    mimeType: str
+
+
+class X402RequirementsShape(X402Shape):
+    scheme: Literal["exact"]
+    network: str
+    asset: str
+    amount: str = Field(pattern=r"^[0-9]+$", description="Atomic units of the asset, as a decimal string.")
+    payTo: str
+    maxTimeoutSeconds: int
+    extra: dict
+
+
+class X402PaymentRequiredShape(X402Shape):
+    """The x402 v2 PaymentRequired (also base64-encoded in the PAYMENT-REQUIRED header)."""
+
+    x402Version: Literal[2]
+    error: str
+    resource: X402ResourceShape
+    accepts: list[X402RequirementsShape]
+
+
 class UsagePeriodShape(Shape):
     periodStart: str
     usageCents: int

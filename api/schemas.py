@@ -1,11 +1,12 @@
 """Request schemas: they validate bodies and queries, and the OpenAPI document is built from them."""
+import codecs
 import json
 import re
 from datetime import datetime
 from typing import Annotated, Literal
 
 import falcon
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from api.errors import Problem, invalid
@@ -30,12 +31,24 @@ class Body(BaseModel):
 
 
 class Query(BaseModel):
-    """Query-string parameters, which arrive as text and are converted."""
+    """Query-string parameters, which arrive as text and are converted. An unknown one is refused: a typo
+    (`?knd=usage`, `?form=...`) would otherwise answer silently for another filter or window."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only RFC 3339 text: pydantic alone would also read numbers ("0.5", 1700000000) as Unix times."""
+    if value is not None and not (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        raise ValueError("must be an RFC 3339 date-time with an offset, like 2026-11-27T12:00:00Z")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 USER_ID, ACCOUNT_ID = "usr_6f1c2b9a4e7d4c0b8a5e3d2f1a0b9c8d", "ba_0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e"
 
 
@@ -102,8 +115,8 @@ class CreateCheckoutSession(Body):
 
 
 class Window(Query):
-    since: AwareDatetime | None = Field(None, alias="from", description="RFC 3339; inclusive.")
-    until: AwareDatetime | None = Field(None, alias="to", description="RFC 3339; exclusive.")
+    since: Timestamp | None = Field(None, alias="from", description="RFC 3339; inclusive.")
+    until: Timestamp | None = Field(None, alias="to", description="RFC 3339; exclusive.")
 
 
 class PageQuery(Query):
@@ -126,15 +139,8 @@ class UsageEvent(Body):
     metric: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
     quantity: Annotated[int, Field(ge=0, le=10**12)]
     amount_cents: MovementCents
-    occurred_at: Annotated[AwareDatetime | None, Field(strict=False, description=(
+    occurred_at: Annotated[Timestamp | None, Field(strict=False, description=(
         "RFC 3339 with an offset; default: when the request was accepted. At most 5 minutes ahead."))] = None
-
-    @field_validator("occurred_at", mode="before")
-    @classmethod
-    def _rfc3339_text(cls, value: object) -> object:
-        if value is not None and not isinstance(value, str):
-            raise ValueError("must be an RFC 3339 string")
-        return value
 
     def domain(self) -> usage.Event:
         return usage.Event(event_id=self.event_id, metric=self.metric, quantity=self.quantity,
@@ -165,9 +171,13 @@ def _reject_constant(name: str) -> None:
 
 
 def _no_duplicates(pairs: list) -> dict:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate key in JSON object")
+    """An object with a key given twice is refused, not resolved: {"amountCents": 1, "amountCents": 100000}
+    must not silently mean either amount."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {json.dumps(key)} in an object; give each field once")
+        seen.add(key)
     return dict(pairs)
 
 
@@ -201,20 +211,56 @@ def _nesting_depth(text: str) -> int:
     return deepest
 
 
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF8, "UTF-8"),
+                    (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def _utf8_text(raw: bytes) -> str:
+    """The body as text: UTF-8 without a byte order mark (RFC 8259), else 400 saying what it is instead."""
+    bom = next((name for mark, name in BYTE_ORDER_MARKS if raw.startswith(mark)), None)
+    if bom is not None:
+        raise Problem(400, "Bad Request", f"the body starts with a {bom} byte order mark; send UTF-8 JSON without one")
+    if b"\x00" in raw:  # JSON text never holds a NUL byte; UTF-16 and UTF-32 text is full of them
+        raise Problem(400, "Bad Request", "the body holds NUL bytes: it is not UTF-8 JSON (UTF-16 or UTF-32?)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem(400, "Bad Request", f"the body is not UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+                                          f"{exc.start} is not valid there") from None
+
+
+def _has_lone_surrogate(text: str, data: object) -> bool:
+    """A \\ud800-style escape without its pair decodes to a string that is not text (nor storable)."""
+    if "\\u" not in text:
+        return False
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def read_json(req: falcon.Request) -> object:
-    """The body as JSON: 413 past 64 KiB, 400 for anything that is not one strict JSON document."""
+    """The body as JSON: 413 past 64 KiB, 400 for anything that is not one strict UTF-8 JSON document."""
+    if hasattr(req.context, "json_body"):
+        return req.context.json_body
     raw = raw_body(req)
     if not raw.strip():
         return {}
     if req.content_type and not req.content_type.split(";")[0].strip().lower().endswith("json"):
         raise Problem(400, "Bad Request", "the body must be JSON (Content-Type: application/json)")
-    if _nesting_depth(raw.decode("utf-8", errors="replace")) > MAX_DEPTH:
+    text = _utf8_text(raw)
+    if _nesting_depth(text) > MAX_DEPTH:
         raise Problem(400, "Bad Request", f"the body nests deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicates)
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:
         raise Problem(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
+    if _has_lone_surrogate(text, data):
+        raise Problem(400, "Bad Request", "the body holds a lone UTF-16 surrogate escape (such as \\ud800), "
+                                          "which is not text")
+    req.context.json_body = data
+    return data
 
 
 def _field_errors(exc: ValidationError, aliases: bool = True) -> list[dict]:
@@ -235,6 +281,15 @@ def load(model: type[Body], req: falcon.Request) -> Body:
         return model.model_validate(data)
     except ValidationError as exc:
         raise invalid(_field_errors(exc)) from None
+
+
+def check_documented_body(resource: object, req: falcon.Request) -> None:
+    """Validate the body as the responder will, against the model its EndpointDoc names (422 on failure):
+    the Idempotency-Key middleware does so first, so a refused body claims no key, as one that is not JSON."""
+    responder = getattr(resource, f"on_{req.method.lower()}", None)
+    model = getattr(getattr(responder, "endpoint_doc", None), "body", None)
+    if model is not None:
+        load(model, req)
 
 
 def query(model: type[Query], req: falcon.Request) -> Query:

@@ -42,7 +42,7 @@ class OpenApi:
     def __init__(self, document: Callable[[], dict]) -> None:
         self._document = document
 
-    @doc("This document (OpenAPI 3.1)", who="anyone")
+    @doc("This document (OpenAPI 3.1)", who="anyone", media_type="application/json")
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self._document()
 
@@ -53,7 +53,7 @@ class Docs:
     def __init__(self, page: Callable[[], str]) -> None:
         self._page = page
 
-    @doc("A human-readable page of this API, served without internet", who="anyone")
+    @doc("A human-readable page of this API, served without internet", who="anyone", media_type="text/html")
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_HTML
         resp.text = self._page()

@@ -47,7 +47,8 @@ class X402Checkout:
 
     @doc("Top up the workspace's default billing account with USDC over x402", who="owner, admin",
          status=202, body=X402TopUp, response=r.X402AcceptedShape, errors=(401, 403, 404, 409, 422, 502, 503),
-         notes=NOTES)
+         answers={402: ("Payment required: pay on these terms (x402 PaymentRequired, not problem+json)",
+                        r.X402PaymentRequiredShape)}, notes=NOTES)
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         body = schemas.load(X402TopUp, req)
         header = req.get_header("PAYMENT-SIGNATURE") or req.get_header("X-PAYMENT")
