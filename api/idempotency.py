@@ -2,8 +2,9 @@
 
 A resource with `settles_idempotency = True` stores its answer in its own transaction (see
 domain.services.idempotency): the middleware leaves it the claim (`claim(req)`), the resource renders
-its answer with `answer()` and sends a replay with `send_replay()`. Should it fail instead (a refusal,
-an invalid body), the middleware stores the refusal as the first answer here, as for any resource.
+its answer with `answer()` and sends a replay with `send_replay()`. Should it fail instead (a refusal),
+the middleware stores the refusal as the first answer here, as for any resource. A body the endpoint
+refuses (400, 413, 422) claims no key at all, so the corrected request may use the same key.
 """
 import hashlib
 import json
