@@ -4,7 +4,7 @@ import binascii
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import httpx
 from pydantic import ValidationError
@@ -12,7 +12,7 @@ from x402.http import FacilitatorConfig, HTTPFacilitatorClientSync
 from x402.http.constants import DEFAULT_FACILITATOR_URL
 from x402.http.facilitator_client_base import FacilitatorResponseError
 from x402.http.utils import encode_payment_required_header, encode_payment_response_header
-from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED, ERR_SETTLEMENT_PENDING
+from x402.mechanisms.evm.constants import ERR_SETTLEMENT_PENDING
 from x402.mechanisms.evm.eip712 import hash_domain
 from x402.mechanisms.evm.types import TypedDataDomain
 from x402.mechanisms.evm.utils import normalize_address
@@ -22,6 +22,7 @@ from x402.schemas.helpers import parse_payment_payload
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from domain.errors import Malformed
+from domain.providers.x402_types import FacilitatorUnavailable, Payment, PaymentRejected, Settlement, Verdict
 from domain.money import cents_to_usdc_units
 
 SCHEME = "exact"
@@ -97,18 +98,6 @@ def terms(config: X402Config) -> Terms:
                  v1_name=known and known.v1_name)
 
 
-class PaymentRejected(Exception):
-    """The payload does not pay what this request requires, or the facilitator found it invalid."""
-
-    def __init__(self, reason: str, message: str | None = None) -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.reason = reason
-
-
-class FacilitatorUnavailable(Exception):
-    """The facilitator gave no usable answer; nothing can be concluded from it."""
-
-
 class _NotOk(Exception):
     """A facilitator answer other than 200, raised before the SDK (which only reads 200s) sees it."""
 
@@ -127,47 +116,6 @@ def _only_200(response: httpx.Response) -> None:
     if response.status_code != 200:
         response.read()
         raise _NotOk(response.status_code, response.text)
-
-
-@dataclass(frozen=True)
-class Payment:
-    """A payload that matches this request's terms, with what it is keyed and stored by."""
-
-    version: int
-    network: str
-    payer: str
-    nonce: str
-    amount_atomic: int
-    valid_before: int
-    signature: str
-    payload: dict  # as the client sent it
-    requirements: dict  # what the facilitator checks it against, in the payload's version
-
-    def stored(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_stored(cls, details: dict) -> "Payment":
-        return cls(**{name: details[name] for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class Verdict:
-    valid: bool
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Settlement:
-    outcome: str  # settled | failed | unknown
-    reason: str | None = None
-    transaction: str | None = None
-
-    @property
-    def authorization_used(self) -> bool:
-        """The chain says the nonce is spent: by an earlier attempt of ours, or by someone else."""
-        text = (self.reason or "").lower()
-        return ERR_NONCE_ALREADY_USED in text or "authorization is used" in text
 
 
 def _reason(code: str | None, message: str | None) -> str:

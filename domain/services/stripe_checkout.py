@@ -1,6 +1,6 @@
 """Stripe Checkout top-ups: create sessions, take webhooks, credit each paid checkout exactly once."""
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 APPLY_EVENT_TASK = "payments.apply_stripe_event"
 SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
                   "checkout.session.async_payment_failed", "checkout.session.expired")
+
+
+# An event naming a checkout id that is still not there after this long names none of ours: it is closed
+# as unknown_session rather than retried by every reconcile run for ever.
+GHOST_AFTER = timedelta(minutes=10)
 
 
 class CheckoutNotVisibleYet(Unavailable):
@@ -79,7 +84,12 @@ class StripeCheckoutService:
             if row is None or row["processed_at"] is not None:
                 return None
             event = Event(id=row["id"], type=row["type"], object=row["payload"]["object"])
-            outcome = self._apply(uow, event)
+            try:
+                outcome = self._apply(uow, event)
+            except CheckoutNotVisibleYet:
+                if datetime.now(UTC) - row["received_at"] < GHOST_AFTER:
+                    raise
+                outcome = "unknown_session"  # a checkout id of ours that never existed (another deployment's)
             stripe_events.mark_processed(uow.conn, event_id, outcome)
             uow.commit()
         log.info("stripe event %s (%s): %s", event_id, event.type, outcome)

@@ -3,6 +3,7 @@ credited exactly once by the payments worker."""
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from datetime import timedelta
 
 from sqlalchemy import Connection
@@ -10,11 +11,14 @@ from sqlalchemy import Connection
 from domain.errors import Conflict, ProviderError, Unavailable
 from domain.ids import new_id
 from domain.models import Caller, Checkout, Operation, Workspace
-from domain.providers.x402_gateway import FacilitatorUnavailable, Payment, PaymentRejected, Settlement, X402Gateway
+from domain.providers.x402_types import FacilitatorUnavailable, Payment, PaymentRejected, Settlement
 from domain.services import access
 from domain.services.context import Context
 from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import checkouts, ledger, operations, x402_payments
+
+if TYPE_CHECKING:  # the x402 SDK is slow to import; only a configured gateway loads it
+    from domain.providers.x402_gateway import X402Gateway
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class X402CheckoutService:
         self.clock = time.time
 
     @property
-    def _x402(self) -> X402Gateway:
+    def _x402(self) -> "X402Gateway":
         if self._ctx.x402 is None:
             raise ProviderError("x402 is not configured (X402_PAY_TO)")
         return self._ctx.x402

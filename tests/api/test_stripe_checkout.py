@@ -135,6 +135,25 @@ def test_an_event_for_a_checkout_not_yet_visible_is_retried_and_then_credited(sa
     assert _topups(engine, owner.default_account_id) == [400]
 
 
+def test_an_event_for_a_checkout_id_that_never_appears_is_closed_as_unknown_after_a_while(sapi, stripe_services, queue,
+                                                                                         engine):
+    ghost = "chk_" + "cd" * 16  # shaped like ours: another deployment sharing the Stripe account
+    session = {"id": "cs_test_ghost", "object": "checkout.session", "status": "complete", "payment_status": "paid",
+               "amount_total": 400, "currency": "usd", "client_reference_id": ghost, "payment_intent": "pi_ghost"}
+    _deliver(sapi, "checkout.session.completed", session)
+    with pytest.raises(Exception) as raised:
+        _apply_queued(stripe_services, queue)
+    assert type(raised.value).__name__ == "CheckoutNotVisibleYet"  # young: maybe not visible yet, retried
+    with engine.begin() as conn:
+        event_id = conn.execute(text("UPDATE stripe_events SET received_at = now() - interval '11 minutes' "
+                                     "WHERE payload->'object'->>'id' = 'cs_test_ghost' RETURNING id")).scalar()
+        entries = conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar()
+    assert stripe_services.stripe.apply_event(event_id) == "unknown_session"
+    assert stripe_services.stripe.apply_event(event_id) is None  # processed: never retried again
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar() == entries
+
+
 @pytest.mark.parametrize("forge", ["wrong_secret", "stale", "missing", "tampered"])
 def test_a_forged_stale_or_missing_signature_is_refused_and_stores_nothing(sapi, engine, forge):
     obj = {"id": f"cs_test_forged_{forge}", "object": "checkout.session", "client_reference_id": None}
