@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -43,12 +44,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, every
 class Process:
     """A subprocess in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path, user: str | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          start_new_session=True, user=user)
 
     @property
     def pid(self) -> int:
@@ -152,11 +153,62 @@ class HttpResult:
         self.json = response.json() if response.content and is_json else None
 
 
-class Stack:
-    """The service as deployed, on the test database and a private Redis: API, worker, beat."""
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    n: int  # the n-th request of the load
+    sent_at: float  # time.monotonic()
+    answered_at: float
+    result: HttpResult | None
+    error: str | None  # no HTTP answer at all (connection refused, timed out)
 
-    def __init__(self, database_url: str, log_dir: Path) -> None:
+
+class Load:
+    """`send(n)` for n = 0, 1, 2... from a few threads, until the `with` block ends: steady traffic
+    through a fault, every answer kept with when it was sent."""
+
+    def __init__(self, send: Callable[[int], HttpResult], threads: int = 2, pause: float = 0.05) -> None:
+        self._send, self._pause = send, pause
+        self._answers: list[Answer] = []
+        self._issued = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                n, self._issued = self._issued, self._issued + 1
+            sent_at = time.monotonic()
+            try:
+                result, error = self._send(n), None
+            except requests.RequestException as exc:
+                result, error = None, f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self._answers.append(Answer(n, sent_at, time.monotonic(), result, error))
+            self._stopping.wait(self._pause)
+
+    def answers(self) -> list[Answer]:
+        with self._lock:
+            return sorted(self._answers, key=lambda a: a.n)
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+class Stack:
+    """The service as deployed, on a database (with its server, when private) and a private Redis: API,
+    worker, beat."""
+
+    def __init__(self, database_url: str, log_dir: Path, postgres=None) -> None:
         self.log_dir = log_dir
+        self.postgres = postgres  # a tests.postgres_server.PostgresServer, whose log joins the others
         self.redis = RedisServer(log_dir)
         self.env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=self.redis.url,
                         CELERY_BROKER_URL=self.redis.url, BILLING_OPERATOR_TOKEN=OPERATOR_TOKEN,
@@ -193,9 +245,11 @@ class Stack:
         except requests.RequestException:
             return False
 
-    def start_beat(self) -> Process:
+    def start_beat(self, wait: bool = True) -> Process:
+        """Launch beat, its schedule file in the log directory; with wait, until it runs."""
         beat = self._start("beat", beat_argv(str(self.log_dir)))
-        beat.wait_for_output("beat: Starting", timeout=30)
+        if wait:
+            beat.wait_for_output("beat: Starting", timeout=60)
         return beat
 
     def billing(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -223,16 +277,17 @@ class Stack:
 
     def logs(self, lines: int = 60) -> str:
         """The tail of every process's output, for the report of a failed test."""
+        servers = [self.redis.process, *([self.postgres.process] if self.postgres else [])]
         return "\n".join(f"----- {p.name} (pid {p.pid}) -----\n" + "\n".join(p.output().splitlines()[-lines:])
-                         for p in [*self.processes, self.redis.process])
+                         for p in [*self.processes, *servers])
 
     def stop(self) -> None:
+        """SIGKILL everything: what a test needed from a graceful stop it asked for itself, and
+        nothing the service does may depend on one."""
         if self._celery is not None:
             self._celery.close()
-        for process in self.processes:  # all at once: each may take a few seconds to shut down
-            process.terminate()
         for process in self.processes:
-            process.stop()
+            process.kill()
         self.redis.thaw()
         self.redis.stop()
 
@@ -292,6 +347,20 @@ def blocked_mid_transaction(engine, operation_id: str) -> set[int]:
     """Wait until a worker runs the operation and waits on a lock; the waiting backends' pids."""
     return wait_until(lambda: statuses(engine, [operation_id]) == {operation_id: "running"}
                       and backends_waiting_on_locks(engine), 30, f"{operation_id} to block on a lock")
+
+
+def assert_applied_once(engine, operation_ids: list[str]) -> None:
+    """Every operation succeeded, with exactly one ledger entry (only the exceptions are shown)."""
+    found = statuses(engine, operation_ids)
+    assert {i: found.get(i) for i in operation_ids if found.get(i) != "succeeded"} == {}
+    assert {i: n for i, n in entries_per_operation(engine, operation_ids).items() if n != 1} == {}
+
+
+def assert_audit_passes(stack: Stack) -> None:
+    """`billing audit`, as an operator runs it, finds nothing: balances equal their entries, chains are
+    intact, and no operation is unfinished (after the test's waits, one second is already too long)."""
+    audit = stack.billing("audit", "--stuck-after", "1")
+    assert (audit.returncode, audit.stdout.splitlines()[-1:]) == (0, ["audit: ok"]), audit.stdout + audit.stderr
 
 
 def assert_sound(services, *ids: str) -> None:

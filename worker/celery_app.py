@@ -25,18 +25,21 @@ def is_redis(broker_url: str | None) -> bool:
     return (broker_url or "").startswith(("redis://", "rediss://"))
 
 
-def transport_options(broker_url: str) -> dict:
-    """Redis: redelivery after an hour (longer than any task or countdown), short socket timeouts.
+def transport_options(broker_url: str, visibility_timeout: int = 3600) -> dict:
+    """Redis: redelivery after an hour by default (longer than any task or countdown), short socket timeouts.
 
     A request enqueues after its commit, so a down or frozen broker must cost it one attempt of
     at most a socket timeout: max_retries=0 stops kombu's connect retries (up to twice the
     timeout), and no retry_on_timeout (it doubled the wait and replayed writes). The relay
     sends what failed; the worker's consumer reconnects with its own retry settings.
     """
-    if broker_url.startswith(("redis", "rediss", "unix")):
-        return {"visibility_timeout": 3600, "socket_connect_timeout": 2, "socket_timeout": 2,
-                "max_retries": 0}
-    return {}
+    if not broker_url.startswith(("redis", "rediss", "unix")):
+        return {}
+    options = {"visibility_timeout": visibility_timeout, "socket_connect_timeout": 2, "socket_timeout": 2,
+               "max_retries": 0}
+    if visibility_timeout < 600:  # kombu looks for unacknowledged messages to redeliver every 100 s (10 x 10)
+        options |= {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    return options
 
 
 def create_celery(settings: settings_module.Settings) -> Celery:
@@ -46,7 +49,7 @@ def create_celery(settings: settings_module.Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         broker_transport="worker.broker:Transport" if is_redis(settings.broker_url) else None,
-        broker_transport_options=transport_options(settings.broker_url or ""),
+        broker_transport_options=transport_options(settings.broker_url or "", settings.broker_visibility_timeout),
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_ignore_result=True,
         task_acks_late=True,

@@ -75,7 +75,10 @@ class UnitOfWork:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.info.pop(POSTINGS, None)  # the connection goes back to the pool
+        # The connection goes back to the pool. One the server dropped is invalidated, its info gone with
+        # it; touching conn.info then raises PendingRollbackError, which would hide the OperationalError.
+        if not self.conn.invalidated:
+            self.conn.info.pop(POSTINGS, None)
         try:
             if self._tx.is_active:
                 self._tx.rollback()

@@ -1,17 +1,21 @@
 """Workers killed with SIGKILL in the middle of a credit's transaction: nothing lost, nothing applied twice.
 
-The test holds the billing account's row lock, so the worker's posting statement waits inside its
-transaction: a deterministic "mid-task" at which to kill it.
+The first two tests hold the billing account's row lock, so the worker's posting statement waits inside
+its transaction: a deterministic "mid-task" at which to kill it. The third kills at random moments while
+credits stream in through the API (FAULT_SEED=<seed> replays the same choices).
 """
 import os
+import random
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
 
 from domain.models import OPERATOR_CALLER
-from tests.processes import (account_locked, age_operations, assert_sound, backends_waiting_on_locks,
-                             blocked_mid_transaction, entries_per_operation, statuses, wait_for_operations,
-                             wait_until)
+from tests.processes import (account_locked, age_operations, assert_applied_once, assert_audit_passes, assert_sound,
+                             backends_waiting_on_locks, blocked_mid_transaction, entries_per_operation, statuses,
+                             wait_for_operations, wait_until)
 
 
 def backends_gone(engine, pids: set[int]) -> bool:
@@ -81,3 +85,58 @@ def test_a_worker_killed_with_sigkill_mid_stream_loses_nothing_and_applies_nothi
     for i, workspace in enumerate(workspaces):
         assert balance(api, owners[i], workspace) == 1000 + sum(100 + n for n in range(i, 30, 3))
     assert_sound(services, *(w["defaultBillingAccountId"] for w in workspaces), *ids)
+
+
+CREDITS = 500
+WORKSPACES = 5
+
+
+def test_500_credits_in_flight_survive_sigkills_at_random_points_and_apply_once(stack, api, services, engine):
+    seed = int(os.environ.get("FAULT_SEED") or random.randrange(2**32))
+    print(f"FAULT_SEED={seed}")  # to replay the same kills
+    rng = random.Random(seed)
+    # Three kills in a random order, each once a random number of credits has been accepted and a random
+    # moment later: the whole worker once, a single pool process (as the OOM killer picks one) twice.
+    kinds = rng.sample(["worker", "pool process", "pool process"], 3)
+    plan = list(zip(sorted(rng.sample(range(50, CREDITS - 50), len(kinds))), kinds))
+    stack.start(concurrency=2)
+    owners = [api.new_user() for _ in range(WORKSPACES)]
+    workspaces = [api.new_workspace(owner) for owner in owners]
+
+    def post(i: int):
+        return stack.api.operator("POST", f"/workspaces/{workspaces[i % WORKSPACES]['id']}/billing/credits",
+                                  json={"amountCents": 100 + i}, headers={"Idempotency-Key": f"kill-{seed}-{i}"})
+
+    def accepted() -> list[str]:
+        return [a.result().json["id"] for a in answers if a.done() and a.result().status_code == 202]
+
+    kills = []  # (what was killed, how many accepted credits were unfinished at that moment)
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(post, i) for i in range(CREDITS)]
+        for threshold, kind in plan:
+            wait_until(lambda: sum(a.done() for a in answers) >= threshold, 60, f"{threshold} answers")
+            time.sleep(rng.uniform(0, 0.3))
+            unfinished = sum(s in ("queued", "running") for s in statuses(engine, accepted()).values())
+            if kind == "pool process":
+                children = wait_until(lambda: [p for p in stack.worker.group() if p != stack.worker.pid], 10,
+                                      "a pool process")
+                os.kill(rng.choice(children), signal.SIGKILL)
+            else:  # its prefetched messages stay unacknowledged in Redis
+                stack.worker.kill()
+                stack.start(api=False, concurrency=2)
+            kills.append((kind, unfinished))
+        answers = [a.result() for a in answers]
+    print(f"kills (what, unfinished credits): {kills}")
+    assert [a.status_code for a in answers] == [202] * CREDITS, [a.text for a in answers if a.status_code != 202]
+    assert any(unfinished for _, unfinished in kills), "no kill caught a credit in flight"
+
+    # What a killed worker held stays unacknowledged in Redis for the visibility timeout (an hour):
+    # the relay (beat's job) re-sends whatever is unfinished once it looks abandoned.
+    ids = [a.json["id"] for a in answers]
+    age_operations(engine, ids)
+    stack.services(services).operations.relay()
+    wait_for_operations(engine, ids, timeout=60)
+    assert_applied_once(engine, ids)
+    for n, workspace in enumerate(workspaces):
+        assert balance(api, owners[n], workspace) == 1000 + sum(100 + i for i in range(n, CREDITS, WORKSPACES))
+    assert_audit_passes(stack)

@@ -136,9 +136,14 @@ def signed_event(secret: str, event_type: str, obj: dict, *, event_id: str | Non
     payload = json.dumps({"id": event_id or f"evt_{uuid.uuid4().hex[:24]}", "object": "event",
                           "type": event_type, "api_version": "2024-06-20", "created": int(time.time()),
                           "livemode": False, "data": {"object": obj}}).encode()
+    return payload, stripe_signature(secret, payload, timestamp)
+
+
+def stripe_signature(secret: str, payload: bytes, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header for these exact bytes: an HMAC-SHA256 of "{t}.{payload}"."""
     stamp = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(secret.encode(), f"{stamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    return payload, f"t={stamp},v1={digest}"
+    return f"t={stamp},v1={digest}"
 
 
 def charge_refunded(payment_intent: str, amount_refunded: int, charge_id: str | None = None) -> dict:
