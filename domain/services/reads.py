@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 
 from domain.errors import Forbidden, InvalidInput, NotFound
+from domain.ids import looks_like
 from domain.models import Balance, BillingAccount, Caller, Page, Summary
 from domain.services import access
 from domain.services.context import Context
@@ -78,12 +79,16 @@ class ReadService:
     @staticmethod
     def _workspace_account(conn: Connection, caller: Caller, workspace_id: str,
                            account_id: str | None) -> BillingAccount:
-        """The workspace's default account, or another account linked to it."""
-        workspace = access.workspace(conn, caller, workspace_id).workspace
-        account_id = account_id or workspace.default_billing_account_id
-        if not access.is_linked(conn, workspace_id, account_id):
+        """The workspace's default account, or another account linked to it (one statement)."""
+        if account_id is not None and not looks_like("ba", account_id):
+            account_id = ""  # links nothing
+        found = accounts.of_workspace(conn, workspace_id, caller.user_id, account_id) \
+            if looks_like("ws", workspace_id) else None
+        if found is None or not (caller.is_operator or found.role):
+            raise NotFound("workspace not found")
+        if found.account is None:
             raise NotFound("billing account not linked to this workspace")
-        return accounts.get(conn, account_id)
+        return found.account
 
 
 def _balance(account: BillingAccount) -> Balance:

@@ -1,5 +1,5 @@
 """User and API-key SQL."""
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.models import User
@@ -41,9 +41,11 @@ def insert_api_key(conn: Connection, key_id: str, user_id: str, key_hash: bytes)
     conn.execute(api_keys.insert().values(id=key_id, user_id=user_id, key_hash=key_hash))
 
 
+_USER_FOR_KEY = text("SELECT user_id FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL")
+
+
 def user_id_for_key(conn: Connection, key_hash: bytes) -> str | None:
-    k = api_keys.c
-    return conn.execute(select(k.user_id).where(k.key_hash == key_hash, k.revoked_at.is_(None))).scalar()
+    return conn.execute(_USER_FOR_KEY, {"key_hash": key_hash}).scalar()
 
 
 def revoke_keys(conn: Connection, user_id: str) -> int:
