@@ -1,8 +1,9 @@
-"""Shared pieces of bench/ratelimit and bench/usage: processes, a fresh database, a private Redis, load."""
+"""Shared pieces of the benchmarks: processes, a fresh database, a private Redis, load, ceilings, audit."""
 import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -332,8 +333,6 @@ def add_members(url: str, workspace: int, users: range) -> None:
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict:
     """The environment of the API and the worker: production defaults, our database and Redis, a fresh
     operator token (BILLING_OPERATOR_TOKEN)."""
-    import secrets
-
     env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "BENCH_NO_REEXEC")}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
                BILLING_OPERATOR_TOKEN=f"bench-{secrets.token_urlsafe(16)}", **extra)
