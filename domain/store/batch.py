@@ -2,9 +2,11 @@
 many accounts read and stored by one statement each."""
 from sqlalchemy import Connection, text
 
-# Lock what is free, in id order, skipping (never waiting on) accounts another transaction holds.
+# Lock what is free, in id order, skipping (never waiting on) accounts another transaction holds. NO KEY
+# UPDATE, as every account lock here: it still serialises postings, but lets a foreign-key check on the
+# account (an account_tiers row inserted elsewhere) through, so the two cannot deadlock.
 _LOCK_FREE_ACCOUNTS = text(
-    "SELECT id FROM billing_accounts WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE SKIP LOCKED")
+    "SELECT id FROM billing_accounts WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED")
 
 
 def lock_free_accounts(conn: Connection, account_ids: list[str]) -> set[str]:

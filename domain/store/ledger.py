@@ -19,7 +19,7 @@ WITH inserted AS (
            :reference, :key
     FROM billing_accounts a
     WHERE a.id = :account_id AND (:allow_negative OR a.balance_cents + :amount >= 0)
-    FOR UPDATE
+    FOR NO KEY UPDATE
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING *
 )

@@ -10,7 +10,7 @@ from domain.store.uow import note_postings
 # Usage batches of one workspace run one at a time (their eventIds share a key space), then the
 # account row is locked: the same order everywhere, so two batches cannot deadlock.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:workspace_id AS text), 0))")
-_ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR UPDATE")
+_ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
 _PRIOR = text("""
 SELECT idempotency_key, id, metric, quantity, -amount_cents AS amount_cents
 FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements_text(CAST(:keys AS json))))

@@ -200,3 +200,22 @@ def test_a_batch_failing_on_one_credit_applies_the_others_alone(api, services, e
     with pytest.raises(IntegrityError):
         services.operations.apply(bad)  # its own task fails (and is retried, then dead-lettered)
     assert entries_per_operation(engine, [bad, good]) == {bad: 0, good: 1}
+
+
+def test_an_account_held_by_a_batch_lets_a_tier_for_it_be_stored_meanwhile(api, services, engine, workspaces):
+    """A batch holds its accounts while it stores their tiers; the API may store a first tier for one of them
+    at the same time. Were the account locked FOR UPDATE, that insert's foreign-key check would wait on the
+    batch, and the batch's tier upsert on the insert: a deadlock."""
+    from domain.store import batch
+
+    _, spaces = workspaces
+    account = spaces[0]["defaultBillingAccountId"]
+    with engine.connect() as holder, holder.begin():
+        assert batch.lock_free_accounts(holder, [account]) == {account}
+        with engine.connect() as other, other.begin():
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            other.execute(text("DELETE FROM account_tiers WHERE billing_account_id = :a"), {"a": account})
+            other.execute(text("INSERT INTO account_tiers (billing_account_id, tier, reason, paid_cents, "
+                               "balance_cents, as_of_entry_id, computed_at) "
+                               "VALUES (:a, 'free', 'test', 0, 1000, 0, now())"), {"a": account})
+            other.rollback()
