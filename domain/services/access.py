@@ -12,14 +12,15 @@ from domain.store import accounts, workspaces
 def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bool = False,
               operator_manages: bool = False, for_update: bool = False) -> Membership:
     """The workspace as the caller sees it; managing needs owner or admin (or an allowed operator)."""
-    found = workspaces.get(conn, workspace_id, for_update=for_update) if looks_like("ws", workspace_id) else None
+    found = workspaces.with_role(conn, workspace_id, caller.user_id, for_update=for_update) \
+        if looks_like("ws", workspace_id) else None
     if found is None:
         raise NotFound("workspace not found")
+    found, role = found
     if caller.is_operator:
         if manage and not operator_manages:
             raise Forbidden("the operator key cannot do this; use a key of the workspace's owner or an admin")
         return Membership(found, role=None)
-    role = workspaces.role_of(conn, workspace_id, caller.user_id)
     if role is None:
         raise NotFound("workspace not found")
     if manage and role not in ("owner", "admin"):

@@ -1,5 +1,5 @@
 """Workspace and membership SQL."""
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.models import Workspace
@@ -29,6 +29,24 @@ def get(conn: Connection, workspace_id: str, *, for_update: bool = False) -> Wor
         query = query.with_for_update()
     row = conn.execute(query).mappings().first()
     return _workspace(row) if row else None
+
+
+# The workspace and the user's role in it (NULL: not a member), in one statement; locked: the workspace row.
+_WITH_ROLE = {
+    lock: text(f"""
+SELECT w.id, w.name, w.owner_user_id, w.default_billing_account_id, w.created_at, m.role
+FROM workspaces w LEFT JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = :user_id
+WHERE w.id = :workspace_id {lock}""")
+    for lock in ("", "FOR UPDATE OF w")
+}
+
+
+def with_role(conn: Connection, workspace_id: str, user_id: str | None, *,
+              for_update: bool = False) -> tuple[Workspace, str | None] | None:
+    """The workspace and the user's role in it (None: not a member); None when there is no workspace."""
+    row = conn.execute(_WITH_ROLE["FOR UPDATE OF w" if for_update else ""],
+                       {"workspace_id": workspace_id, "user_id": user_id}).mappings().first()
+    return (_workspace(row), row["role"]) if row else None
 
 
 def role_of(conn: Connection, workspace_id: str, user_id: str) -> str | None:
