@@ -5,8 +5,8 @@ from datetime import UTC, timedelta
 from sqlalchemy import Connection
 
 from domain import tiers
-from domain.errors import Forbidden, NotFound
-from domain.ids import new_id
+from domain.errors import NotFound
+from domain.ids import looks_like, new_id
 from domain.models import AccountTier, Caller, Operation, RateLimitStatus
 from domain.ratelimit import Decision, FailurePolicy, Limiter
 from domain.services import access
@@ -60,14 +60,29 @@ class RateLimitService:
     def check(self, caller: Caller, workspace_id: str, cost: int) -> tuple[Decision, str]:
         """Consume `cost` from the budget of the workspace's default account: (decision, tier)."""
         if not caller.is_operator:
-            raise Forbidden("only the operator checks rate limits")
-        _, account_id, tier = self._tier_of(caller, workspace_id)
-        rpm = self._ctx.config.tiers.requests_per_minute(tier.tier)
-        return self._limiter.hit(account_key(account_id), rpm, cost), tier.tier
+            with self._ctx.uow() as uow:
+                access.refuse_user(uow.conn, caller, workspace_id, "only the operator checks rate limits")
+        account_id, tier = self._binding(workspace_id)
+        rpm = self._ctx.config.tiers.requests_per_minute(tier)
+        return self._limiter.hit(account_key(account_id), rpm, cost), tier
 
     def api_request(self, key: str, per_minute: int) -> Decision:
         """One request of an API key against the API's own limit."""
         return self._limiter.hit(f"api:{key}", per_minute)
+
+    def _binding(self, workspace_id: str) -> tuple[str, str]:
+        """(default account, its tier) of the workspace in one statement; the tier computed if never stored."""
+        if not looks_like("ws", workspace_id):
+            raise NotFound("workspace not found")
+        with self._ctx.uow() as uow:
+            found = store.of_workspace(uow.conn, workspace_id)
+            if found is None:
+                raise NotFound("workspace not found")
+            account_id, tier = found
+            if tier is None:
+                tier = current(uow.conn, account_id, self._ctx.config.tiers).tier
+            uow.commit()
+        return account_id, tier
 
     def _tier_of(self, caller: Caller, workspace_id: str) -> tuple[str, str, AccountTier]:
         with self._ctx.uow() as uow:

@@ -1,9 +1,11 @@
 """Tier SQL: the inputs of the tier rule in one snapshot, and the stored tier of each account."""
 from datetime import timedelta
 
+import psycopg
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from domain.errors import Unavailable
 from domain.models import AccountTier
 from domain.store.tables import account_tiers, billing_accounts
 
@@ -17,6 +19,10 @@ SELECT a.balance_cents,
        COALESCE((SELECT MAX(e.id) FROM ledger_entries e WHERE e.billing_account_id = a.id), 0) AS last_entry_id
 FROM billing_accounts a WHERE a.id = :account_id
 """)
+
+# A decision's only SQL: the workspace's default account at this moment and that account's stored tier.
+_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspaces w "
+                 "LEFT JOIN account_tiers t ON t.billing_account_id = w.default_billing_account_id WHERE w.id = %s")
 
 # Accounts whose tier is old, or older than their newest entry (a recompute message was lost).
 _STALE = text("""
@@ -32,6 +38,26 @@ def inputs(conn: Connection, account_id: str) -> tuple[int, int, int] | None:
     """(balance, paid, newest entry id) of the account, or None when it does not exist."""
     row = conn.execute(_INPUTS, {"account_id": account_id}).first()
     return (int(row.balance_cents), int(row.paid_cents), int(row.last_entry_id)) if row else None
+
+
+def of_workspace(conn: Connection, workspace_id: str) -> tuple[str, str | None] | None:
+    """(default account id, its stored tier or None) of the workspace, or None when it does not exist.
+
+    The hot path of every decision, so one round trip and little CPU: psycopg directly (SQLAlchemy's execution
+    costs more than the query) and outside a transaction (no BEGIN and COMMIT round trips), switching the
+    connection to autocommit as SQLAlchemy's own ping does. So it must come first in its unit of work.
+    """
+    driver = conn.connection.driver_connection
+    try:
+        driver.autocommit = True
+        try:
+            row = driver.execute(_OF_WORKSPACE, (workspace_id,)).fetchone()
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise Unavailable("the database is unavailable") from exc  # the unit of work's rollback drops it
+    return (row[0], row[1]) if row else None
 
 
 def _tier(row) -> AccountTier:

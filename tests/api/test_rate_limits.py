@@ -1,19 +1,23 @@
 """Tiers that follow the default account, and decisions on a real Redis (127.0.0.1:6379, a key prefix per test)."""
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 from falcon import testing
+from limits.storage import RedisStorage
+from sqlalchemy import text
 
 from api import responses
 from api.app import create_app
 from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
-from domain.store.limiter import redis_limiter
-from domain.store.uow import UnitOfWork
+from domain.store import uow as uow_module
+from domain.store.limiter import RedisLimiter, memory_limiter, redis_limiter
+from domain.store.uow import UnitOfWork, make_engine
 from tests.api.checks import assert_problem
 from tests.factories import OPERATOR_TOKEN, Api, new_linked_account, post
 from tests.processes import RedisServer
@@ -21,21 +25,30 @@ from tests.processes import RedisServer
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def make_limiter(url: str, *, fail_open: bool = True) -> tuple[FailurePolicy, redis.ConnectionPool, str]:
-    prefix = f"test-rl-{uuid.uuid4().hex}"
+def make_limiter(url: str, *, fail_open: bool = True,
+                 prefix: str | None = None) -> tuple[FailurePolicy, redis.ConnectionPool, str]:
+    prefix = prefix or f"test-rl-{uuid.uuid4().hex}"
     pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.5)
     return FailurePolicy(redis_limiter(url, pool, key_prefix=prefix), fail_open=fail_open), pool, prefix
 
 
 @pytest.fixture
-def limiter():
-    made, pool, prefix = make_limiter(REDIS_URL)
-    yield made
+def shared_redis():
+    """(pool, key prefix) on the shared Redis; only this test's keys are deleted after it, never flushed."""
+    pool = redis.ConnectionPool.from_url(REDIS_URL, socket_connect_timeout=0.25, socket_timeout=0.5)
+    prefix = f"test-rl-{uuid.uuid4().hex}"
+    yield pool, prefix
     client = redis.Redis(connection_pool=pool)
-    keys = list(client.scan_iter(f"{prefix}:*"))  # only this test's keys: the shared Redis is never flushed
+    keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:
         client.delete(*keys)
     pool.disconnect()
+
+
+@pytest.fixture
+def limiter(shared_redis):
+    pool, prefix = shared_redis
+    return FailurePolicy(redis_limiter(REDIS_URL, pool, key_prefix=prefix))
 
 
 def build_api(engine, queue, limiter, api_rate_limit: int = 0) -> Api:
@@ -215,6 +228,117 @@ def test_the_api_key_limit_adds_headers_and_answers_429_with_retry_after_past_it
 def test_a_limit_of_zero_turns_the_api_key_limit_off(rapi):
     owner = rapi.new_user()
     assert "RateLimit-Limit" not in rapi.call("GET", "/users/me", owner.key).headers
+
+
+class CountingRedis(redis.Redis):
+    """Counts the commands this client sends: a decision should be one round trip."""
+
+    sent = 0
+
+    def execute_command(self, *args, **options):
+        self.sent += 1
+        return super().execute_command(*args, **options)
+
+
+def uses(client: redis.Redis, key: str, *ages: float) -> None:
+    """Put uses of these ages (seconds ago) in the key's window, newest first, as the limiter keeps them."""
+    now = time.time()
+    if ages:
+        client.lpush(key, *[repr(now - age) for age in sorted(ages, reverse=True)])
+
+
+def test_a_decision_is_one_redis_round_trip_that_also_answers_remaining_and_reset(shared_redis):
+    pool, prefix = shared_redis
+    client = CountingRedis(connection_pool=pool)
+    made = RedisLimiter(client, prefix)
+    first = made.hit("account:a", 5)
+    assert (first.allowed, first.limit, first.remaining, first.reset_seconds) == (True, 5, 4, 60)
+    client.sent = 0  # the first call also loaded the script
+    decisions = [made.hit("account:a", 5, cost) for cost in (3, 2, 1)]
+    assert client.sent == 3
+    assert [(d.allowed, d.remaining) for d in decisions] == [(True, 1), (False, 1), (True, 0)]
+    assert all(59 <= d.reset_seconds <= 60 for d in decisions)
+
+
+@pytest.mark.parametrize("old, recent", [(0, 0), (0, 1), (1, 0), (1, 1), (30, 7), (7, 30), (99, 1), (0, 100)])
+def test_the_window_holds_only_the_last_60_seconds_and_counts_as_limits_does(shared_redis, old, recent):
+    pool, prefix = shared_redis
+    made = RedisLimiter(redis.Redis(connection_pool=pool), prefix)
+    uses(redis.Redis(connection_pool=pool), f"{prefix}:account:w", *[200 - i for i in range(old)], *[50 - i * 0.1 for i in range(recent)])
+    peeked = made.peek("account:w", 100)
+    _, counted = RedisStorage(REDIS_URL, connection_pool=pool, key_prefix=prefix).get_moving_window(
+        "account:w", 100, 60)
+    assert peeked.remaining == 100 - recent == 100 - counted
+    assert peeked.reset_seconds in ((9, 10) if recent else (0,))  # the oldest recent use is 50 s old
+    hit = made.hit("account:w", 100)
+    assert (hit.allowed, hit.remaining) == ((True, 99 - recent) if recent < 100 else (False, 0))
+
+
+def test_a_lower_limit_counts_only_as_many_uses_as_it_allows_and_a_big_cost_fits_once(shared_redis):
+    pool, prefix = shared_redis
+    made = RedisLimiter(redis.Redis(connection_pool=pool), prefix)
+    assert made.hit("account:t", 600, 50).remaining == 550  # a tier1 account that then became restricted
+    downgraded = made.hit("account:t", 10)
+    assert (downgraded.allowed, downgraded.limit, downgraded.remaining) == (False, 10, 0)
+    too_big = made.hit("account:fresh", 10, 11)
+    assert (too_big.allowed, too_big.remaining, too_big.reset_seconds) == (False, 10, 0)  # nothing consumed
+    assert made.hit("account:big", 10_000, 6_000).remaining == 4_000  # pushed in chunks (Lua's unpack is bounded)
+
+
+def test_the_memory_limiter_of_a_standalone_process_decides_as_the_redis_one(shared_redis):
+    pool, prefix = shared_redis
+    limiters = [RedisLimiter(redis.Redis(connection_pool=pool), prefix), memory_limiter()]
+    steps = [("a", 5, 3), ("a", 5, 3), ("a", 5, 2), ("a", 5, 1), ("b", 5, 6), ("b", 5, 5), ("a", 2, 1)]
+    runs = [[(d.allowed, d.limit, d.remaining) for d in (made.hit(f"account:{k}", n, c) for k, n, c in steps)]
+            for made in limiters]
+    assert runs[0] == runs[1] == [(True, 5, 2), (False, 5, 2), (True, 5, 0), (False, 5, 0), (False, 5, 5),
+                                  (True, 5, 0), (False, 2, 0)]
+    assert all(made.peek("account:a", 5).reset_seconds in (59, 60) for made in limiters)
+
+
+def test_a_default_switched_in_one_process_moves_the_very_next_check_in_another(rapi, world, services, database_url,
+                                                                                 queue, shared_redis):
+    """Two API processes (own engine, own limiter, nothing shared but PostgreSQL and Redis) and a worker."""
+    owner, ws = world
+    other_limiter, other_pool, _ = make_limiter(REDIS_URL, prefix=shared_redis[1])  # the same keys as rapi's
+    other_engine = make_engine(database_url, pool_size=2)
+    other = build_api(other_engine, queue, other_limiter)
+    paid = new_linked_account(rapi, owner, ws["id"], "Paid")
+    post(services, paid["id"], 700, kind="stripe_topup")
+    assert (check(other, ws)["tier"], check(other, ws)["remaining"]) == ("free", 58)
+
+    switched = rapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{paid['id']}/default", owner.key)
+    assert switched.status_code == 200
+    now = check(other, ws)
+    assert (now["tier"], now["limit"], now["remaining"]) == ("tier1", 600, 599)  # the paid account's own budget
+
+    post(services, paid["id"], -300, kind="refund", allow_negative=True)
+    services.rate_limits.recompute(paid["id"])  # the worker's task, after the refund
+    assert (check(other, ws)["tier"], check(other, ws)["limit"]) == ("free", 60)
+
+    rapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{ws['defaultBillingAccountId']}/default", owner.key)
+    back = check(other, ws)
+    assert (back["tier"], back["remaining"]) == ("free", 57)  # the first account's budget, as it was left
+    other_engine.dispose()
+    other_pool.disconnect()
+
+
+def test_a_database_connection_lost_under_a_check_answers_503_once_and_the_next_check_reconnects(
+        database_url, queue, limiter, engine, monkeypatch):
+    monkeypatch.setattr(uow_module, "IDLE_PING_SECONDS", 3600)  # no ping to notice the loss first
+    name = f"rl-{uuid.uuid4().hex[:12]}"
+    own = make_engine(f"{database_url}?application_name={name}", pool_size=1)
+    api = build_api(own, queue, limiter)
+    ws = api.new_workspace(api.new_user())
+    assert check(api, ws)["allowed"] is True
+    with engine.connect() as conn:
+        killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE application_name = :name"), {"name": name}).scalar()
+    assert killed == 1
+    lost = api.operator("POST", f"/workspaces/{ws['id']}/rate-limits/check", json={})
+    assert_problem(lost, 503)
+    assert check(api, ws)["remaining"] == 58
+    own.dispose()
 
 
 @pytest.fixture
