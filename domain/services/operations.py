@@ -21,7 +21,7 @@ from datetime import timedelta
 from sqlalchemy.exc import DBAPIError
 
 from domain import tiers
-from domain.errors import DomainError, NotFound, Unavailable
+from domain.errors import DomainError, NotFound
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
 from domain.services import access, rate_limits, usage
