@@ -111,11 +111,13 @@ class StripeCheckoutService:
         if event.type == "checkout.session.completed" and session.payment_status != "paid":
             checkouts.change(uow.conn, checkout.id, details=checkout.details | {"paymentIntent": session.payment_intent})
             return "awaiting_payment"
-        self._tier_changes(uow, checkout.billing_account_id)
-        return self._credit(uow.conn, checkout, session)
+        outcome = self._credit(uow.conn, checkout, session)
+        if outcome == "credited":
+            self._tier_changes(uow, checkout.billing_account_id)
+        return outcome
 
     def _tier_changes(self, uow, account_id: str) -> None:
-        """Money moved (or may have): recompute the account's rate-limit tier once this commits."""
+        """Money moved: recompute the account's rate-limit tier once this commits."""
         uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account_id))
 
     @staticmethod
@@ -202,8 +204,8 @@ class StripeCheckoutService:
         with self._ctx.uow() as uow:
             checkout = checkouts.get(uow.conn, checkout_id, for_update=True)
             if session.status == "complete" and session.payment_status == "paid":
-                self._tier_changes(uow, checkout.billing_account_id)
-                self._credit(uow.conn, checkout, session)
+                if self._credit(uow.conn, checkout, session) == "credited":
+                    self._tier_changes(uow, checkout.billing_account_id)
             elif session.status == "expired":
                 self._set_closed(uow.conn, checkout, "expired", "the Stripe session expired")
             uow.commit()

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from api.app import create_app
 from domain.providers.stripe_gateway import StripeGateway
 from domain.services.context import Config, Context
+from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
 from tests.factories import OPERATOR_TOKEN, Api
@@ -114,7 +115,11 @@ def test_completed_and_async_payment_succeeded_for_one_checkout_credit_once(sapi
     paid = stripe_api.settle_async(checkout["stripeSessionId"])
     _deliver(sapi, "checkout.session.async_payment_succeeded", paid)
     _deliver(sapi, "checkout.session.completed", paid)
-    assert sorted(_apply_queued(stripe_services, queue)) == ["already_credited", "credited"]
+    events = [kwargs["event_id"] for name, kwargs in queue.sent if name == "payments.apply_stripe_event"]
+    queue.sent.clear()
+    assert sorted(stripe_services.stripe.apply_event(event_id) for event_id in events) == ["already_credited",
+                                                                                        "credited"]
+    assert [name for name, _ in queue.sent] == [RECOMPUTE_TASK]  # money moved once: one tier recompute
     assert _topups(engine, owner.default_account_id) == [900]
 
 
