@@ -51,6 +51,8 @@ def run(settings: Settings, *, port: int, data_dir: Path) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     database_url = settings.database_url or _embedded_database(data_dir)
+    if not settings.database_url:  # for operator commands run beside it (`billing audit`)
+        (data_dir / "database-url").write_text(database_url + "\n")
     token = _operator_token(settings, data_dir)
     env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=_broker(settings, database_url),
                BILLING_OPERATOR_TOKEN=token)
@@ -94,8 +96,11 @@ def _supervise(children: list[subprocess.Popen]) -> int:
 def _banner(port: int, token: str, settings: Settings, data_dir: Path) -> str:
     where = "embedded PostgreSQL in " + str(data_dir) if not settings.database_url else "DATABASE_URL"
     broker = "Redis at REDIS_URL" if settings.broker_url else "the database (kombu SQLAlchemy transport)"
-    return (f"\nbilling standalone: API on http://127.0.0.1:{port}, worker and beat running\n"
-            f"  data: {where}; queue: {broker}\n"
-            f"  operator key: {token}\n"
-            f"  try: curl -s -X POST http://127.0.0.1:{port}/users -H 'Authorization: Bearer {token}' "
-            f"-H 'Content-Type: application/json' -d '{{\"email\": \"ada@example.com\"}}'\n")
+    lines = [f"\nbilling standalone: API on http://127.0.0.1:{port}, worker and beat running",
+             f"  data: {where}; queue: {broker}",
+             f"  operator key: {token}"]
+    if not settings.database_url:
+        lines.append(f"  operator commands: DATABASE_URL=$(cat {data_dir / 'database-url'}) billing audit")
+    lines.append(f"  try: curl -s -X POST http://127.0.0.1:{port}/users -H 'Authorization: Bearer {token}' "
+                 f"-H 'Content-Type: application/json' -d '{{\"email\": \"ada@example.com\"}}'\n")
+    return "\n".join(lines)

@@ -53,7 +53,7 @@ def standalone(tmp_path: Path):
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until(lambda: urllib.request.urlopen(base + "/health", timeout=2).status == 200, 120, "the API")
-        yield base, (tmp_path / "data" / "operator-token").read_text().strip(), process
+        yield base, (tmp_path / "data" / "operator-token").read_text().strip(), process, tmp_path / "data"
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -67,7 +67,7 @@ def standalone(tmp_path: Path):
 
 
 def test_standalone_runs_a_credit_from_request_to_balance_and_stops_cleanly(standalone):
-    base, operator, process = standalone
+    base, operator, process, data = standalone
     status, user = _call(base, "POST", "/users", operator, {"email": "newcomer@example.com"})
     assert status == 201, user
     status, workspace = _call(base, "POST", "/workspaces", user["apiKey"], {"name": "First"})
@@ -80,5 +80,8 @@ def test_standalone_runs_a_credit_from_request_to_balance_and_stops_cleanly(stan
     status, balance = _call(base, "GET", f"/workspaces/{workspace['id']}/billing/balance", user["apiKey"])
     assert (status, balance["balanceCents"]) == (200, 1250)
     assert _call(base, "GET", "/ready", operator)[0] == 200
+    audit = subprocess.run([sys.executable, "-m", "worker.cli", "audit"], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, DATABASE_URL=(data / "database-url").read_text().strip()))
+    assert audit.returncode == 0, audit.stdout + audit.stderr  # as the README says to run it beside standalone
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
