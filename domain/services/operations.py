@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from domain import tiers
 from domain.errors import DomainError, NotFound
 from domain.ids import looks_like, new_id
-from domain.models import Caller, Operation
+from domain.models import Caller, Entry, Operation
 from domain.services import access, rate_limits, usage
 from domain.services.context import Context
 from domain.services.idempotency import Claim, Replay, settle_in
@@ -159,7 +159,7 @@ class OperationService:
         refused: list[str] = []
         for op in ready:
             try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
-                entry = posted.get(f"op:{op.id}") or self._post_credit(conn, op)["entry"]
+                entry = posted.get(f"op:{op.id}") or self._post_credit(conn, op)
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
                 operations.set_status(conn, op.id, "failed", attempt=True,
                                       error={"title": type(exc).__name__, "detail": exc.detail})
@@ -226,12 +226,12 @@ class OperationService:
                              workspace_id=op.workspace_id,
                              description=op.payload.get("description") or "Credit grant", reference=op.id)
 
-    def _post_credit(self, conn, op: Operation) -> dict:
+    def _post_credit(self, conn, op: Operation) -> Entry:
+        """One credit on its own (the batch statement tells a key posted before from nothing posted)."""
         credit = self._credit(op)
-        posting = ledger.post(conn, credit.account_id, credit.amount_cents, kind="credit_grant", key=credit.key,
-                              workspace_id=credit.workspace_id, description=credit.description,
-                              reference=credit.reference)
-        return {"entry": posting.entry, **_credit_result(op, posting.entry)}
+        return ledger.post(conn, credit.account_id, credit.amount_cents, kind="credit_grant", key=credit.key,
+                           workspace_id=credit.workspace_id, description=credit.description,
+                           reference=credit.reference).entry
 
     def _store_tiers(self, conn, account_ids: set[str]) -> None:
         """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
@@ -249,7 +249,7 @@ class OperationService:
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":
-            result = _credit_result(op, self._post_credit(conn, op)["entry"])
+            result = _credit_result(op, self._post_credit(conn, op))
             self._store_tiers(conn, {op.billing_account_id})
             return result
         raise NotFound(f"no handler for operations of kind {op.kind}")
@@ -289,6 +289,6 @@ class OperationService:
             return audit.problems(uow.conn, stuck_after=stuck_after)
 
 
-def _credit_result(op: Operation, entry) -> dict:
+def _credit_result(op: Operation, entry: Entry) -> dict:
     return {"transactionId": f"txn_{entry.id}", "billingAccountId": op.billing_account_id,
             "amountCents": entry.amount_cents, "balanceAfterCents": entry.balance_after_cents}

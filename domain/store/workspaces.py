@@ -23,14 +23,6 @@ def insert_workspace(conn: Connection, workspace_id: str, name: str, owner_user_
     return _workspace(row)
 
 
-def get(conn: Connection, workspace_id: str, *, for_update: bool = False) -> Workspace | None:
-    query = select(workspaces).where(_w.id == workspace_id)
-    if for_update:
-        query = query.with_for_update()
-    row = conn.execute(query).mappings().first()
-    return _workspace(row) if row else None
-
-
 # The workspace and the user's role in it (NULL: not a member), in one statement; locked: the workspace row.
 _WITH_ROLE = {
     lock: text(f"""
@@ -47,11 +39,6 @@ def with_role(conn: Connection, workspace_id: str, user_id: str | None, *,
     row = conn.execute(_WITH_ROLE["FOR UPDATE OF w" if for_update else ""],
                        {"workspace_id": workspace_id, "user_id": user_id}).mappings().first()
     return (_workspace(row), row["role"]) if row else None
-
-
-def role_of(conn: Connection, workspace_id: str, user_id: str) -> str | None:
-    return conn.execute(select(_m.role).where(_m.workspace_id == workspace_id,
-                                              _m.user_id == user_id)).scalar()
 
 
 def of_member(conn: Connection, user_id: str) -> list[Workspace]:
