@@ -20,6 +20,7 @@ STATUS = {
     errors.Unavailable: (503, "Service Unavailable"),
     errors.ProviderError: (502, "Bad Gateway"),
     errors.InvalidSignature: (400, "Bad Request"),
+    errors.InvalidEvent: (400, "Bad Request"),
 }
 
 
@@ -47,7 +48,8 @@ def invalid(field_errors: list[dict], detail: str = "the request has invalid val
 def _domain_error(req, resp, exc: errors.DomainError, params) -> None:
     status, title = next(v for k, v in STATUS.items() if isinstance(exc, k))
     field_errors = [{"field": exc.field, "message": exc.detail}] if isinstance(exc, errors.InvalidInput) else None
-    headers = {"Retry-After": "5"} if status == 503 else None
+    retry_after = exc.extra.get("retry_after") or (5 if status == 503 else None)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
     _http_error(req, resp, Problem(status, title, exc.detail, errors=field_errors, headers=headers), params)
 
 

@@ -1,12 +1,13 @@
-"""Idempotency-Key on POST: the first response (status and body) is replayed for 24 hours.
+"""Idempotency-Key on POST, as domain.services.idempotency's one flow: claim, run, finish or release.
 
-A resource with `settles_idempotency = True` stores its answer in its own transaction (see
-domain.services.idempotency): the middleware leaves it the claim (`claim(req)`), the resource renders
-its answer with `answer()` and sends a replay with `send_replay()`. Should it fail instead (a refusal),
-the middleware stores the refusal as the first answer here, as for any resource. A body the endpoint
-refuses (400, 413, 422) claims no key at all, so the corrected request may use the same key.
+The key is claimed (leased) before the responder runs and its answer stored after it, unless the answer
+is 5xx or 402 (released: the retry runs anew). A resource with `settles_idempotency = True` stores its
+answer in its own transaction instead (a queued credit): the middleware leaves it the claim (`claim(req)`),
+the resource renders its answer with `answer()` and sends a replay with `send_replay()`; should it fail
+before (a refusal), the middleware stores the refusal as the first answer. Whatever a keyed request
+creates, it creates under `scope(req)`. A body the endpoint refuses (400, 413, 422) claims no key at all,
+so the corrected request may use the same key.
 """
-import hashlib
 import json
 
 import falcon
@@ -14,7 +15,7 @@ import falcon
 from api.errors import Problem, invalid
 from api.schemas import MAX_BODY_BYTES, check_documented_body, raw_body, read_json
 from domain.errors import Conflict
-from domain.services.idempotency import Claim, IdempotencyService, Replay
+from domain.services.idempotency import Claim, IdempotencyService, KeyedRequest, Replay, fingerprint
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADERS = ("Location", "Content-Type")
@@ -30,44 +31,37 @@ class IdempotencyKeys:
             return
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise invalid([{"field": HEADER, "message": "must be 1 to 255 printable characters"}])
-        raw = _buffer_body(req, getattr(resource, "max_body_bytes", MAX_BODY_BYTES))
-        check_documented_body(resource, req)  # a body the endpoint refuses (422) claims no key either
-        fingerprint = hashlib.sha256(b"\n".join([req.method.encode(), req.relative_uri.encode(), raw])).hexdigest()
-        caller = req.context.caller.name
+        body = _checked_body(req, resource)
+        request = KeyedRequest(req.context.caller.name, key, fingerprint(req.method, req.path, body))
         if getattr(resource, "settles_idempotency", False):
-            req.context.idempotency_claim = Claim(caller, key, fingerprint)
+            req.context.idempotency = self._idempotency.unclaimed(request)
             return
-        replay = self._idempotency.begin(caller, key, fingerprint)
-        if replay is not None:
-            send_replay(resp, replay)
+        outcome = self._idempotency.claim(request)
+        if isinstance(outcome, Replay):
+            send_replay(resp, outcome)
             resp.complete = True
             return
-        req.context.idempotency = (caller, key)
+        req.context.idempotency = outcome
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        pending = getattr(req.context, "idempotency_claim", None)
-        if pending is not None:
-            self._settle_unanswered(req, resp, pending)
-            return
-        claim = getattr(req.context, "idempotency", None)
-        if claim is None:
+        claim: Claim | None = getattr(req.context, "idempotency", None)
+        if claim is None or getattr(req.context, "idempotency_settled", False):
             return
         status = _status(resp)
-        if status >= 500 or status == 402:  # 402 asks for the same request again, paid: not a final answer
-            self._idempotency.abandon(*claim)
+        final = status < 500 and status != 402  # 402 asks for the same request again, paid
+        if claim.token is None:  # settles in its own transaction, but failed before it could
+            if final:
+                self._settle_refusal(resp, claim, status)
+            return
+        if not final:
+            self._idempotency.release(claim)
             return
         body = resp.render_body() or b""
         resp.data = body
-        self._idempotency.finish(*claim, status, _replayable(resource, body), _stored_headers(resp))
+        self._idempotency.finish(claim, Replay(status, _replayable(resource, body), _stored_headers(resp)))
 
-    def _settle_unanswered(self, req: falcon.Request, resp: falcon.Response, claim: Claim) -> None:
-        """A settling resource that did not store its answer (it failed): store the failure as the first
-        answer, or answer as the key's stored first answer would."""
-        if getattr(req.context, "idempotency_settled", False):
-            return
-        status = _status(resp)
-        if status >= 500 or status == 402:  # not a final answer; nothing was stored
-            return
+    def _settle_refusal(self, resp: falcon.Response, claim: Claim, status: int) -> None:
+        """Store the refusal as the key's first answer, or answer as the key's stored answer would."""
         body = resp.render_body() or b""
         resp.data = body
         try:
@@ -80,8 +74,14 @@ class IdempotencyKeys:
 
 
 def claim(req: falcon.Request) -> Claim | None:
-    """The Idempotency-Key claim a settling resource stores its answer under, if the request has a key."""
-    return getattr(req.context, "idempotency_claim", None)
+    """The Idempotency-Key claim of this request, if it has a key: what it creates, it creates under
+    `claim.scope`; a settling resource stores its answer under it."""
+    return getattr(req.context, "idempotency", None)
+
+
+def scope(req: falcon.Request) -> str | None:
+    found = claim(req)
+    return found.scope if found is not None else None
 
 
 def answer(resp: falcon.Response, status: int, media: object, *, location: str | None = None) -> Replay:
@@ -112,10 +112,13 @@ def send_replay(resp: falcon.Response, replay: Replay) -> None:
 def _conflict(resp: falcon.Response, exc: Conflict) -> None:
     """Answer 409 as the error handlers would have, had the resource raised it."""
     _reset(resp)
-    problem = Problem(409, "Conflict", exc.detail)
+    retry_after = exc.extra.get("retry_after")
+    problem = Problem(409, "Conflict", exc.detail, headers={"Retry-After": str(retry_after)} if retry_after else None)
     resp.status = problem.status
     resp.content_type = "application/problem+json"
     resp.text = json.dumps(problem.to_dict())
+    for name, value in (problem.headers or {}).items():
+        resp.set_header(name, value)
 
 
 def _reset(resp: falcon.Response) -> None:
@@ -144,8 +147,10 @@ def _replayable(resource, body: bytes) -> str:
     return body.decode()
 
 
-def _buffer_body(req: falcon.Request, limit: int) -> bytes:
-    """The body, read once and checked (413, 400) before a key is claimed; a resource may allow more."""
-    raw_body(req, limit)
-    read_json(req)
-    return raw_body(req)
+def _checked_body(req: falcon.Request, resource) -> object:
+    """The body as JSON, read once and checked (413, 400, 422) before a key is claimed, so a refused body
+    claims no key and the corrected request may use it; a resource may allow a larger body."""
+    raw_body(req, getattr(resource, "max_body_bytes", MAX_BODY_BYTES))
+    body = read_json(req)
+    check_documented_body(resource, req)
+    return body

@@ -28,18 +28,37 @@ answers 404 exactly like one that does not exist; a visible object the caller ma
 operator may read every workspace and billing account, and may not act as a user (list "my" workspaces
 or accounts, create workspaces, link accounts).
 
-Idempotency: every POST accepts `Idempotency-Key` (1-255 printable characters). The first answer below
-500 is stored for 24 hours per caller and key and replayed (same status, same body, header
-`Idempotent-Replayed: true`); a request refused before the endpoint ran (a bad key, a body refused with
-400, 413 or 422) claims nothing, so it may be corrected and sent again under the same key. The same key
-with another method, path or body: 409. A second request while the first is still running: 409, retry
-shortly. Money-moving operations are also unique per caller and key in the database, so a retry can
-never queue a second movement.
+Idempotency: every POST accepts `Idempotency-Key` (1-255 printable characters), scoped to the caller; the
+`billing credit` command shares the operator's keys. A request's fingerprint is its method, path (with its
+ids) and body (as JSON: key order and spacing do not matter). Within the replay window
+(`BILLING_IDEMPOTENCY_TTL_SECONDS`, default 86400, counted from the key's first use) the same key and
+fingerprint replay the first answer (same status, same body, header `Idempotent-Replayed: true`); the same
+key with another fingerprint: 409. After the window the key is free: a request under it is processed as
+new, and whatever was created under the old one no longer stands in its way. A request refused before the
+endpoint ran (a bad key, a body refused with 400, 413 or 422) claims nothing, so it may be corrected and
+sent again under the same key. A second request while the first still runs: 409 with `Retry-After`; a
+claim whose process died is released after `BILLING_IDEMPOTENCY_LEASE_SECONDS` (default 60) and the
+retry runs anew. Answers of 500 and above, and 402, are never recorded: the retry runs anew, and finds what
+the first attempt created (the same operation, the same checkout, and through Stripe's own idempotency key
+the same Checkout Session), so nothing is created twice.
+
+Queued operations (`202` + Operation): `failed` only for a business refusal (insufficient balance, unknown
+account, amount mismatch). A transient cause (the billing account locked by another transaction for longer
+than `BILLING_DB_LOCK_TIMEOUT_MS`, a time limit, the database or broker down, a killed worker) puts it back
+in the queue, retried with backoff (1 s doubling to 5 min) until it is applied; meanwhile the Operation
+shows `attempts`, `lastError` and `nextAttemptAt`. An attempt never holds a worker for longer than that
+lock timeout, so one locked account does not hold up the others.
 
 Pagination: `limit` 1-200 (default 50) and an opaque `cursor`; lists answer `{data, nextCursor}`, newest
 first. Paging by cursor returns every entry exactly once, also while new entries are written (new ones
 appear at the head, not between pages). Windows: `from` is inclusive, `to` exclusive, RFC 3339 with an
-offset.
+offset. Every date given, in a query or a body, must lie from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+once converted to UTC (else 422 naming the field).
+
+HTTP/1.1: request bodies may be sent with `Transfer-Encoding: chunked` and are read like any other (413 past
+the limit). An answer given without reading the whole request body (413, 401, 404, ...) carries
+`Connection: close` and the connection is then closed; otherwise it is kept alive (75 seconds idle by
+default, `BILLING_HTTP_KEEPALIVE_SECONDS`).
 
 Workspace transaction and summary routes show every entry of the billing account, including entries
 made through other workspaces bound to the same account, so that they add up to its balance.
@@ -54,8 +73,9 @@ answers 503 with `Retry-After`; either way it is logged and counted, never a 500
 """
 
 
-IDEMPOTENCY_KEY = ("1-255 printable characters (else 422). The endpoint's first answer below 500 is replayed "
-                   "for 24 hours; the same key with another method, path or body: 409.")
+IDEMPOTENCY_KEY = ("1-255 printable characters (else 422). The endpoint's first answer below 500 (not 402) is "
+                   "replayed within BILLING_IDEMPOTENCY_TTL_SECONDS (default 24 hours); the same key with another "
+                   "method, path or body: 409; while the first request runs: 409 with Retry-After.")
 
 
 def _param_name(name: str) -> str:

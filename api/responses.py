@@ -107,7 +107,13 @@ class OperationShape(Shape):
     kind: str
     status: Literal["queued", "running", "succeeded", "failed"]
     result: dict | None
-    error: dict | None
+    error: dict | None = Field(description="Set when the operation failed: a business refusal (insufficient "
+                                            "balance, unknown account, amount mismatch), never a transient cause.")
+    attempts: int = Field(description="Attempts made so far to apply it.")
+    lastError: dict | None = Field(description="While it is retried: {title, detail, at} of the transient cause "
+                                               "(a lock held by another transaction, a time limit, the database "
+                                               "down, a killed worker) that stopped the last attempt.")
+    nextAttemptAt: str | None = Field(description="While it waits for a retry: when it is tried next.")
     createdAt: str
     updatedAt: str
 

@@ -6,11 +6,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import falcon
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field,
+                      ValidationError, field_validator)
 from pydantic.alias_generators import to_camel
 
 from api.errors import Problem, invalid
-from domain import usage
+from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
 from domain.store.tables import ENTRY_KINDS
 
@@ -48,7 +49,15 @@ def _rfc3339_text(value: object) -> object:
     return value
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+def _representable(value: datetime) -> datetime:
+    """In UTC, and within 1970-9999 there: earlier or later instants overflow the service's date arithmetic."""
+    utc = times.in_range(value)
+    if utc is None:
+        raise ValueError("must be from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z once converted to UTC")
+    return utc
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_representable)]
 USER_ID, ACCOUNT_ID = "usr_6f1c2b9a4e7d4c0b8a5e3d2f1a0b9c8d", "ba_0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e"
 
 
@@ -115,8 +124,8 @@ class CreateCheckoutSession(Body):
 
 
 class Window(Query):
-    since: Timestamp | None = Field(None, alias="from", description="RFC 3339; inclusive.")
-    until: Timestamp | None = Field(None, alias="to", description="RFC 3339; exclusive.")
+    since: Timestamp | None = Field(None, alias="from", description="RFC 3339, 1970 to 9999 in UTC; inclusive.")
+    until: Timestamp | None = Field(None, alias="to", description="RFC 3339, 1970 to 9999 in UTC; exclusive.")
 
 
 class PageQuery(Query):
@@ -140,7 +149,8 @@ class UsageEvent(Body):
     quantity: Annotated[int, Field(ge=0, le=10**12)]
     amount_cents: MovementCents
     occurred_at: Annotated[Timestamp | None, Field(strict=False, description=(
-        "RFC 3339 with an offset; default: when the request was accepted. At most 5 minutes ahead."))] = None
+        "RFC 3339 with an offset, 1970 or later in UTC; default: when the request was accepted. At most "
+        "5 minutes ahead."))] = None
 
     def domain(self) -> usage.Event:
         return usage.Event(event_id=self.event_id, metric=self.metric, quantity=self.quantity,
@@ -188,11 +198,30 @@ def raw_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
         too_large = Problem(413, "Content Too Large", f"request bodies are limited to {limit} bytes")
         if req.content_length is not None and req.content_length > limit:
             raise too_large
-        raw = req.bounded_stream.read(limit + 1)
+        raw = req.bounded_stream.read(limit + 1) if req.content_length is not None else _unsized(req, limit + 1)
         if len(raw) > limit:
             raise too_large
         req.context.raw_body = raw
     return raw
+
+
+def _unsized(req: falcon.Request, most: int) -> bytes:
+    """Up to `most` bytes of a body sent without Content-Length (chunked), which Falcon's bounded_stream
+    reads as empty. Only a server that ends wsgi.input with the body (gunicorn) is read: elsewhere the read
+    could wait for the client to close."""
+    if not req.env.get("wsgi.input_terminated"):
+        return b""
+    chunks, size = [], 0
+    try:
+        while size < most:
+            chunk = req.stream.read(most - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except Exception:  # the server's own error for broken chunk framing, or for a client gone mid-body
+        raise Problem(400, "Bad Request", "the chunked request body is malformed or ended early") from None
+    return b"".join(chunks)
 
 
 MAX_DEPTH = 32

@@ -60,6 +60,7 @@ def summary(s: Summary, workspace_id: str | None = None) -> dict:
 
 def operation(op: Operation) -> dict:
     return {"id": op.id, "kind": op.kind, "status": op.status, "result": op.result, "error": op.error,
+            "attempts": op.attempts, "lastError": op.last_error, "nextAttemptAt": ts(op.next_attempt_at),
             "createdAt": ts(op.created_at), "updatedAt": ts(op.updated_at)}
 
 

@@ -48,3 +48,7 @@ class ProviderError(DomainError):
 
 class InvalidSignature(DomainError):
     """A webhook's signature is missing, wrong or stale (400)."""
+
+
+class InvalidEvent(DomainError):
+    """A correctly signed webhook body that is not a well-formed event (400): never stored, never retried."""

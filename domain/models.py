@@ -129,6 +129,8 @@ class Operation:
     attempts: int
     created_at: datetime
     updated_at: datetime
+    last_error: dict | None = None  # why the last attempt did not apply it, while it is retried
+    next_attempt_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Checkout:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    idempotency_scope: str | None = None  # created under an Idempotency-Key: a retry may resume it
 
 
 @dataclass(frozen=True)

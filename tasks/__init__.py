@@ -9,3 +9,5 @@ TRANSIENT = (Unavailable, DBAPIError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 60,
          "retry_jitter": True, "max_retries": 8, "acks_late": True, "soft_time_limit": 60,
          "time_limit": 90}
+# Operations retry themselves (tasks.ledger.OperationTask) without end, recording each attempt.
+OPERATION_RETRY = {"acks_late": True, "soft_time_limit": 60, "time_limit": 90, "max_retries": None}

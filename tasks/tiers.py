@@ -1,5 +1,5 @@
 """The tiers queue: rate-limit tiers recomputed after money moves, on refresh, and when stale."""
-from tasks import RETRY
+from tasks import OPERATION_RETRY, RETRY
 from tasks.ledger import OperationTask
 from worker.celery_app import app
 from worker.container import services
@@ -11,7 +11,7 @@ def recompute(account_id: str) -> str | None:
     return services().rate_limits.recompute(account_id)
 
 
-@app.task(name="tiers.apply_operation", base=OperationTask, **RETRY)
+@app.task(name="tiers.apply_operation", base=OperationTask, **OPERATION_RETRY)
 def apply_operation(operation_id: str) -> None:
     """Apply a tier_refresh operation; a redelivery finds it finished."""
     services().operations.apply(operation_id)

@@ -202,6 +202,11 @@ class Load:
             thread.join(timeout=60)
 
 
+# For tests that hold rows locked on purpose to catch a worker mid-transaction: workers wait on the lock
+# (as on any long transaction) instead of giving the attempt back after BILLING_DB_LOCK_TIMEOUT_MS.
+WAIT_ON_LOCKS = {"BILLING_DB_LOCK_TIMEOUT_MS": "120000"}
+
+
 class Stack:
     """The service as deployed, on a database (with its server, when private) and a private Redis: API,
     worker, beat."""

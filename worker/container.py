@@ -19,12 +19,16 @@ _built: dict[int, Services] = {}
 
 
 def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) -> Services:
-    engine = make_engine(settings_module.require(settings.database_url, "DATABASE_URL"), pool_size)
+    engine = make_engine(settings_module.require(settings.database_url, "DATABASE_URL"), pool_size,
+                         lock_timeout_ms=settings.db_lock_timeout_ms,
+                         statement_timeout_ms=settings.db_statement_timeout_ms)
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings), enqueue=enqueue,
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
-                                tier_max_age_seconds=settings.tier_max_age_seconds),
+                                tier_max_age_seconds=settings.tier_max_age_seconds,
+                                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+                                idempotency_lease_seconds=settings.idempotency_lease_seconds),
                   stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
                   limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000))
     return Services(ctx)

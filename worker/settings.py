@@ -35,6 +35,13 @@ class Settings:
     rate_limit_fail_open: bool = True
     broker_visibility_timeout: int = 3600  # BILLING_BROKER_VISIBILITY_TIMEOUT
     wake_interval_ms: int = 25  # BILLING_WAKE_INTERVAL_MS: the least time between two merged wake-ups
+    # BILLING_HTTP_KEEPALIVE_SECONDS: longer than a load balancer's idle timeout (often 60 s), so the balancer,
+    # not the API, closes an idle connection and never sends a request down one the API is closing
+    http_keepalive_seconds: int = 75
+    idempotency_ttl_seconds: int = 86400  # BILLING_IDEMPOTENCY_TTL_SECONDS
+    idempotency_lease_seconds: int = 60  # BILLING_IDEMPOTENCY_LEASE_SECONDS
+    db_lock_timeout_ms: int = 500  # BILLING_DB_LOCK_TIMEOUT_MS: longest wait for a row lock
+    db_statement_timeout_ms: int = 30000  # BILLING_DB_STATEMENT_TIMEOUT_MS: below the tasks' time limit
 
 
 
@@ -80,6 +87,13 @@ def load(env: dict | None = None) -> Settings:
         rate_limit_fail_open=_choice(env, "BILLING_RATE_LIMIT_FAILURE_MODE", ("open", "closed")) == "open",
         broker_visibility_timeout=_int(env, "BILLING_BROKER_VISIBILITY_TIMEOUT", 3600, low=1, high=7 * 86400),
         wake_interval_ms=_int(env, "BILLING_WAKE_INTERVAL_MS", 25, high=10_000),
+        http_keepalive_seconds=_int(env, "BILLING_HTTP_KEEPALIVE_SECONDS", 75, high=3600),
+        idempotency_ttl_seconds=_int(env, "BILLING_IDEMPOTENCY_TTL_SECONDS", 86400, low=1, high=365 * 86400),
+        idempotency_lease_seconds=_int(env, "BILLING_IDEMPOTENCY_LEASE_SECONDS", 60, low=1, high=86400),
+        # a worker slot waits this long at most on a locked account, then retries it later (backoff)
+        db_lock_timeout_ms=_int(env, "BILLING_DB_LOCK_TIMEOUT_MS", 500, low=1, high=600_000),
+        # a statement may not run into the tasks' soft time limit (tasks.RETRY), where it would be cut off
+        db_statement_timeout_ms=_int(env, "BILLING_DB_STATEMENT_TIMEOUT_MS", 30000, low=100, high=50_000),
     )
 
 

@@ -60,7 +60,7 @@ def run(settings: Settings, *, port: int, data_dir: Path) -> int:
     if not settings.broker_url:
         _create_broker_tables(env["CELERY_BROKER_URL"])
     children = [subprocess.Popen(argv, env=env) for argv in (
-        api_argv(port, workers=1, threads=8),
+        api_argv(port, workers=1, threads=8, keepalive_seconds=settings.http_keepalive_seconds),
         worker_argv(ALL_QUEUES, concurrency=2, name="standalone@%h"),
         beat_argv(str(data_dir)),
     )]

@@ -1,7 +1,7 @@
 """/workspaces/{workspaceId}/rate-limits: the tier of the default account, refresh, and decisions."""
 import falcon
 
-from api import responses as r, schemas, views
+from api import idempotency, responses as r, schemas, views
 from api.doc import doc
 from domain.services.rate_limits import RateLimitService
 
@@ -33,7 +33,7 @@ class RateLimitRefresh:
          who="owner, admin, operator", status=202, response=r.OperationShape, errors=(401, 403, 404, 409),
          notes="The result has the shape of GET .../rate-limits. Poll Location.")
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
-        op = self._rate_limits.request_refresh(req.context.caller, workspace_id, req.get_header("Idempotency-Key"))
+        op = self._rate_limits.request_refresh(req.context.caller, workspace_id, idempotency.scope(req))
         resp.status, resp.location = falcon.HTTP_202, f"/operations/{op.id}"
         resp.media = views.operation(op)
 

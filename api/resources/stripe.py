@@ -1,7 +1,7 @@
 """Stripe Checkout: create a session for a workspace top-up; receive Stripe's webhooks."""
 import falcon
 
-from api import responses as r, schemas, views
+from api import idempotency, responses as r, schemas, views
 from api.doc import doc
 from domain.services.stripe_checkout import StripeCheckoutService
 
@@ -16,13 +16,16 @@ class StripeCheckout:
          who="owner, admin", status=201, body=schemas.CreateCheckoutSession, response=r.CheckoutShape,
          errors=(401, 403, 404, 422, 502, 503),
          notes="The checkout is bound to the workspace default account at this moment. Send the payer to "
-               "`url`. Stripe unreachable: 503; Stripe refusing: 502; either way the checkout reads "
-               "`failed` and nothing is left pending. Credited once (`stripe_topup`) when Stripe reports "
-               "the payment, by webhook or by the reconcile job.")
+               "`url`. Stripe unreachable: 503; Stripe refusing: 502. Neither answer is recorded under an "
+               "Idempotency-Key: the retry with the same key and body resumes the same checkout and asks "
+               "Stripe again under the same Stripe idempotency key, so it never creates a second session. "
+               "Without a key the failed checkout reads `failed`. A keyed checkout that is never retried "
+               "is closed as `failed` by the reconcile job. Credited once (`stripe_topup`) when Stripe "
+               "reports the payment, by webhook or by the reconcile job.")
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         body = schemas.load(schemas.CreateCheckoutSession, req)
         checkout = self._stripe.create(req.context.caller, workspace_id, body.amount_cents, body.success_url,
-                                       body.cancel_url, req.get_header("Idempotency-Key"))
+                                       body.cancel_url, idempotency.scope(req))
         resp.status, resp.location = falcon.HTTP_201, f"/workspaces/{workspace_id}/billing/checkouts/{checkout.id}"
         resp.media = views.checkout(checkout)
 
@@ -35,8 +38,11 @@ class StripeWebhook:
 
     @doc("Stripe webhook endpoint: verified by Stripe-Signature, stored by event id, applied by a task",
          who="Stripe (no bearer key)", response=r.WebhookReceipt, errors=(400, 413),
-         notes="A bad, stale (over 300 s) or missing signature: 400 and nothing stored. A repeat delivery "
-               "answers 200 and changes nothing.")
+         notes="A bad, stale (over 300 s) or missing signature: 400 and nothing stored. A correctly signed body "
+               "that is not a well-formed event (not a JSON object; no `id`, `type` or `data.object`; wrong "
+               "types, including in the fields read of `charge.refunded` and `checkout.session.*` objects): 400, "
+               "nothing stored or queued. A repeat delivery answers 200 and changes nothing. The refunds of one "
+               "checkout never debit more than it credited; the excess is shown by `billing audit`.")
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = schemas.raw_body(req, WEBHOOK_MAX_BYTES)
         stored = self._stripe.receive(raw, req.get_header("Stripe-Signature"))

@@ -1,7 +1,7 @@
 """/workspaces/{workspaceId}/billing/usage and usage-overview."""
 import falcon
 
-from api import responses as r, schemas, views
+from api import idempotency, responses as r, schemas, views
 from api.doc import doc
 from domain.services.usage import UsageService
 
@@ -19,7 +19,10 @@ RECORD_NOTES = (
     "Bodies up to 512 KiB (not 64 KiB) are accepted here.")
 OVERVIEW_NOTES = (
     "Usage recorded for this workspace (on whichever of its accounts it was debited), by the events' "
-    "occurredAt, within [from, to): default the last 30 days. Periods are UTC days or hours; every period "
+    "occurredAt, within [from, to): default the last 30 days. Only `from`: the 30 days from it; only `to`: "
+    "the 30 days before it. A default window that would run past the calendar's ends is cut at them, not "
+    "refused: it starts no earlier than 1970-01-01T00:00:00Z and ends no later than 9999-12-31T23:59:59.999Z; "
+    "the answer's from and to show the window used. Periods are UTC days or hours; every period "
     "touching the window is listed, empty ones as zeros, the first and last possibly partial (periodStart "
     "is the period's boundary). hour spans at most 31 days, day at most 400 days (422 beyond). "
     "billingAccountId is the workspace's current default account.")
@@ -37,7 +40,7 @@ class Usage:
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         schemas.raw_body(req, self.max_body_bytes)
         events = [event.domain() for event in schemas.load(schemas.RecordUsage, req).events]
-        op = self._usage.request(req.context.caller, workspace_id, events, req.get_header("Idempotency-Key"))
+        op = self._usage.request(req.context.caller, workspace_id, events, idempotency.scope(req))
         resp.status, resp.location = falcon.HTTP_202, f"/operations/{op.id}"
         resp.media = views.operation(op)
 

@@ -117,8 +117,7 @@ class Credits:
         def answer(op) -> Replay:
             return idempotency.answer(resp, 202, views.operation(op), location=f"/operations/{op.id}")
         outcome = self._operations.request_credit(req.context.caller, workspace_id, body.amount_cents,
-                                                  body.description, req.get_header("Idempotency-Key"),
-                                                  claim=claim, answer=answer)
+                                                  body.description, claim=claim, answer=answer)
         idempotency.settled(req)
         if isinstance(outcome, Replay):
             idempotency.send_replay(resp, outcome)

@@ -1,9 +1,24 @@
 """The Stripe gateway: Checkout Sessions and webhook verification through the official SDK."""
+import json
+import logging
+import math
+import re
 from dataclasses import dataclass
 
 import stripe
 
-from domain.errors import InvalidSignature, ProviderError, Unavailable
+from domain.errors import InvalidEvent, InvalidSignature, ProviderError, Unavailable
+
+log = logging.getLogger(__name__)
+
+SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
+                  "checkout.session.async_payment_failed", "checkout.session.expired")
+MAX_ID_LENGTH = 255
+# Stripe's events nest far less. The JSON parser recurses, and a library we load (py_ecc, under x402) lifts
+# the recursion limit so high that a deep enough body would overflow the C stack rather than raise.
+MAX_DEPTH = 64
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,95 @@ def session_from_event(event: Event) -> Session:
     return _session(event.object)
 
 
+def _printable(value) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
+def _optional_str(value) -> bool:
+    return value is None or type(value) is str
+
+
+def _cents(value) -> bool:
+    return type(value) is int and 0 <= value < 2**63
+
+
+_ID = (_printable, f"1 to {MAX_ID_LENGTH} printable characters")
+_CENTS = (_cents, "a whole number of cents, 0 or more")
+_OPTIONAL_CENTS = (lambda v: v is None or _cents(v), "a whole number of cents, 0 or more, or null")
+_OPTIONAL_STR = (_optional_str, "a string or null")
+_SESSION_FIELDS = {"id": _ID, "amount_total": _OPTIONAL_CENTS, "currency": _OPTIONAL_STR,
+                   "client_reference_id": _OPTIONAL_STR, "payment_intent": _OPTIONAL_STR, "status": _OPTIONAL_STR,
+                   "payment_status": _OPTIONAL_STR, "url": _OPTIONAL_STR}
+# The fields we read of the objects of the events we act on, with the types Stripe documents for them.
+OBJECT_FIELDS = dict.fromkeys(SESSION_EVENTS, _SESSION_FIELDS) | {
+    "charge.refunded": {"id": _ID, "amount_refunded": _CENTS, "payment_intent": _OPTIONAL_STR}}
+
+
+def check_object(event_type: str, obj) -> None:
+    """An object of an event type we act on must have the fields we read, of the right types."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent("the event has no data.object, or it is not a JSON object")
+    for field, (ok, wanted) in OBJECT_FIELDS.get(event_type, {}).items():
+        if not ok(obj.get(field)):
+            raise InvalidEvent(f"data.object.{field} of a {event_type} event must be {wanted}")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether [ or { nest deeper than MAX_DEPTH outside strings, found before parsing."""
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def _unstorable(value) -> bool:
+    """A NUL or an unpaired surrogate in a string, or a number that is not finite: jsonb refuses them."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and ("\x00" in item or _not_utf8(item)):
+            return True
+        elif isinstance(item, float) and not math.isfinite(item):
+            return True
+    return False
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _event(data) -> Event:
+    """The event in a verified body, or InvalidEvent saying what is wrong with it."""
+    if not isinstance(data, dict):
+        raise InvalidEvent("the webhook body is not a JSON object")
+    if not _printable(data.get("id")):
+        raise InvalidEvent(f"the event's id must be {_ID[1]}")
+    if not _printable(data.get("type")):
+        raise InvalidEvent(f"the event's type must be {_ID[1]}")
+    obj = data["data"].get("object") if isinstance(data.get("data"), dict) else None
+    check_object(data["type"], obj)
+    if _unstorable(obj):
+        raise InvalidEvent("the event's data.object holds a NUL character, an unpaired surrogate or a "
+                           "number that is not finite")
+    return Event(id=data["id"], type=data["type"], object=obj)
+
+
+def _timed_out(exc: Exception) -> bool:
+    """Whether the SDK's connection error was a timeout: its HTTP client's own exception is the cause."""
+    cause = exc.__cause__
+    return isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
+
+
 class StripeGateway:
     def __init__(self, api_key: str, webhook_secret: str | None, api_base: str | None = None,
                  timeout_seconds: float = 10) -> None:
@@ -69,25 +173,41 @@ class StripeGateway:
         return self._call(lambda: self._client.v1.checkout.sessions.expire(session_id))
 
     def parse_event(self, payload: bytes, signature: str | None) -> Event:
-        """Verify Stripe-Signature over the raw bytes (default 300 s tolerance) and read the event."""
+        """Verify Stripe-Signature over the raw bytes (default 300 s tolerance), then read the event: a
+        correctly signed body that is not a well-formed event is refused too, so it is never stored."""
         if not self._webhook_secret:
             raise ProviderError("STRIPE_WEBHOOK_SECRET is not configured")
         if not signature:
             raise InvalidSignature("the Stripe-Signature header is missing")
         try:
-            event = stripe.Webhook.construct_event(payload, signature, self._webhook_secret)
+            stripe.WebhookSignature.verify_header(payload, signature, self._webhook_secret,
+                                                  stripe.Webhook.DEFAULT_TOLERANCE)
         except stripe.SignatureVerificationError:
             raise InvalidSignature("the Stripe-Signature does not match, or is too old") from None
         except ValueError:
-            raise InvalidSignature("the webhook body is not a Stripe event") from None
-        data = event.to_dict()
-        return Event(id=data["id"], type=data["type"], object=data["data"]["object"])
+            raise InvalidEvent("the webhook body is not UTF-8") from None
+        text = payload.decode("utf-8")
+        if _too_deep(text):
+            raise InvalidEvent(f"the webhook body nests deeper than {MAX_DEPTH} levels")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InvalidEvent("the webhook body is not JSON") from None
+        return _event(data)
 
     @staticmethod
     def _call(request) -> Session:
+        """One SDK call. A failure's detail names Stripe only: the SDK's message may carry an address (a proxy's,
+        a stand-in's); the log keeps it whole."""
         try:
             return _session(request())
-        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-            raise Unavailable(f"Stripe did not answer: {exc.user_message or type(exc).__name__}") from exc
         except stripe.StripeError as exc:
-            raise ProviderError(f"Stripe answered {exc.http_status}: {exc.user_message or type(exc).__name__}") from exc
+            log.warning("a Stripe request failed: %s: %s", type(exc).__name__, exc)
+            if isinstance(exc, stripe.APIConnectionError):
+                why = "timed out" if _timed_out(exc) else "connection failed"
+                raise Unavailable(f"Stripe did not answer ({why})") from exc
+            if isinstance(exc, stripe.RateLimitError):
+                raise Unavailable("Stripe is limiting our requests (HTTP 429)") from exc
+            verb = "refused" if exc.http_status and 400 <= exc.http_status < 500 else "failed"
+            status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+            raise ProviderError(f"Stripe {verb} the request{status}") from exc

@@ -2,6 +2,7 @@
 import base64
 import binascii
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from domain.errors import Malformed
 from domain.providers.x402_types import FacilitatorUnavailable, Payment, PaymentRejected, Settlement, Verdict
 from domain.money import cents_to_usdc_units
+
+log = logging.getLogger(__name__)
 
 SCHEME = "exact"
 VALID_BEFORE_MARGIN_SECONDS = 6  # the SDK facilitator refuses validBefore < now + 6
@@ -118,6 +121,19 @@ def _only_200(response: httpx.Response) -> None:
         raise _NotOk(response.status_code, response.text)
 
 
+def _no_answer(exc: Exception) -> str:
+    """What went wrong, naming the facilitator only: an exception's text may carry its address, so the log
+    keeps it whole and the reason (shown to callers as a checkout's failureReason) does not."""
+    log.warning("the x402 facilitator failed: %s: %s", type(exc).__name__, exc)
+    if isinstance(exc, _NotOk):
+        return f"the facilitator answered HTTP {exc.status}"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the facilitator did not answer (timed out)"
+    if isinstance(exc, httpx.TransportError):
+        return "the facilitator did not answer (connection failed)"
+    return "the facilitator's answer could not be read"
+
+
 def _reason(code: str | None, message: str | None) -> str:
     code = code or "invalid_payload"
     return f"{code}: {message}" if message else code
@@ -180,9 +196,9 @@ class X402Gateway:
         except _NotOk as exc:
             answer = exc.parsed(VerifyResponse)
             if answer is None or exc.status >= 500 or answer.is_valid:
-                raise FacilitatorUnavailable(str(exc)) from None
+                raise FacilitatorUnavailable(_no_answer(exc)) from None
         except (httpx.HTTPError, FacilitatorResponseError) as exc:
-            raise FacilitatorUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise FacilitatorUnavailable(_no_answer(exc)) from None
         if answer.is_valid:
             return Verdict(True)
         return Verdict(False, _reason(answer.invalid_reason, answer.invalid_message))
@@ -198,7 +214,7 @@ class X402Gateway:
                 return Settlement("unknown", ERR_SETTLEMENT_PENDING if pending else str(exc),
                                   answer.transaction if answer is not None and answer.transaction else None)
         except (httpx.HTTPError, FacilitatorResponseError) as exc:
-            return Settlement("unknown", f"{type(exc).__name__}: {exc}")
+            return Settlement("unknown", _no_answer(exc))
         if answer.success:
             return Settlement("settled", transaction=answer.transaction)
         outcome = "unknown" if answer.error_reason == ERR_SETTLEMENT_PENDING else "failed"

@@ -14,6 +14,8 @@ class Config:
     intro_credit_cents: int = 1000
     tiers: TierTable = DEFAULT_TABLE
     tier_max_age_seconds: int = 900  # the beat job recomputes tiers older than this
+    idempotency_ttl_seconds: int = 86400  # an Idempotency-Key's replay window
+    idempotency_lease_seconds: int = 60  # a claim whose process died is free again after this
 
 
 @dataclass(frozen=True)

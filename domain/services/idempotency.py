@@ -1,10 +1,20 @@
-"""Idempotency-Key: the first response to a (caller, key) is replayed for 24 hours.
+"""Idempotency-Key: one flow for every keyed request, over HTTP or the CLI.
 
-Two ways to hold a key. Most requests claim it in a transaction of its own (begin), do their work, then
-store their answer (finish). A request whose work is one transaction (a queued credit) stores its answer
-in that same transaction instead (settle_in): the key, the work and the answer commit together or not at
-all, and a concurrent request with the same key waits on the key's row, then replays the answer.
+claim → run → finish (store the answer) or release (a 5xx, or an answer that asks for the same request
+again); a claimed key answers the next request with its stored first answer (a replay), or 409 when
+another request used it or it is still running. A request whose work is one transaction (a queued
+credit) does not claim first: it stores its answer in that same transaction (settle_in), so the key, the
+work and the answer commit together or not at all.
+
+Everything a keyed request creates is unique per claim *scope*, not per raw key: after the window
+(BILLING_IDEMPOTENCY_TTL_SECONDS) the key gets a new scope and a new request under it is processed as
+new, while a retry of a request that died or answered 5xx keeps the scope and so finds what its first
+attempt created (the same operation, the same checkout and so the same Stripe session).
 """
+import hashlib
+import json
+import math
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -23,60 +33,93 @@ class Replay:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """An Idempotency-Key request that its service settles inside its own transaction."""
+class KeyedRequest:
+    """A request that carries an Idempotency-Key; fingerprint() tells requests apart."""
     caller: str
     key: str
     fingerprint: str
 
 
-def _replay(stored: StoredRequest, fingerprint: str) -> Replay:
-    if stored.fingerprint != fingerprint:
+@dataclass(frozen=True)
+class Claim:
+    """The right to run a keyed request: what it creates, it creates under `scope`. A leased claim has a
+    `token`; one settled in the request's own transaction has none."""
+    request: KeyedRequest
+    scope: str
+    token: str | None = None
+
+
+def fingerprint(method: str, path: str, body: object) -> str:
+    """Method, route with its path ids, and the body as canonical JSON (key order and spacing ignored)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256("\n".join([method.upper(), path, canonical]).encode()).hexdigest()
+
+
+def new_scope() -> str:
+    return f"idem_{secrets.token_hex(16)}"
+
+
+def _replay(stored: StoredRequest, fingerprint_: str) -> Replay:
+    if stored.fingerprint != fingerprint_:
         raise Conflict("this Idempotency-Key was used with a different request")
     if stored.status is None:
-        raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly")
+        raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly",
+                       retry_after=max(1, math.ceil(stored.lease_seconds_left)))
     return Replay(stored.status, stored.body, stored.headers or {})
-
-
-def settle_in(conn: Connection, claim: Claim, answer: Replay) -> Replay | None:
-    """In the caller's transaction: store `answer` as the key's first answer (None: commit and send it),
-    or the stored first answer to send instead (roll back). Conflict: another request used the key."""
-    stored = idempotency.claim(conn, claim.caller, claim.key, claim.fingerprint,
-                               status=answer.status, body=answer.body, headers=answer.headers)
-    return None if stored is None else _replay(stored, claim.fingerprint)
 
 
 class IdempotencyService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._ttl = ctx.config.idempotency_ttl_seconds
+        self._lease = ctx.config.idempotency_lease_seconds
 
-    def begin(self, caller: str, key: str, fingerprint: str) -> Replay | None:
-        """Claim the key (None: go ahead), or the stored first response to replay."""
+    def claim(self, request: KeyedRequest) -> Claim | Replay:
+        """Lease the key to this request (a Claim), or the stored first answer to send instead."""
+        token = secrets.token_hex(16)
         with self._ctx.uow() as uow:
-            stored = idempotency.claim(uow.conn, caller, key, fingerprint)
+            held = idempotency.claim(uow.conn, request.caller, request.key, request.fingerprint, new_scope(),
+                                     ttl_seconds=self._ttl, lease_seconds=self._lease, token=token)
             uow.commit()
-        return None if stored is None else _replay(stored, fingerprint)
+        if isinstance(held, str):
+            return Claim(request, held, token)
+        return _replay(held, request.fingerprint)
 
-    def finish(self, caller: str, key: str, status: int, body: str, headers: dict) -> None:
-        with self._ctx.uow() as uow:
-            idempotency.complete(uow.conn, caller, key, status, body, headers)
-            uow.commit()
+    def unclaimed(self, request: KeyedRequest) -> Claim:
+        """A claim for a request that settles in its own transaction (settle_in): nothing stored yet."""
+        return Claim(request, new_scope())
+
+    def settle_in(self, conn: Connection, claim: Claim, answer: Replay) -> Replay | None:
+        """In the request's transaction: store `answer` as the key's first answer (None: commit, send it),
+        or the stored answer to send instead (roll back). Conflict: another request holds the key."""
+        r = claim.request
+        held = idempotency.claim(conn, r.caller, r.key, r.fingerprint, claim.scope, ttl_seconds=self._ttl,
+                                 status=answer.status, body=answer.body, headers=answer.headers)
+        return None if isinstance(held, str) else _replay(held, r.fingerprint)
 
     def settle(self, claim: Claim, answer: Replay) -> Replay | None:
-        """settle_in, in a transaction of its own: for an answer the service did not store (a refusal)."""
+        """settle_in, in a transaction of its own: for an answer the request's work did not store (a
+        refusal raised before its transaction could)."""
         with self._ctx.uow() as uow:
-            replay = settle_in(uow.conn, claim, answer)
+            replay = self.settle_in(uow.conn, claim, answer)
             uow.commit()
         return replay
 
-    def abandon(self, caller: str, key: str) -> None:
-        """Forget a claim whose request failed before it could answer, so a retry may run."""
+    def finish(self, claim: Claim, answer: Replay) -> None:
+        """Store the answer of a leased claim; a retry that took the key over (lease ran out) wins."""
         with self._ctx.uow() as uow:
-            idempotency.release(uow.conn, caller, key)
+            r = claim.request
+            idempotency.finish(uow.conn, r.caller, r.key, claim.token, answer.status, answer.body, answer.headers)
+            uow.commit()
+
+    def release(self, claim: Claim) -> None:
+        """Give the key back without an answer (5xx, 402): the retry runs anew, under the same scope."""
+        with self._ctx.uow() as uow:
+            idempotency.release(uow.conn, claim.request.caller, claim.request.key, claim.token)
             uow.commit()
 
     def purge(self) -> int:
         with self._ctx.uow() as uow:
-            count = idempotency.purge_expired(uow.conn)
+            count = idempotency.purge_expired(uow.conn, self._ttl)
             uow.commit()
         return count

@@ -21,12 +21,12 @@ from datetime import timedelta
 from sqlalchemy.exc import DBAPIError
 
 from domain import tiers
-from domain.errors import DomainError, NotFound
+from domain.errors import DomainError, NotFound, Unavailable
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Entry, Operation
 from domain.services import access, rate_limits, usage
 from domain.services.context import Context
-from domain.services.idempotency import Claim, Replay, settle_in
+from domain.services.idempotency import Claim, IdempotencyService, Replay
 from domain.store import audit, batch, ledger, operations
 from domain.store.uow import is_unavailable
 
@@ -37,18 +37,20 @@ APPLY_TASK = "ledger.apply_operation"
 TASK_FOR_KIND = {"credit": APPLY_TASK, "x402_settle": "payments.settle_x402"}
 TASK_FOR_KIND |= {"usage": APPLY_TASK, "tier_refresh": rate_limits.APPLY_TASK}
 MOVES_MONEY = ("credit", "usage")  # kinds after which the account's rate-limit tier is recomputed
-MAX_ATTEMPTS = 10
+RETRY_BASE_SECONDS = 1.0  # an attempt stopped by a transient cause is retried after 1, 2, 4, ... seconds
+RETRY_MAX_SECONDS = 300.0
 BATCHED_KINDS = ("credit",)  # applied in batches, their accounts' tiers computed in the same transaction
 BATCH_SIZE = 100  # operations applied by one transaction at most
 DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of queued credits
 
 
 class OperationService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, idempotency: IdempotencyService) -> None:
         self._ctx = ctx
+        self._idempotency = idempotency
 
     def request_credit(self, caller: Caller, workspace_id: str, amount_cents: int, description: str,
-                       idempotency_key: str | None, *, claim: Claim | None = None,
+                       *, claim: Claim | None = None,
                        answer: Callable[[Operation], Replay] | None = None) -> Operation | Replay:
         """Record a credit to the workspace's current default account; the worker applies it.
 
@@ -63,12 +65,12 @@ class OperationService:
         with self._ctx.uow() as uow:
             op, created = operations.insert_for_workspace(
                 uow.conn, operation_id=new_id("op"), kind="credit", caller=caller.name,
-                idempotency_key=idempotency_key, workspace_id=workspace_id,
+                idempotency_scope=claim.scope if claim else None, workspace_id=workspace_id,
                 payload={"amountCents": amount_cents, "description": description})
             if op is None:
                 raise NotFound("workspace not found")
             if claim is not None:
-                replay = settle_in(uow.conn, claim, answer(op))
+                replay = self._idempotency.settle_in(uow.conn, claim, answer(op))
                 if replay is not None:
                     return replay  # rolled back: the key's first answer stands
             if created:
@@ -103,15 +105,10 @@ class OperationService:
             op = operations.get(uow.conn, operation_id, for_update=True, unfinished=True)
             if op is None:  # finished (a batch took it, or a redelivery): still a wake-up for queued credits
                 return lambda: self._drain(operation_id, set())
-            if op.attempts >= MAX_ATTEMPTS:
-                operations.set_status(uow.conn, operation_id, "failed", attempt=True, error={
-                    "title": "operation failed", "detail": f"gave up after {MAX_ATTEMPTS} attempts"})
-                uow.commit()
-                return None
             skipped: set[str] | None = None  # a credit: those of its batch whose accounts were held
             if op.kind in BATCHED_KINDS:
                 others = [] if alone else operations.claim_queued(
-                    uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE - 1, max_attempts=MAX_ATTEMPTS, but=[op.id])
+                    uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE - 1, but=[op.id])
                 finished, skipped = self._apply_batch(uow.conn, [op, *others])
                 if op.id in finished:
                     uow.commit()
@@ -135,6 +132,8 @@ class OperationService:
                 return
             try:
                 result = self._apply(uow.conn, op)
+            except Unavailable:
+                raise  # transient: the task retries it
             except DomainError as exc:  # a business refusal: recorded, never retried
                 refusal = exc
             else:
@@ -160,6 +159,8 @@ class OperationService:
         for op in ready:
             try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
                 entry = posted.get(f"op:{op.id}") or self._post_credit(conn, op)
+            except Unavailable:
+                raise
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
                 operations.set_status(conn, op.id, "failed", attempt=True,
                                       error={"title": type(exc).__name__, "detail": exc.detail})
@@ -183,7 +184,7 @@ class OperationService:
             try:
                 with self._ctx.uow() as uow:
                     claimed = operations.claim_queued(uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE,
-                                                      max_attempts=MAX_ATTEMPTS, but=[*skipped, *failed])
+                                                      but=[*skipped, *failed])
                     _, left = self._apply_batch(uow.conn, claimed)
                     uow.commit()
             except DBAPIError as exc:
@@ -254,8 +255,23 @@ class OperationService:
             return result
         raise NotFound(f"no handler for operations of kind {op.kind}")
 
+    def retry_later(self, operation_id: str, cause: str, *, fallback_attempt: int = 0) -> float:
+        """An attempt stopped for a transient cause (a lock held elsewhere, a time limit, the database
+        down, a killed worker): put the operation back in the queue with its attempt counted and the cause
+        shown as lastError; the seconds until it is tried again (backoff). Never marks it failed: only a
+        business refusal does that. When the database cannot record it either, the backoff follows
+        `fallback_attempt` and the relay re-sends it later."""
+        try:
+            with self._ctx.uow() as uow:
+                delay = operations.back_to_queue(uow.conn, operation_id, {"title": "retrying", "detail": cause},
+                                                 base_seconds=RETRY_BASE_SECONDS, max_seconds=RETRY_MAX_SECONDS)
+                uow.commit()
+        except DomainError:  # the database is down too
+            return _backoff(fallback_attempt)
+        return _backoff(fallback_attempt) if delay is None else delay  # None: finished (the wake-up failed)
+
     def fail(self, operation_id: str, reason: str, *, title: str = "operation failed") -> None:
-        """Record a final failure (a business refusal, or retries exhausted)."""
+        """Record a final failure: a business refusal."""
         with self._ctx.uow() as uow:
             op = operations.get(uow.conn, operation_id, for_update=True)
             if op is None or op.status in ("succeeded", "failed"):
@@ -287,6 +303,15 @@ class OperationService:
     def audit(self, *, stuck_after: timedelta = timedelta(minutes=10)) -> list[str]:
         with self._ctx.uow() as uow:
             return audit.problems(uow.conn, stuck_after=stuck_after)
+
+    def audit_notices(self) -> list[str]:
+        """What an operator should look at that breaks no ledger invariant (a Stripe refund beyond its checkout)."""
+        with self._ctx.uow() as uow:
+            return audit.notices(uow.conn)
+
+
+def _backoff(attempt: int) -> float:
+    return min(RETRY_BASE_SECONDS * 2 ** attempt, RETRY_MAX_SECONDS)
 
 
 def _credit_result(op: Operation, entry: Entry) -> dict:

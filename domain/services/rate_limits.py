@@ -91,14 +91,14 @@ class RateLimitService:
             uow.commit()
         return workspace.id, workspace.default_billing_account_id, tier
 
-    def request_refresh(self, caller: Caller, workspace_id: str, idempotency_key: str | None) -> Operation:
-        """Queue a recompute of the tier of the workspace's current default account."""
+    def request_refresh(self, caller: Caller, workspace_id: str, idempotency_scope: str | None) -> Operation:
+        """Queue a recompute of the tier of the workspace's current default account (once per scope)."""
         with self._ctx.uow() as uow:
             workspace = access.workspace(uow.conn, caller, workspace_id, manage=True,
                                          operator_manages=True).workspace
             op, created = operations.insert_operation(
                 uow.conn, operation_id=new_id("op"), kind="tier_refresh", caller=caller.name,
-                idempotency_key=idempotency_key, workspace_id=workspace.id,
+                idempotency_scope=idempotency_scope, workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id, payload={})
             if created:
                 uow.after_commit(lambda: self._ctx.enqueue(APPLY_TASK, operation_id=op.id))

@@ -4,10 +4,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from domain.errors import DomainError, ProviderError, Unavailable
+from domain.errors import DomainError, InvalidEvent, ProviderError, Unavailable
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Checkout
-from domain.providers.stripe_gateway import Event, Session, StripeGateway, session_from_event
+from domain.providers.stripe_gateway import (SESSION_EVENTS, Event, Session, StripeGateway, check_object,
+                                             session_from_event)
 from domain.services import access
 from domain.services.context import Context
 from domain.services.rate_limits import RECOMPUTE_TASK
@@ -16,8 +17,6 @@ from domain.store import checkouts, ledger, stripe_events
 log = logging.getLogger(__name__)
 
 APPLY_EVENT_TASK = "payments.apply_stripe_event"
-SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
-                  "checkout.session.async_payment_failed", "checkout.session.expired")
 
 
 # An event naming a checkout id that is still not there after this long names none of ours: it is closed
@@ -40,15 +39,20 @@ class StripeCheckoutService:
         return self._ctx.stripe
 
     def create(self, caller: Caller, workspace_id: str, amount_cents: int, success_url: str, cancel_url: str,
-               idempotency_key: str | None) -> Checkout:
-        """Record a pending checkout, then create its session; a Stripe failure leaves it failed, not pending."""
+               idempotency_scope: str | None) -> Checkout:
+        """Record a pending checkout, then create its session (Stripe's idempotency key is the checkout id).
+
+        A Stripe failure closes the checkout as failed, except under an Idempotency-Key: the retry finds
+        the same checkout by its scope and asks Stripe again under the same key, so a session Stripe made
+        before the failure is the one it gets, never a second (the reconcile job closes it if no retry
+        comes)."""
         stripe = self._stripe
         with self._ctx.uow() as uow:
             workspace = access.workspace(uow.conn, caller, workspace_id, manage=True).workspace
             checkout, created = checkouts.insert_checkout(
                 uow.conn, checkout_id=new_id("chk"), provider="stripe", workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id, amount_cents=amount_cents,
-                created_by=caller.name, idempotency_key=idempotency_key,
+                created_by=caller.name, idempotency_scope=idempotency_scope,
                 details={"successUrl": success_url, "cancelUrl": cancel_url})
             uow.commit()
         if not created and (checkout.provider_ref or checkout.status != "pending"):
@@ -59,7 +63,8 @@ class StripeCheckoutService:
                                             amount_cents=amount_cents, success_url=success_url,
                                             cancel_url=cancel_url)
         except DomainError as exc:
-            self._close(checkout.id, "failed", f"creating the Stripe session failed: {exc.detail}")
+            if idempotency_scope is None:
+                self._close(checkout.id, "failed", f"creating the Stripe session failed: {exc.detail}")
             raise
         with self._ctx.uow() as uow:
             checkout = checkouts.change(uow.conn, checkout.id, provider_ref=session.id, url=session.url)
@@ -96,6 +101,11 @@ class StripeCheckoutService:
         return outcome
 
     def _apply(self, uow, event: Event) -> str:
+        try:
+            check_object(event.type, event.object)
+        except InvalidEvent as exc:  # stored before webhooks were checked: recorded, not retried for ever
+            log.warning("stripe event %s is malformed: %s", event.id, exc.detail)
+            return "malformed"
         if event.type == "charge.refunded":
             return self._refund(uow, event.object)
         if event.type not in SESSION_EVENTS:
@@ -148,19 +158,37 @@ class StripeCheckoutService:
         return "credited"
 
     def _refund(self, uow, charge: dict) -> str:
-        """Debit what Stripe refunded beyond what we debited already for this charge (may go below zero)."""
-        conn, intent = uow.conn, charge.get("payment_intent")
+        """Debit what Stripe refunded of a charge beyond what was debited for it already, but never more, over
+        all the checkout's charges, than the checkout credited (nothing if it never completed): the excess is
+        kept in its details for `billing audit`, not debited. A repeated event changes nothing, and the locked
+        checkout row orders concurrent ones. A refund may take the balance below zero."""
+        conn, intent = uow.conn, charge["payment_intent"]
         checkout = checkouts.by_payment_intent(conn, intent, for_update=True) if intent else None
         if checkout is None:
             return "unknown_charge"
-        refunded_total = int(charge.get("amount_refunded") or 0)
-        due = refunded_total - ledger.refunded_cents(conn, checkout.billing_account_id, charge["id"])
-        if due <= 0:
-            return "already_refunded"
-        self._tier_changes(uow, checkout.billing_account_id)
-        posting = ledger.post(conn, checkout.billing_account_id, -due, kind="refund", allow_negative=True,
-                              key=f"stripe_refund:{charge['id']}:{refunded_total}", reference=charge["id"],
+        charge_id, account = charge["id"], checkout.billing_account_id
+        reported = checkout.details.get("refundCharges", {})  # charge id -> the largest amount_refunded seen
+        reported = reported | {charge_id: max(reported.get(charge_id, 0), charge["amount_refunded"])}
+        of_charge = ledger.refunded_cents(conn, account, [charge_id])
+        of_checkout = ledger.refunded_cents(conn, account, list(reported))
+        credited = checkout.amount_cents if checkout.status == "completed" else 0
+        due = max(0, min(reported[charge_id] - of_charge, credited - of_checkout))
+        excess = sum(reported.values()) - of_checkout - due
+        capped = excess > checkout.details.get("refundExcessCents", 0)
+        details = checkout.details | {"refundCharges": reported, "refundExcessCents": excess}
+        if details != checkout.details:
+            checkouts.change(conn, checkout.id, details=details)
+        if capped:
+            log.warning("checkout %s: Stripe refunded %d cents more than it credited; not debited", checkout.id,
+                        excess)
+        if due == 0:
+            return "refund_capped" if capped else "already_refunded"
+        self._tier_changes(uow, account)
+        posting = ledger.post(conn, account, -due, kind="refund", allow_negative=True,
+                              key=f"stripe_refund:{charge_id}:{of_charge + due}", reference=charge_id,
                               workspace_id=checkout.workspace_id, description="Stripe refund")
+        if capped:
+            return "refund_capped"
         return "refunded" if posting.entry.balance_after_cents >= 0 else "refunded_below_zero"
 
     @staticmethod
@@ -196,8 +224,9 @@ class StripeCheckoutService:
             checkout = checkouts.get(uow.conn, checkout_id)
             age = uow.conn.exec_driver_sql("SELECT now()").scalar() - checkout.created_at
         if checkout.provider_ref is None:  # never reached Stripe, or crashed before we saved the session
-            self._close(checkout_id, "failed", "the Stripe session was never created")
-            return
+            if checkout.idempotency_scope is None or age.total_seconds() > self._ctx.config.idempotency_ttl_seconds:
+                self._close(checkout_id, "failed", "the Stripe session was never created")
+            return  # a retry under its Idempotency-Key may still resume it
         session = self._stripe.retrieve_session(checkout.provider_ref)
         if session.status == "open" and age > abandon_after:
             session = self._stripe.expire_session(checkout.provider_ref)

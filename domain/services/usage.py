@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from domain import usage
+from domain import times, usage
 from domain.errors import InvalidInput
 from domain.ids import new_id
 from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
@@ -23,8 +23,8 @@ class UsageService:
         self._ctx = ctx
 
     def request(self, caller: Caller, workspace_id: str, events: list[usage.Event],
-                idempotency_key: str | None) -> Operation:
-        """Record a batch for the workspace's current default account; the worker debits it."""
+                idempotency_scope: str | None) -> Operation:
+        """Record a batch for the workspace's current default account (once per scope); the worker debits it."""
         if not caller.is_operator:
             with self._ctx.uow() as uow:
                 access.refuse_user(uow.conn, caller, workspace_id, "only the operator records usage")
@@ -37,7 +37,7 @@ class UsageService:
             workspace = access.workspace(uow.conn, caller, workspace_id).workspace
             op, created = operations.insert_operation(
                 uow.conn, operation_id=new_id("op"), kind="usage", caller=caller.name,
-                idempotency_key=idempotency_key, workspace_id=workspace.id,
+                idempotency_scope=idempotency_scope, workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id,
                 payload={"events": [_event_json(e) for e in events]})
             if created:
@@ -47,8 +47,8 @@ class UsageService:
 
     def overview(self, caller: Caller, workspace_id: str, since: datetime | None, until: datetime | None,
                  granularity: str) -> UsageOverview:
-        until = until or (since + DEFAULT_WINDOW if since else datetime.now(UTC))
-        since = since or until - DEFAULT_WINDOW
+        until = until or (times.shifted(since, DEFAULT_WINDOW) if since else datetime.now(UTC))
+        since = since or times.shifted(until, -DEFAULT_WINDOW)
         if until - since > MAX_WINDOW[granularity]:
             raise InvalidInput(f"a window of granularity {granularity} spans at most "
                                f"{MAX_WINDOW[granularity].days} days", field="from")

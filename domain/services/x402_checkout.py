@@ -135,7 +135,7 @@ class X402CheckoutService:
         with self._ctx.uow() as uow:
             op, _ = operations.insert_operation(
                 uow.conn, operation_id=new_id("op"), kind=SETTLE_KIND, caller=caller.name,
-                idempotency_key=f"x402:{checkout.id}", workspace_id=checkout.workspace_id,
+                idempotency_scope=f"x402:{checkout.id}", workspace_id=checkout.workspace_id,
                 billing_account_id=checkout.billing_account_id,
                 payload={"checkoutId": checkout.id, "amountCents": checkout.amount_cents})
             accepted = x402_payments.attach_operation(uow.conn, checkout.id, op.id)

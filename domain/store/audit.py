@@ -33,3 +33,20 @@ def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
     found += [f"operation {op_id}: unfinished for more than {stuck_after}"
               for op_id in operations.stuck(conn, older_than=stuck_after)]
     return found
+
+
+_REFUND_EXCESS = text("""
+SELECT id, billing_account_id, (details->>'refundExcessCents')::bigint AS excess,
+       ARRAY(SELECT jsonb_object_keys(details->'refundCharges') ORDER BY 1) AS charges
+FROM checkouts
+WHERE provider = 'stripe' AND (details->>'refundExcessCents')::bigint > 0
+ORDER BY id
+""")
+
+
+def notices(conn: Connection) -> list[str]:
+    """One line per fact an operator should act on that breaks no invariant: Stripe refunds beyond what their
+    checkout credited (money gone at Stripe that the ledger never held, so it was not debited)."""
+    return [f"notice: checkout {row.id} (account {row.billing_account_id}): Stripe refunded {row.excess} cents "
+            f"more than it credited (charges {', '.join(row.charges)}); not debited"
+            for row in conn.execute(_REFUND_EXCESS)]

@@ -16,12 +16,12 @@ def _checkout(row) -> Checkout:
 
 def insert_checkout(conn: Connection, *, checkout_id: str, provider: str, workspace_id: str,
                     billing_account_id: str, amount_cents: int, created_by: str,
-                    idempotency_key: str | None = None, **fields) -> tuple[Checkout, bool]:
-    """Insert a pending checkout; a repeated (created_by, idempotency_key) or x402 payment
+                    idempotency_scope: str | None = None, **fields) -> tuple[Checkout, bool]:
+    """Insert a pending checkout; a repeated (created_by, idempotency_scope) or x402 payment
     returns the existing one and False."""
     stmt = (pg_insert(checkouts).values(
         id=checkout_id, provider=provider, workspace_id=workspace_id, billing_account_id=billing_account_id,
-        amount_cents=amount_cents, created_by=created_by, idempotency_key=idempotency_key, **fields)
+        amount_cents=amount_cents, created_by=created_by, idempotency_scope=idempotency_scope, **fields)
         .on_conflict_do_nothing().returning(checkouts))
     row = conn.execute(stmt).mappings().first()
     if row is not None:
@@ -29,7 +29,7 @@ def insert_checkout(conn: Connection, *, checkout_id: str, provider: str, worksp
     if fields.get("nonce") is not None:
         found = by_payment(conn, fields["network"], fields["payer"], fields["nonce"])
     else:
-        found = _one(conn, (_c.created_by == created_by) & (_c.idempotency_key == idempotency_key))
+        found = _one(conn, (_c.created_by == created_by) & (_c.idempotency_scope == idempotency_scope))
     return found, False
 
 

@@ -168,9 +168,9 @@ def window_totals(conn: Connection, account_id: str, *, since: datetime | None,
     )
 
 
-def refunded_cents(conn: Connection, account_id: str, reference: str) -> int:
-    """How much has been refunded so far against one reference (a Stripe charge), as a positive number."""
+def refunded_cents(conn: Connection, account_id: str, references: list[str]) -> int:
+    """How much has been refunded so far against these references (Stripe charges), as a positive number."""
     e = ledger_entries.c
     total = conn.execute(select(func.coalesce(func.sum(e.amount_cents), 0)).where(
-        e.billing_account_id == account_id, e.kind == "refund", e.reference == reference)).scalar()
+        e.billing_account_id == account_id, e.kind == "refund", e.reference.in_(references))).scalar()
     return -int(total)

@@ -4,7 +4,7 @@ The hot paths (a credit accepted, a batch of credits applied) use fixed text() s
 is built per call, and psycopg prepares each one on the server after a few executions.
 """
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -14,57 +14,58 @@ from domain.store.tables import operations
 
 _o = operations.c
 _COLUMNS = ("id, kind, status, caller, workspace_id, billing_account_id, payload, result, error, attempts, "
-            "created_at, updated_at")
+            "created_at, updated_at, last_error, next_attempt_at")
 
 
 def _operation(row) -> Operation:
     return Operation(id=row["id"], kind=row["kind"], status=row["status"], caller=row["caller"],
                      workspace_id=row["workspace_id"], billing_account_id=row["billing_account_id"],
                      payload=row["payload"], result=row["result"], error=row["error"], attempts=row["attempts"],
-                     created_at=row["created_at"], updated_at=row["updated_at"])
+                     created_at=row["created_at"], updated_at=row["updated_at"], last_error=row["last_error"],
+                     next_attempt_at=row["next_attempt_at"])
 
 
 def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: str,
-                     idempotency_key: str | None, workspace_id: str | None,
+                     idempotency_scope: str | None, workspace_id: str | None,
                      billing_account_id: str | None, payload: dict) -> tuple[Operation, bool]:
-    """Insert; with an idempotency key already used by this caller, the existing one (False)."""
+    """Insert; when an operation exists under this idempotency scope already, that one (False)."""
     stmt = (pg_insert(operations).values(
-        id=operation_id, kind=kind, caller=caller, idempotency_key=idempotency_key,
+        id=operation_id, kind=kind, caller=caller, idempotency_scope=idempotency_scope,
         workspace_id=workspace_id, billing_account_id=billing_account_id, payload=payload)
-        .on_conflict_do_nothing(constraint="operations_caller_idempotency_key")
+        .on_conflict_do_nothing(constraint="operations_idempotency_scope")
         .returning(operations))
     row = conn.execute(stmt).mappings().first()
     if row is not None:
         return _operation(row), True
     existing = conn.execute(select(operations).where(
-        _o.caller == caller, _o.idempotency_key == idempotency_key)).mappings().one()
+        _o.caller == caller, _o.idempotency_scope == idempotency_scope)).mappings().one()
     return _operation(existing), False
 
 
 # The workspace's current default account is read by the INSERT itself: one statement, one round trip.
 _INSERT_FOR_WORKSPACE = text(f"""
-INSERT INTO operations (id, kind, caller, idempotency_key, workspace_id, billing_account_id, payload)
-SELECT :id, :kind, :caller, :key, w.id, w.default_billing_account_id, CAST(:payload AS jsonb)
+INSERT INTO operations (id, kind, caller, idempotency_scope, workspace_id, billing_account_id, payload)
+SELECT :id, :kind, :caller, :scope, w.id, w.default_billing_account_id, CAST(:payload AS jsonb)
 FROM workspaces w WHERE w.id = :workspace_id
-ON CONFLICT ON CONSTRAINT operations_caller_idempotency_key DO NOTHING
+ON CONFLICT ON CONSTRAINT operations_idempotency_scope DO NOTHING
 RETURNING {_COLUMNS}
 """)
-_BY_KEY = text(f"SELECT {_COLUMNS} FROM operations WHERE caller = :caller AND idempotency_key = :key")
+_BY_SCOPE = text(f"SELECT {_COLUMNS} FROM operations WHERE caller = :caller AND idempotency_scope = :scope")
 
 
 def insert_for_workspace(conn: Connection, *, operation_id: str, kind: str, caller: str,
-                         idempotency_key: str | None, workspace_id: str,
+                         idempotency_scope: str | None, workspace_id: str,
                          payload: dict) -> tuple[Operation | None, bool]:
-    """Insert an operation on the workspace's default account: (op, True); (existing, False) when the
-    caller's idempotency key names one already; (None, False) when the workspace does not exist."""
+    """Insert an operation on the workspace's default account: (op, True); (existing, False) when one
+    exists under this idempotency scope already; (None, False) when the workspace does not exist."""
     row = conn.execute(_INSERT_FOR_WORKSPACE, {
-        "id": operation_id, "kind": kind, "caller": caller, "key": idempotency_key,
+        "id": operation_id, "kind": kind, "caller": caller, "scope": idempotency_scope,
         "workspace_id": workspace_id, "payload": json.dumps(payload)}).mappings().first()
     if row is not None:
         return _operation(row), True
-    if idempotency_key is None:
+    if idempotency_scope is None:
         return None, False
-    existing = conn.execute(_BY_KEY, {"caller": caller, "key": idempotency_key}).mappings().first()
+    existing = conn.execute(_BY_SCOPE, {"caller": caller, "scope": idempotency_scope}).mappings().first()
     return (_operation(existing), False) if existing else (None, False)
 
 
@@ -87,7 +88,9 @@ def get(conn: Connection, operation_id: str, *, for_update: bool = False,
 
 _SET_STATUS = text(f"""
 UPDATE operations SET status = :status, result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
-       updated_at = now(), attempts = attempts + :attempt
+       updated_at = now(), attempts = attempts + :attempt,
+       last_error = CASE WHEN :status IN ('succeeded', 'failed') THEN NULL ELSE last_error END,
+       next_attempt_at = NULL
 WHERE id = :id
 RETURNING {_COLUMNS}
 """)
@@ -107,19 +110,18 @@ def set_status(conn: Connection, operation_id: str, status: str, *, result: dict
 # Queued operations of the given kinds that nobody holds, oldest first (the operations_pending index).
 _CLAIM_QUEUED = text(f"""
 SELECT {_COLUMNS} FROM operations
-WHERE status = 'queued' AND kind = ANY(CAST(:kinds AS text[])) AND attempts < :max_attempts
-  AND id <> ALL(CAST(:but AS text[]))
+WHERE status = 'queued' AND kind = ANY(CAST(:kinds AS text[]))
+  AND (next_attempt_at IS NULL OR next_attempt_at <= now()) AND id <> ALL(CAST(:but AS text[]))
 ORDER BY updated_at LIMIT :limit
 FOR UPDATE SKIP LOCKED
 """)
 
 
-def claim_queued(conn: Connection, *, kinds: tuple[str, ...], limit: int, max_attempts: int,
-                 but: list[str]) -> list[Operation]:
+def claim_queued(conn: Connection, *, kinds: tuple[str, ...], limit: int, but: list[str]) -> list[Operation]:
     """Lock up to `limit` queued operations that no other transaction holds (never waiting on one)."""
     if limit <= 0:
         return []
-    rows = conn.execute(_CLAIM_QUEUED, {"kinds": list(kinds), "limit": limit, "max_attempts": max_attempts,
+    rows = conn.execute(_CLAIM_QUEUED, {"kinds": list(kinds), "limit": limit,
                                         "but": but}).mappings()
     return [_operation(row) for row in rows]
 
@@ -127,7 +129,7 @@ def claim_queued(conn: Connection, *, kinds: tuple[str, ...], limit: int, max_at
 # Every row updated by one statement; each attempt counted, as a 'running' mark would have.
 _SUCCEED_MANY = text("""
 UPDATE operations o SET status = 'succeeded', result = CAST(v.result AS jsonb), error = NULL,
-       attempts = o.attempts + 1, updated_at = now()
+       attempts = o.attempts + 1, updated_at = now(), last_error = NULL, next_attempt_at = NULL
 FROM unnest(CAST(:ids AS text[]), CAST(:results AS text[])) AS v(id, result)
 WHERE o.id = v.id
 """)
@@ -139,6 +141,27 @@ def succeed_many(conn: Connection, results: dict[str, dict]) -> None:
         conn.execute(_SUCCEED_MANY, {"ids": list(results), "results": [json.dumps(r) for r in results.values()]})
 
 
+# One more attempt counted (a running one was counted when it started), the cause shown, a retry due after
+# base * 2^(attempts - 1) seconds, at most max; a finished operation is left alone.
+_BACK_TO_QUEUE = text("""
+UPDATE operations SET status = 'queued', last_error = CAST(:error AS jsonb), updated_at = now(),
+       attempts = attempts + CASE WHEN status = 'running' THEN 0 ELSE 1 END,
+       next_attempt_at = now() + make_interval(secs => LEAST(
+           :base * power(2, GREATEST(attempts + CASE WHEN status = 'running' THEN 0 ELSE 1 END - 1, 0)), :max))
+WHERE id = :id AND status IN ('queued', 'running')
+RETURNING EXTRACT(EPOCH FROM next_attempt_at - now())
+""")
+
+
+def back_to_queue(conn: Connection, operation_id: str, error: dict, *, base_seconds: float,
+                  max_seconds: float) -> float | None:
+    """Queue an unfinished operation again after a failed attempt: seconds until its retry is due."""
+    error = error | {"at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    delay = conn.execute(_BACK_TO_QUEUE, {"id": operation_id, "error": json.dumps(error), "base": base_seconds,
+                                          "max": max_seconds}).scalar()
+    return None if delay is None else float(delay)
+
+
 def mark_enqueued(conn: Connection, operation_ids: list[str]) -> None:
     conn.execute(update(operations).where(_o.id.in_(operation_ids)).values(enqueued_at=func.now()))
 
@@ -148,7 +171,8 @@ def due_for_relay(conn: Connection, *, older_than: timedelta, limit: int) -> lis
     cutoff = func.now() - older_than
     query = (select(_o.id, _o.kind, _o.status).where(
         _o.status.in_(("queued", "running")), _o.updated_at < cutoff,
-        (_o.enqueued_at.is_(None)) | (_o.enqueued_at < cutoff))
+        (_o.enqueued_at.is_(None)) | (_o.enqueued_at < cutoff),
+        (_o.next_attempt_at.is_(None)) | (_o.next_attempt_at <= func.now()))
         .order_by(_o.updated_at).limit(limit).with_for_update(skip_locked=True))
     return [(row.id, row.kind, row.status) for row in conn.execute(query)]
 

@@ -112,7 +112,10 @@ idempotency_keys = Table(
     Column("response_status", Integer),
     Column("response_body", Text),
     Column("response_headers", JSONB),
-    _now(),
+    _now(),  # the window's start
+    Column("scope", Text, nullable=False),  # what the request creates is unique per scope (see store.idempotency)
+    Column("lease_token", Text),  # the process running the request, while it runs
+    Column("lease_expires_at", DateTime(timezone=True)),
 )
 
 operations = Table(
@@ -121,18 +124,20 @@ operations = Table(
     Column("kind", Text, nullable=False),
     Column("status", Text, nullable=False, server_default="queued"),
     Column("caller", Text, nullable=False),
-    Column("idempotency_key", Text),
+    Column("idempotency_scope", Text),
     Column("workspace_id", Text),
     Column("billing_account_id", Text),
     Column("payload", JSONB, nullable=False),
     Column("result", JSONB),
     Column("error", JSONB),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", JSONB),  # the transient cause of the last failed attempt, while it is retried
+    Column("next_attempt_at", DateTime(timezone=True)),
     Column("enqueued_at", DateTime(timezone=True)),
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="operations_status"),
-    UniqueConstraint("caller", "idempotency_key", name="operations_caller_idempotency_key"),
+    UniqueConstraint("caller", "idempotency_scope", name="operations_idempotency_scope"),
     Index("operations_pending", "updated_at", postgresql_where=text("status IN ('queued', 'running')")),
 )
 
@@ -146,7 +151,7 @@ checkouts = Table(
     Column("amount_cents", BigInteger, nullable=False),
     Column("currency", Text, nullable=False, server_default="usd"),
     Column("created_by", Text, nullable=False),
-    Column("idempotency_key", Text),
+    Column("idempotency_scope", Text),
     Column("provider_ref", Text),  # the Stripe Checkout Session id; the x402 authorization nonce
     Column("url", Text),
     Column("details", JSONB, nullable=False, server_default="{}"),

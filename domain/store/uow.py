@@ -3,6 +3,7 @@ import time
 from collections.abc import Callable
 from typing import Self
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
@@ -20,15 +21,23 @@ def note_postings(conn: Connection, postings: list[tuple[str, int]]) -> None:
 IDLE_PING_SECONDS = 5.0  # a pooled connection unused for longer is pinged before it is handed out
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
+def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = None,
+                statement_timeout_ms: int | None = None) -> Engine:
     """An engine for psycopg 3; plain postgresql:// URLs are accepted.
+
+    lock_timeout bounds every wait for a row lock (another transaction holding an account): the unit of
+    work fails as unavailable instead, and the worker retries the operation later rather than spend a
+    slot waiting; statement_timeout bounds any one statement below the tasks' time limit.
 
     No pool_pre_ping (a round trip per unit of work): a connection is pinged only when it sat idle in the
     pool for IDLE_PING_SECONDS, which is when a restarted server or a dropped link shows. One that dies
     while in steady use fails its unit of work as unavailable (503 in the API, a retry in the worker)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    options = " ".join(f"-c {name}={ms}" for name, ms in (("lock_timeout", lock_timeout_ms),
+                                                             ("statement_timeout", statement_timeout_ms)) if ms)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                           connect_args={"options": options} if options else {})
     _ping_when_idle(engine)
     return engine
 
@@ -53,6 +62,24 @@ def is_unavailable(exc: BaseException) -> bool:
     """True for errors that mean the database could not be reached, not that the SQL was wrong."""
     return isinstance(exc, (OperationalError, InterfaceError)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def transient_cause(exc: BaseException) -> str:
+    """What stopped a unit of work, in words fit to show a caller: never the exception's own text, which
+    may hold addresses or SQL."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    for orig in (getattr(seen, "orig", None) for seen in chain):
+        if isinstance(orig, psycopg.errors.LockNotAvailable):
+            return "the billing account is locked by another transaction; waiting for it"
+        if isinstance(orig, psycopg.errors.QueryCanceled):
+            return "a statement ran past its time limit"
+        if isinstance(orig, psycopg.errors.TransactionRollback):
+            return "the transaction clashed with another one (deadlock or serialization)"
+    if any(isinstance(seen, (OperationalError, InterfaceError, Unavailable)) for seen in chain):
+        return "the database is unavailable"
+    return f"an unexpected error ({type(exc).__name__}); logged for the operators"
 
 
 class UnitOfWork:

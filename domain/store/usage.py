@@ -114,13 +114,21 @@ def _hour(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def _whole_hours(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """[first, end) of the whole UTC hours inside [since, until); (until, until) when there is none, so the
+    ledger answers for all of it. Rounding since up only when a whole hour follows keeps year 9999 in range."""
+    first, end = _hour(since), _hour(until)
+    if first < since:
+        if first >= end:
+            return until, until
+        first += timedelta(hours=1)
+    return first, end
+
+
 def overview(conn: Connection, workspace_id: str, since: datetime, until: datetime,
              unit: str) -> tuple[list[tuple[datetime, int, int, int]], list[tuple[str, int, int]]]:
     """Per period (start, cents, quantity, events) and per metric (metric, quantity, cents)."""
-    whole_from = _hour(since + timedelta(hours=1) - timedelta(microseconds=1))  # since, rounded up
-    whole_to = _hour(until)
-    if whole_from > whole_to:  # no whole hour inside: the ledger answers for all of it
-        whole_from = whole_to = until
+    whole_from, whole_to = _whole_hours(since, until)
     rows = conn.execute(_OVERVIEW, {"workspace_id": workspace_id, "since": since, "until": until,
                                     "whole_from": whole_from, "whole_to": whole_to, "unit": unit,
                                     "step": f"1 {unit}"}).all()

@@ -30,7 +30,7 @@ def workspaces(api):
 
 
 def credit(services, workspace: dict, cents: int) -> str:
-    return services.operations.request_credit(OPERATOR_CALLER, workspace["id"], cents, "batch", None).id
+    return services.operations.request_credit(OPERATOR_CALLER, workspace["id"], cents, "batch").id
 
 
 def balance(api, owner, workspace: dict) -> int:

@@ -1,4 +1,7 @@
 """Stripe Checkout top-ups through the real SDK against a loopback stand-in, on real PostgreSQL."""
+import json
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -13,8 +16,10 @@ from domain.services.context import Config, Context
 from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
+from tests.api.checks import assert_problem
 from tests.factories import OPERATOR_TOKEN, Api
-from tests.standins.stripe_api import StripeStandIn, charge_refunded, signed_event
+from tests.standins.stripe_api import StripeStandIn, charge_refunded, signed_event, stripe_signature
+from worker.cli import main as billing
 
 SECRET = "whsec_test_secret"
 
@@ -246,6 +251,61 @@ def test_stripe_failing_at_creation_answers_a_problem_and_leaves_no_pending_chec
     stripe_api.fail_creates = 0
 
 
+@pytest.mark.parametrize("fault,status", [("error", 502), ("timeout", 503)])
+def test_a_stripe_failure_under_an_idempotency_key_is_not_recorded_and_the_retry_gets_one_session(
+        sapi, stripe_api, owner_ws, engine, fault, status):
+    """The first attempt's session may exist at Stripe (a timeout after Stripe made it): the retry asks
+    again under the same Stripe idempotency key and gets that one; nothing is replayed from the failure."""
+    owner, ws = owner_ws
+    if fault == "error":
+        stripe_api.fail_creates = 2
+    else:
+        stripe_api.delay_seconds, stripe_api.delay_creates = 3, 2  # Stripe makes it, the answer comes late
+    body = {"amountCents": 900, "successUrl": "https://a.example/s", "cancelUrl": "https://a.example/c"}
+    path, key = f"/workspaces/{ws['id']}/billing/checkout", {"Idempotency-Key": f"topup-{fault}"}
+    failed = sapi.call("POST", path, owner.key, json=body, headers=key)
+    assert failed.status_code == status, failed.text
+    stripe_api.fail_creates = 0
+    retried = sapi.call("POST", path, owner.key, json=body, headers=key)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers, retried.text
+    assert retried.json["status"] == "pending" and retried.json["url"]
+    made = [s for s in stripe_api.sessions.values() if s["client_reference_id"] == retried.json["id"]]
+    assert [s["id"] for s in made] == [retried.json["stripeSessionId"]]
+    assert sapi.call("POST", path, owner.key, json=body, headers=key).json == retried.json
+    listed = sapi.call("GET", f"/workspaces/{ws['id']}/billing/checkouts", owner.key).json["data"]
+    assert [c["id"] for c in listed] == [retried.json["id"]]
+
+
+def test_a_keyed_checkout_whose_session_was_never_made_waits_for_its_retry_before_it_is_closed(
+        sapi, stripe_api, stripe_services, owner_ws, engine):
+    owner, ws = owner_ws
+    stripe_api.fail_creates = 2
+    body = {"amountCents": 700, "successUrl": "https://a.example/s", "cancelUrl": "https://a.example/c"}
+    failed = sapi.call("POST", f"/workspaces/{ws['id']}/billing/checkout", owner.key, json=body,
+                       headers={"Idempotency-Key": "never-retried"})
+    assert failed.status_code == 502
+    stripe_api.fail_creates = 0
+    stripe_services.stripe.reconcile(after=timedelta(0))
+    listed = sapi.call("GET", f"/workspaces/{ws['id']}/billing/checkouts", owner.key).json["data"]
+    assert [c["status"] for c in listed] == ["pending"]  # within the key's window a retry may resume it
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE checkouts SET created_at = created_at - interval '25 hours' WHERE id = :id"),
+                     {"id": listed[0]["id"]})
+    stripe_services.stripe.reconcile(after=timedelta(0))
+    listed = sapi.call("GET", f"/workspaces/{ws['id']}/billing/checkouts", owner.key).json["data"]
+    assert [c["status"] for c in listed] == ["failed"]
+
+
+def test_a_checkout_key_past_its_window_creates_a_new_checkout_never_the_old_one(sapi, stripe_api, owner_ws, engine):
+    owner, ws = owner_ws
+    first = _checkout(sapi, owner, ws, amount=1500, **{"Idempotency-Key": "monthly"})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE idempotency_keys SET created_at = created_at - interval '25 hours'"))
+    second = _checkout(sapi, owner, ws, amount=2500, **{"Idempotency-Key": "monthly"})
+    assert second["id"] != first["id"] and second["amountCents"] == 2500
+    assert second["stripeSessionId"] != first["stripeSessionId"]
+
+
 def test_one_stripe_error_is_retried_by_the_sdk_with_the_same_idempotency_key(sapi, stripe_api, owner_ws):
     owner, ws = owner_ws
     stripe_api.fail_creates = 1
@@ -286,3 +346,209 @@ def test_members_cannot_create_checkouts_and_strangers_cannot_see_them(sapi, own
     checkout = _checkout(sapi, owner, ws)
     assert sapi.call("GET", f"/workspaces/{ws['id']}/billing/checkouts/{checkout['id']}", member.key).status_code == 200
     assert sapi.call("GET", f"/workspaces/{ws['id']}/billing/checkouts/{checkout['id']}", stranger.key).status_code == 404
+
+
+def _paid_checkout(api: Api, stripe_api, services: Services, queue, owner, ws, amount: int) -> tuple[dict, str]:
+    """A checkout of `amount` cents, paid and credited: it and its payment intent."""
+    checkout = _checkout(api, owner, ws, amount=amount)
+    paid = stripe_api.pay(checkout["stripeSessionId"])
+    _deliver(api, "checkout.session.completed", paid)
+    assert _apply_queued(services, queue) == ["credited"]
+    return checkout, paid["payment_intent"]
+
+
+def _notices(services: Services, checkout_id: str) -> list[str]:
+    return [line for line in services.operations.audit_notices() if checkout_id in line]
+
+
+def _excess_notice(checkout: dict, cents: int, charges: list[str]) -> str:
+    return (f"notice: checkout {checkout['id']} (account {checkout['billingAccountId']}): Stripe refunded {cents} "
+            f"cents more than it credited (charges {', '.join(sorted(charges))}); not debited")
+
+
+def test_a_refund_larger_than_the_checkout_debits_what_it_credited_and_the_audit_notices_the_rest(
+        sapi, stripe_api, stripe_services, queue, owner_ws, engine, monkeypatch, capsys):
+    owner, ws = owner_ws
+    checkout, intent = _paid_checkout(sapi, stripe_api, stripe_services, queue, owner, ws, 500)
+    charge = charge_refunded(intent, 5000)
+    _deliver(sapi, "charge.refunded", charge)
+    assert _apply_queued(stripe_services, queue) == ["refund_capped"]
+    assert _topups(engine, owner.default_account_id) == [500, -500]
+    assert _notices(stripe_services, checkout["id"]) == [_excess_notice(checkout, 4500, [charge["id"]])]
+    _assert_sound(stripe_services, owner.default_account_id)
+
+    monkeypatch.setattr("worker.container._built", {os.getpid(): stripe_services})
+    exit_code = billing(["audit", "--stuck-after", "86400"])
+    printed = capsys.readouterr().out.splitlines()
+    problems = stripe_services.operations.audit(stuck_after=timedelta(days=1))
+    assert _excess_notice(checkout, 4500, [charge["id"]]) in printed
+    assert (exit_code, printed[-1]) == ((1, f"audit: {len(problems)} problem(s)") if problems else (0, "audit: ok"))
+
+
+def test_two_charges_of_one_payment_refund_together_no_more_than_the_checkout_however_often_they_arrive(
+        sapi, stripe_api, stripe_services, queue, owner_ws, engine):
+    owner, ws = owner_ws
+    checkout, intent = _paid_checkout(sapi, stripe_api, stripe_services, queue, owner, ws, 500)
+    first, second = charge_refunded(intent, 400), charge_refunded(intent, 300)
+    _deliver(sapi, "charge.refunded", first)
+    payload, signature = signed_event(SECRET, "charge.refunded", second)
+    for _ in range(3):  # Stripe redelivering the same event
+        sapi.call("POST", "/webhooks/stripe", body=payload, headers={"Stripe-Signature": signature})
+    assert _apply_queued(stripe_services, queue) == ["refunded", "refund_capped"]
+    for charge in (first, second):  # the same refunds again, in new events
+        _deliver(sapi, "charge.refunded", charge)
+    assert _apply_queued(stripe_services, queue) == ["already_refunded", "already_refunded"]
+    assert _topups(engine, owner.default_account_id) == [500, -400, -100]
+    assert _notices(stripe_services, checkout["id"]) == [_excess_notice(checkout, 200, [first["id"], second["id"]])]
+    _assert_sound(stripe_services, owner.default_account_id)
+
+
+def test_partial_refunds_add_up_to_exactly_the_checkout_and_not_one_cent_more(sapi, stripe_api, stripe_services,
+                                                                             queue, owner_ws, engine):
+    owner, ws = owner_ws
+    checkout, intent = _paid_checkout(sapi, stripe_api, stripe_services, queue, owner, ws, 1000)
+    charge = charge_refunded(intent, 0)
+    for refunded in (300, 700, 700, 1000):
+        _deliver(sapi, "charge.refunded", charge | {"amount_refunded": refunded})
+    assert _apply_queued(stripe_services, queue) == ["refunded", "refunded", "already_refunded", "refunded"]
+    assert _topups(engine, owner.default_account_id) == [1000, -300, -400, -300]
+    assert _notices(stripe_services, checkout["id"]) == []
+    another = charge_refunded(intent, 1)
+    _deliver(sapi, "charge.refunded", another)
+    _deliver(sapi, "charge.refunded", charge | {"amount_refunded": 700})  # late and out of order
+    assert _apply_queued(stripe_services, queue) == ["refund_capped", "already_refunded"]
+    assert _topups(engine, owner.default_account_id) == [1000, -300, -400, -300]
+    assert _notices(stripe_services, checkout["id"]) == [_excess_notice(checkout, 1, [charge["id"], another["id"]])]
+
+
+def test_refund_events_of_one_checkout_applied_concurrently_never_debit_more_than_it_credited(
+        sapi, stripe_api, stripe_services, queue, owner_ws, engine):
+    owner, ws = owner_ws
+    checkout, intent = _paid_checkout(sapi, stripe_api, stripe_services, queue, owner, ws, 500)
+    charges = [charge_refunded(intent, 400) for _ in range(3)]
+    for charge in charges * 2:
+        _deliver(sapi, "charge.refunded", charge)
+    events = [kwargs["event_id"] for _, kwargs in queue.sent]
+    with ThreadPoolExecutor(len(events)) as pool:
+        outcomes = list(pool.map(stripe_services.stripe.apply_event, events))
+    assert sorted(outcomes).count("already_refunded") == 3, outcomes
+    assert sum(_topups(engine, owner.default_account_id)) == 0
+    assert _notices(stripe_services, checkout["id"]) == [_excess_notice(checkout, 700, [c["id"] for c in charges])]
+
+
+def test_a_refund_of_a_checkout_that_never_credited_debits_nothing(sapi, stripe_api, stripe_services, queue, owner_ws,
+                                                                   engine):
+    owner, ws = owner_ws
+    checkout = _checkout(sapi, owner, ws, amount=900)
+    _deliver(sapi, "checkout.session.completed", stripe_api.pay(checkout["stripeSessionId"], paid=False))
+    assert _apply_queued(stripe_services, queue) == ["awaiting_payment"]
+    charge = charge_refunded(stripe_api.sessions[checkout["stripeSessionId"]]["payment_intent"], 900)
+    _deliver(sapi, "charge.refunded", charge)
+    assert _apply_queued(stripe_services, queue) == ["refund_capped"]
+    assert _topups(engine, owner.default_account_id) == []
+    assert _notices(stripe_services, checkout["id"]) == [_excess_notice(checkout, 900, [charge["id"]])]
+
+
+def _event_body(**fields) -> dict:
+    """A well-formed charge.refunded event with these fields changed (to ... for left out)."""
+    body = {"id": "evt_malformed", "object": "event", "type": "charge.refunded",
+            "data": {"object": charge_refunded("pi_malformed", 100)}}
+    return {k: v for k, v in (body | fields).items() if v is not ...}
+
+
+def _with_object(**fields) -> bytes:
+    return json.dumps(_event_body(data={"object": charge_refunded("pi_malformed", 100) | fields})).encode()
+
+
+def _session_event(**fields) -> bytes:
+    session = {"id": "cs_test_malformed", "object": "checkout.session", "amount_total": 100, "currency": "usd",
+               "client_reference_id": None, "payment_intent": None, "status": "complete", "payment_status": "paid"}
+    return json.dumps(_event_body(type="checkout.session.completed", data={"object": session | fields})).encode()
+
+
+MALFORMED = {
+    "null": b"null",
+    "an array": json.dumps([_event_body()]).encode(),
+    "a string": b'"evt_1"',
+    "not json": b'{"id": "evt_1",',
+    "nested ten thousand levels deep": b"[" * 10_000 + b"]" * 10_000,
+    "an object nested a hundred levels deep": _with_object(metadata=json.loads('{"a":' * 100 + "1" + "}" * 100)),
+    "no data": json.dumps(_event_body(data=...)).encode(),
+    "data a string": json.dumps(_event_body(data="charge")).encode(),
+    "data without object": json.dumps(_event_body(data={})).encode(),
+    "data.object a list": json.dumps(_event_body(data={"object": [charge_refunded("pi_x", 1)]})).encode(),
+    "data.object null": json.dumps(_event_body(data={"object": None})).encode(),
+    "no id": json.dumps(_event_body(id=...)).encode(),
+    "an integer id": json.dumps(_event_body(id=12345)).encode(),
+    "an empty id": json.dumps(_event_body(id="")).encode(),
+    "a NUL in the id": json.dumps(_event_body(id="evt_\u0000x")).encode(),
+    "a newline in the id": json.dumps(_event_body(id="evt_\nx")).encode(),
+    "an id of 256 characters": json.dumps(_event_body(id="e" * 256)).encode(),
+    "no type": json.dumps(_event_body(type=...)).encode(),
+    "an integer type": json.dumps(_event_body(type=7)).encode(),
+    "a NUL inside the object": _with_object(description="a\u0000b"),
+    "a lone surrogate inside the object": _with_object(description="\ud800"),
+    "NaN inside the object": _with_object(amount=float("nan")),
+    "amount_refunded a string": _with_object(amount_refunded="5000"),
+    "amount_refunded a float": _with_object(amount_refunded=500.0),
+    "amount_refunded a boolean": _with_object(amount_refunded=True),
+    "amount_refunded negative": _with_object(amount_refunded=-1),
+    "amount_refunded null": _with_object(amount_refunded=None),
+    "a charge id that is a number": _with_object(id=42),
+    "payment_intent an object": _with_object(payment_intent={"id": "pi_1"}),
+    "amount_total a string": _session_event(amount_total="100"),
+    "client_reference_id a number": _session_event(client_reference_id=5),
+    "a session id that is null": _session_event(id=None),
+}
+
+
+@pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_correctly_signed_body_that_is_not_a_well_formed_event_is_400_and_never_stored_or_queued(
+        sapi, engine, queue, payload):
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM stripe_events")).scalar()
+    headers = {"Stripe-Signature": stripe_signature(SECRET, payload), "Content-Type": "application/json"}
+    result = sapi.call("POST", "/webhooks/stripe", body=payload, headers=headers)
+    assert_problem(result, 400)
+    assert "signature" not in result.json["detail"].lower(), result.json  # says what is wrong with the event
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM stripe_events")).scalar() == stored
+    assert queue.sent == []
+
+
+def test_the_well_formed_event_the_malformed_ones_are_made_from_is_accepted(sapi, queue):
+    payload = json.dumps(_event_body(id="evt_well_formed_" + os.urandom(6).hex())).encode()
+    result = sapi.call("POST", "/webhooks/stripe", body=payload,
+                       headers={"Stripe-Signature": stripe_signature(SECRET, payload)})
+    assert result.status_code == 200, result.text
+    assert [name for name, _ in queue.sent] == ["payments.apply_stripe_event"]
+
+
+def test_a_malformed_event_stored_before_events_were_checked_is_closed_not_retried(stripe_services, engine):
+    event_id = "evt_stored_malformed_" + os.urandom(6).hex()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO stripe_events (id, type, payload) VALUES (:id, 'charge.refunded', :p)"),
+                     {"id": event_id, "p": json.dumps({"object": {"id": "ch_1", "amount_refunded": "lots"}})})
+    assert stripe_services.stripe.apply_event(event_id) == "malformed"
+    assert stripe_services.stripe.apply_event(event_id) is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_stripe_unreachable_answers_503_naming_stripe_and_no_address(engine, queue, owner_ws):
+    owner, ws = owner_ws
+    port = _closed_port()
+    gateway = StripeGateway("sk_test_standin", SECRET, f"http://127.0.0.1:{port}", timeout_seconds=2)
+    services = Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=Config(), stripe=gateway))
+    unreachable = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {})))
+    result = unreachable.call("POST", f"/workspaces/{ws['id']}/billing/checkout", owner.key,
+                              json={"amountCents": 800, "successUrl": "https://a.example/s",
+                                    "cancelUrl": "https://a.example/c"})
+    assert_problem(result, 503)
+    detail = result.json["detail"]
+    assert detail == "Stripe did not answer (connection failed)"
+    assert not any(leak in detail for leak in ("127.0.0.1", str(port), "HTTPConnectionPool", "Errno"))

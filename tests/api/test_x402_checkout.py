@@ -2,16 +2,19 @@
 nothing, and settlements whose outcome is unknown left pending until the reconcile job settles them."""
 import base64
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from eth_account import Account
+from falcon import testing
 from sqlalchemy import text
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 
 from api import responses
+from api.app import create_app
 from domain.models import OPERATOR_CALLER
 from domain.providers.x402_gateway import NETWORKS, X402Config, X402Gateway, terms
 from domain.services.context import Config, Context
@@ -19,6 +22,7 @@ from domain.services.registry import Services
 from domain.services.x402_checkout import EXPIRY_GRACE_SECONDS, SETTLE_TASK
 from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem, ledger_problems
+from tests.factories import OPERATOR_TOKEN, Api
 from tests.standins.x402_facilitator import FacilitatorStandIn, Wallet
 
 PAY_TO = "0x1563915e194D8CfBA1943570603F7606A3115508"
@@ -428,3 +432,22 @@ def test_the_openapi_document_describes_the_x402_checkout(api):
     post = document["paths"]["/workspaces/{workspaceId}/billing/checkout/x402"]["post"]
     assert "202" in post["responses"] and "PAYMENT-REQUIRED" in post["description"]
     assert "settlement_pending" in post["description"] and "403" in post["responses"]
+
+
+def test_a_facilitator_that_cannot_be_reached_answers_503_and_no_reason_names_its_address(engine, queue, buyer, wallet):
+    owner, workspace = buyer
+    with socket.socket() as sock:  # a loopback port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gateway = X402Gateway(X402Config(pay_to=PAY_TO, network=NETWORK, facilitator_url=f"http://127.0.0.1:{port}",
+                                     timeout_seconds=2.0))
+    services = Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=Config(), x402=gateway))
+    unreachable = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {})))
+    header = wallet.pay(terms_of(unreachable, owner.key, workspace["id"]))
+    result = checkout(unreachable, owner.key, workspace["id"], header=header)
+    assert_problem(result, 503)
+    listed = unreachable.call("GET", f"/workspaces/{workspace['id']}/billing/checkouts", owner.key).json["data"]
+    assert [c["failureReason"] for c in listed] == ["facilitator_unavailable: the facilitator did not answer "
+                                                    "(connection failed)"]
+    for shown in (result.json["detail"], listed[0]["failureReason"]):
+        assert not any(leak in shown for leak in ("127.0.0.1", str(port), "ConnectError", "Errno")), shown

@@ -23,7 +23,7 @@ from domain.models import Caller
 from domain.services.registry import Services
 from domain.store import users
 from tests.faults.test_worker_killed import credit
-from tests.processes import (age_operations, assert_applied_once, assert_audit_passes, backends_waiting_on_locks,
+from tests.processes import (WAIT_ON_LOCKS, age_operations, assert_applied_once, assert_audit_passes, backends_waiting_on_locks,
                              wait_for_operations, wait_until)
 from tests.standins.stripe_api import StripeStandIn
 from worker import settings
@@ -66,6 +66,7 @@ def job_runs(stack, name: str) -> tuple[set[str], set[str]]:
 
 def test_a_beat_killed_and_restarted_sends_its_jobs_again_and_nothing_is_applied_twice(stack, api, services, engine,
                                                                                         stripe_api):
+    stack.env.update(WAIT_ON_LOCKS)
     stack.env.update(STRIPE_API_KEY="sk_test_beat", STRIPE_WEBHOOK_SECRET="whsec_beat", STRIPE_API_BASE=stripe_api.url,
                      STRIPE_RECONCILE_AFTER="0")
     owner = api.new_user()

@@ -9,7 +9,7 @@ import pytest
 
 from domain.models import OPERATOR_CALLER
 from domain.services.registry import Services
-from tests.processes import (Load, account_locked, age_operations, assert_applied_once, assert_audit_passes,
+from tests.processes import (WAIT_ON_LOCKS, Load, account_locked, age_operations, assert_applied_once, assert_audit_passes,
                              assert_sound, blocked_mid_transaction, entries_per_operation, statuses,
                              wait_for_operations, wait_until)
 
@@ -22,6 +22,7 @@ MAX_REQUEST_SECONDS = 5.0
 @pytest.mark.parametrize("outage", ["stopped", "frozen"])
 def test_credits_posted_while_the_broker_is_down_are_applied_once_after_it_returns(stack, api, services, engine,
                                                                                    outage):
+    stack.env.update(WAIT_ON_LOCKS)
     stack.start()
     owner = api.new_user()  # set up in-process: no provisioning task to keep the worker busy
     workspace = api.new_workspace(owner)
@@ -61,7 +62,7 @@ def test_the_relay_stops_at_the_first_send_the_broker_refuses(api, services, que
     owner = api.new_user()
     workspace = api.new_workspace(owner)
     queue.up = False
-    ids = [services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 100, "", None).id
+    ids = [services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 100, "").id
            for _ in range(3)]
     age_operations(engine, ids)
     attempts = []

@@ -11,7 +11,7 @@ import requests
 from sqlalchemy import text
 
 from tests.faults.test_worker_killed import credit
-from tests.processes import (account_locked, assert_sound, backends_waiting_on_locks, entries_per_operation,
+from tests.processes import (WAIT_ON_LOCKS, account_locked, assert_sound, backends_waiting_on_locks, entries_per_operation,
                              statuses, wait_for_operations, wait_until)
 
 
@@ -48,6 +48,7 @@ def test_sigterm_to_the_api_finishes_every_request_in_flight(stack, engine):
 
 
 def test_sigterm_to_the_worker_finishes_its_current_credits_and_loses_none(stack, api, services, engine):
+    stack.env.update(WAIT_ON_LOCKS)
     stack.start(api=False, concurrency=2)
     owners = [api.new_user() for _ in range(3)]
     workspaces = [api.new_workspace(owner) for owner in owners]

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from domain.services.operations import APPLY_TASK
 from tests.faults.test_worker_killed import balance, credit
-from tests.processes import (account_locked, assert_applied_once, assert_audit_passes, backends_waiting_on_locks,
+from tests.processes import (WAIT_ON_LOCKS, account_locked, assert_applied_once, assert_audit_passes, backends_waiting_on_locks,
                              blocked_mid_transaction, wait_for_operations, wait_until)
 
 VISIBILITY_TIMEOUT = 2  # seconds
@@ -17,6 +17,7 @@ VISIBILITY_TIMEOUT = 2  # seconds
 
 def test_a_credit_redelivered_while_it_still_runs_is_applied_once(stack, api, services, engine):
     stack.env["BILLING_BROKER_VISIBILITY_TIMEOUT"] = str(VISIBILITY_TIMEOUT)
+    stack.env.update(WAIT_ON_LOCKS)
     stack.start(api=False, concurrency=2)
     owner = api.new_user()
     workspace = api.new_workspace(owner)

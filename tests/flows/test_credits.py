@@ -67,7 +67,7 @@ def test_an_operation_delivered_three_times_is_applied_once(stack, services, que
     api = stack.api
     owner, workspace = _workspace(api)
     queue.up = False  # recorded in Postgres, never sent: the test delivers it by hand
-    op = services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 300, "twice", None)
+    op = services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 300, "twice")
 
     stack.send_task("ledger.apply_operation", operation_id=op.id)
     stack.send_task("ledger.apply_operation", operation_id=op.id)  # two workers may run these at once

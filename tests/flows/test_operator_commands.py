@@ -40,12 +40,31 @@ def test_billing_credit_grants_like_the_api_and_waits_until_the_worker_applied_i
     assert (op["result"]["amountCents"], op["result"]["balanceAfterCents"]) == (2500, 3500)
     assert stack.api.operator("GET", f"/operations/{op['id']}").json == op
 
-    again = stack.billing("credit", workspace["id"], "2500", "--idempotency-key", key)
+    again = stack.billing("credit", workspace["id"], "2500", "--description", "goodwill", "--idempotency-key", key)
     assert again.returncode == 0 and json.loads(again.stdout)["id"] == op["id"]
+    other = stack.billing("credit", workspace["id"], "2500", "--idempotency-key", key)  # another body
+    _one_line_error(other, "billing: this Idempotency-Key was used with a different request")
     assert _balance(stack, owner, workspace) == 3500
     newest = stack.api.call("GET", f"/workspaces/{workspace['id']}/billing/transactions", owner.key).json["data"]
     assert [(t["kind"], t["amountCents"], t["description"]) for t in newest[:2]] == [
         ("credit_grant", 2500, "goodwill"), ("intro_credit", 1000, newest[1]["description"])]
+
+
+def test_a_key_used_over_http_means_the_same_request_to_billing_credit(stack, engine):
+    """One key space for the API and the CLI: never another request's operation, on either path."""
+    owner, one = _workspace(stack)
+    two = stack.api.new_workspace(owner, "Two")
+    key = f"shared-{uuid.uuid4()}"
+    over_http = stack.api.operator("POST", f"/workspaces/{one['id']}/billing/credits", json={"amountCents": 700},
+                                   headers={"Idempotency-Key": key})
+    assert over_http.status_code == 202, over_http.text
+    _one_line_error(stack.billing("credit", two["id"], "4444", "--idempotency-key", key),
+                    "billing: this Idempotency-Key was used with a different request")
+    same = stack.billing("credit", one["id"], "700", "--idempotency-key", key)
+    assert same.returncode == 0 and json.loads(same.stdout)["id"] == over_http.json["id"], same.stderr
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM operations WHERE workspace_id = ANY(:w)"),
+                            {"w": [one["id"], two["id"]]}).scalar() == 1
 
 
 def test_billing_credit_answers_one_line_for_an_unknown_workspace(stack):

@@ -10,7 +10,7 @@ def test_beat_relays_an_operation_whose_message_was_lost(stack, services, queue,
     owner = stack.api.new_user()
     workspace = stack.api.new_workspace(owner)
     queue.up = False  # the broker refused the send: only Postgres knows about the credit
-    op = services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 450, "lost message", None)
+    op = services.operations.request_credit(OPERATOR_CALLER, workspace["id"], 450, "lost message")
     assert queue.sent == [] and services.operations.get(OPERATOR_CALLER, op.id).status == "queued"
     age_operations(engine, [op.id])  # lost long enough ago for the relay to take it up
 

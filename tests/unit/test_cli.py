@@ -1,7 +1,7 @@
 """The `billing` command's operator tools: help for each, and wrong arguments refused in one line."""
 import pytest
 
-from worker.cli import flower_argv, main, parser
+from worker.cli import api_argv, flower_argv, main, parser
 
 OPERATOR_COMMANDS = [["audit"], ["relay"], ["reconcile"], ["credit"], ["tiers"], ["tiers", "refresh"], ["flower"]]
 
@@ -44,3 +44,32 @@ def test_flower_keeps_nothing_on_disk_unless_given_a_state_directory():
     kept = flower_argv(5555, "0.0.0.0", "/var/lib/flower")
     assert "--persistent=True" in kept and "--db=/var/lib/flower/flower-state" in kept
     assert "--enable_events=False" in kept  # the workers send task events by their own configuration
+
+
+def _option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+@pytest.mark.parametrize("env, seconds", [({}, "75"), ({"BILLING_HTTP_KEEPALIVE_SECONDS": "120"}, "120"),
+                                          ({"BILLING_HTTP_KEEPALIVE_SECONDS": "0"}, "0")])
+def test_the_api_keeps_idle_connections_open_for_the_configured_seconds(monkeypatch, env, seconds):
+    started = []
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/billing")
+    monkeypatch.setenv("BILLING_OPERATOR_TOKEN", "token")
+    monkeypatch.delenv("BILLING_HTTP_KEEPALIVE_SECONDS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("os.execv", lambda path, argv: started.append(argv))
+    main(["api", "--port", "8080"])
+    assert _option(started[0], "--keep-alive") == seconds
+    assert _option(api_argv(8000, 2, 4, 90), "--keep-alive") == "90"
+    assert _option(api_argv(8000, 2, 4), "--keep-alive") == "75"
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "3601", "1.5"])
+def test_a_bad_keepalive_setting_stops_the_api_with_one_line_naming_it(monkeypatch, capsys, value):
+    monkeypatch.setenv("BILLING_HTTP_KEEPALIVE_SECONDS", value)
+    monkeypatch.setattr("os.execv", lambda path, argv: pytest.fail("the API started"))
+    assert main(["api"]) == 2
+    assert capsys.readouterr().err == (f"billing: configuration error: BILLING_HTTP_KEEPALIVE_SECONDS={value!r} "
+                                       "must be a whole number from 0 to 3600\n")
