@@ -1,4 +1,5 @@
 """Periodic jobs by task name; every interval lives here."""
+from domain.names import Task
 
 RELAY_EVERY_SECONDS = 10.0
 BACKFILL_EVERY_SECONDS = 300.0
@@ -8,11 +9,11 @@ REFRESH_STALE_TIERS_EVERY_SECONDS = 60.0  # the age that counts as stale: BILLIN
 RECONCILE_X402_EVERY_SECONDS = 30.0
 
 SCHEDULE = {
-    "relay-outbox": {"task": "maintenance.relay_outbox", "schedule": RELAY_EVERY_SECONDS},
-    "backfill-default-accounts": {"task": "accounts.backfill_default", "schedule": BACKFILL_EVERY_SECONDS},
-    "reconcile-stripe": {"task": "payments.reconcile_stripe", "schedule": RECONCILE_STRIPE_EVERY_SECONDS},
-    "refresh-stale-tiers": {"task": "tiers.refresh_stale", "schedule": REFRESH_STALE_TIERS_EVERY_SECONDS},
-    "reconcile-x402": {"task": "payments.reconcile_x402", "schedule": RECONCILE_X402_EVERY_SECONDS},
-    "purge-idempotency-keys": {"task": "maintenance.purge_idempotency_keys",
+    "relay-outbox": {"task": Task.RELAY_OUTBOX, "schedule": RELAY_EVERY_SECONDS},
+    "backfill-default-accounts": {"task": Task.BACKFILL_DEFAULT_ACCOUNTS, "schedule": BACKFILL_EVERY_SECONDS},
+    "reconcile-stripe": {"task": Task.RECONCILE_STRIPE, "schedule": RECONCILE_STRIPE_EVERY_SECONDS},
+    "refresh-stale-tiers": {"task": Task.REFRESH_STALE_TIERS, "schedule": REFRESH_STALE_TIERS_EVERY_SECONDS},
+    "reconcile-x402": {"task": Task.RECONCILE_X402, "schedule": RECONCILE_X402_EVERY_SECONDS},
+    "purge-idempotency-keys": {"task": Task.PURGE_IDEMPOTENCY_KEYS,
                                "schedule": PURGE_IDEMPOTENCY_EVERY_SECONDS},
 }

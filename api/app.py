@@ -74,6 +74,7 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
 
 def get_app() -> falcon.App:
     """The production app, wired from the environment (gunicorn 'api.app:get_app()')."""
+    # The composition root, imported here only: create_app and the tests take their services from outside.
     from worker import health, logs, metrics, settings
     from worker.container import services
 

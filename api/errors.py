@@ -3,10 +3,8 @@ import json
 import logging
 
 import falcon
-from sqlalchemy.exc import DBAPIError
 
 from domain import errors
-from domain.store.uow import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +63,6 @@ def _http_error(req, resp, exc: falcon.HTTPError, params) -> None:
 
 
 def _unexpected(req, resp, exc: Exception, params) -> None:
-    if isinstance(exc, DBAPIError) and is_unavailable(exc):
-        _domain_error(req, resp, errors.Unavailable("the database is unavailable"), params)
-        return
     log.exception("unhandled error on %s %s", req.method, req.path)
     _http_error(req, resp, Problem(500, "Internal Server Error",
                                    "the service failed to answer; nothing was changed by this request"), params)

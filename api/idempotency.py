@@ -2,9 +2,9 @@
 
 The key is claimed (leased) before the responder runs and its answer stored after it, unless the answer
 is 5xx or 402 (released: the retry runs anew). A resource with `settles_idempotency = True` stores its
-answer in its own transaction instead (a queued credit): the middleware leaves it the claim (`claim(req)`),
-the resource renders its answer with `answer()` and sends a replay with `send_replay()`; should it fail
-before (a refusal), the middleware stores the refusal as the first answer. Whatever a keyed request
+answer in its own transaction instead (a queued credit): the middleware leaves it the claim (`claim(req)`)
+with the resource's `answer_for(created)` to render the answer, and the responder ends with `respond()`;
+should it fail before (a refusal), the middleware stores the refusal as the first answer. Whatever a keyed request
 creates, it creates under `scope(req)`. A body the endpoint refuses (400, 413, 422) claims no key at all,
 so the corrected request may use the same key.
 """
@@ -13,11 +13,13 @@ import json
 import falcon
 
 from api.errors import Problem, invalid
-from api.schemas import MAX_BODY_BYTES, check_documented_body, raw_body, read_json
+from api.json_body import MAX_BODY_BYTES, raw_body, read_json
+from api.schemas import check_documented_body
 from domain.errors import Conflict
 from domain.services.idempotency import Claim, IdempotencyService, KeyedRequest, Replay, fingerprint
 
 HEADER = "Idempotency-Key"
+_JSON = falcon.media.JSONHandler()
 REPLAYED_HEADERS = ("Location", "Content-Type")
 
 
@@ -34,7 +36,8 @@ class IdempotencyKeys:
         body = _checked_body(req, resource)
         request = KeyedRequest(req.context.caller.name, key, fingerprint(req.method, req.path, body))
         if getattr(resource, "settles_idempotency", False):
-            req.context.idempotency = self._idempotency.unclaimed(request)
+            req.context.idempotency = self._idempotency.unclaimed(request, lambda created: rendered(
+                *resource.answer_for(created)))
             return
         outcome = self._idempotency.claim(request)
         if isinstance(outcome, Replay):
@@ -84,20 +87,23 @@ def scope(req: falcon.Request) -> str | None:
     return found.scope if found is not None else None
 
 
-def answer(resp: falcon.Response, status: int, media: object, *, location: str | None = None) -> Replay:
-    """Render the resource's answer once, so what is stored for replays is exactly what is sent."""
-    resp.status = falcon.code_to_http_status(status)
-    if location is not None:
-        resp.location = location
-    resp.media = media
-    body = resp.render_body() or b""
-    resp.data = body
-    return Replay(status, body.decode(), _stored_headers(resp))
+def rendered(status: int, media: object, location: str | None = None) -> Replay:
+    """An answer as bytes once, so what is stored for replays is exactly what is sent."""
+    headers = {"Content-Type": falcon.MEDIA_JSON} | ({"Location": location} if location else {})
+    return Replay(status, _JSON.serialize(media, falcon.MEDIA_JSON).decode(), headers)
 
 
-def settled(req: falcon.Request) -> None:
-    """The resource's transaction stored its answer (or found the one to replay): nothing left to do."""
+def respond(req: falcon.Request, resp: falcon.Response, outcome: object, resource) -> None:
+    """A settling resource's answer: the key's stored first answer (a Replay), or its own answer for what
+    it created (`resource.answer_for`), which its transaction stored under the key already."""
     req.context.idempotency_settled = True
+    if isinstance(outcome, Replay):
+        send_replay(resp, outcome)
+        return
+    answer = rendered(*resource.answer_for(outcome))
+    resp.status, resp.data = falcon.code_to_http_status(answer.status), answer.body.encode()
+    for name, value in answer.headers.items():
+        resp.set_header(name, value)
 
 
 def send_replay(resp: falcon.Response, replay: Replay) -> None:

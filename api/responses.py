@@ -3,6 +3,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from domain.money import CURRENCY
+from domain.names import CHECKOUT_STATUSES, ENTRY_KINDS, OPERATION_STATUSES
+
 
 class Shape(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,7 +41,7 @@ class BillingAccountShape(Shape):
     name: str
     ownerUserId: str
     isUserDefault: bool
-    currency: Literal["usd"]
+    currency: Literal[CURRENCY]  # type: ignore[valid-type]
     balanceCents: int
     createdAt: str
 
@@ -69,7 +72,7 @@ class BalanceShape(Shape):
     billingAccountId: str
     workspaceId: str | None = None
     balanceCents: int
-    currency: Literal["usd"]
+    currency: Literal[CURRENCY]  # type: ignore[valid-type]
     asOf: str
 
 
@@ -77,7 +80,7 @@ class TransactionShape(Shape):
     id: str
     billingAccountId: str
     workspaceId: str | None
-    kind: Literal["intro_credit", "credit_grant", "stripe_topup", "x402_topup", "usage", "refund", "adjustment"]
+    kind: Literal[ENTRY_KINDS]  # type: ignore[valid-type]
     amountCents: int
     balanceAfterCents: int
     description: str
@@ -93,7 +96,7 @@ class KindTotalShape(Shape):
 class SummaryShape(Shape):
     billingAccountId: str
     workspaceId: str | None = None
-    currency: Literal["usd"]
+    currency: Literal[CURRENCY]  # type: ignore[valid-type]
     balanceCents: int
     totalCreditedCents: int
     totalDebitedCents: int
@@ -105,7 +108,7 @@ class SummaryShape(Shape):
 class OperationShape(Shape):
     id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal[OPERATION_STATUSES]  # type: ignore[valid-type]
     result: dict | None
     error: dict | None = Field(description="Set when the operation failed: a business refusal (insufficient "
                                             "balance, unknown account, amount mismatch), never a transient cause.")
@@ -147,11 +150,11 @@ class Readiness(Shape):
 class CheckoutShape(Shape):
     id: str
     provider: Literal["stripe", "x402"]
-    status: Literal["pending", "completed", "expired", "failed"]
+    status: Literal[CHECKOUT_STATUSES]  # type: ignore[valid-type]
     workspaceId: str
     billingAccountId: str
     amountCents: int
-    currency: Literal["usd"]
+    currency: Literal[CURRENCY]  # type: ignore[valid-type]
     createdAt: str
     completedAt: str | None
     failureReason: str | None

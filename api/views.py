@@ -1,16 +1,12 @@
 """Domain objects as the contract's JSON."""
-from datetime import UTC, datetime
-
+from domain import times
 from domain.models import (Balance, BillingAccount, Checkout, Entry, LinkedAccount, Operation, Page, Summary,
                            UsageOverview, User, Workspace)
 from domain.ratelimit import Decision
 from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
 
 
-def ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+ts = times.rfc3339
 
 
 def user(u: User) -> dict:

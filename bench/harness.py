@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "logs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BENCH = Path(sys.argv[0]).name  # log files are named after the bench, so two benches never share one
+BENCH = Path(sys.argv[0]).stem  # log files are named after the bench (bench/credits or bench/credits.py alike)
 
 # n users, each with a default account holding `cents` from one stripe_topup entry, and a workspace on it.
 SEED = """
@@ -121,8 +121,8 @@ def start_redis(children: list[Child]) -> tuple[str, int]:
     return f"redis://127.0.0.1:{port}/0", port
 
 
-def fresh_database(admin_url: str, name: str, accounts: int, cents: int) -> str:
-    """Drop and create the database, migrate it, seed it; its URL."""
+def fresh_database(admin_url: str, name: str, accounts: int, cents: int, seed: str = SEED) -> str:
+    """Drop and create the database, migrate it, seed it (`seed`: statements on %(n)s and %(cents)s); its URL."""
     from worker.cli import migrate
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -133,7 +133,7 @@ def fresh_database(admin_url: str, name: str, accounts: int, cents: int) -> str:
     with psycopg.connect(url) as conn:
         with conn.transaction():
             conn.execute("SET CONSTRAINTS ALL DEFERRED")
-            for statement in SEED.split(";\n"):
+            for statement in filter(str.strip, seed.split(";\n")):
                 conn.execute(statement, {"n": accounts, "cents": cents})
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
@@ -160,7 +160,8 @@ def start_api(children: list[Child], env: dict, workers: int, threads: int) -> i
     return port
 
 
-def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str) -> dict:
+def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str, details: bool = False) -> dict:
+    """pgbench -T: tps and average latency; with details also the transactions done, failed, and its argv."""
     from urllib.parse import urlparse
 
     u = urlparse(url)
@@ -176,8 +177,14 @@ def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str) ->
         raise SetupError(f"pgbench failed ({out.returncode}): {out.stderr.strip()[-500:]}")
     tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout).group(1))
     latency = re.search(r"latency average = ([\d.]+) ms", out.stdout)
-    return {"tps": tps, "latency_avg_ms": float(latency.group(1)) if latency else None, "clients": clients,
-            "seconds": seconds}
+    result = {"tps": tps, "latency_avg_ms": float(latency.group(1)) if latency else None, "clients": clients,
+              "seconds": seconds}
+    if details:
+        done = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+        failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+        result.update(transactions=int(done.group(1)) if done else None,
+                      failed=int(failed.group(1)) if failed else 0, argv=argv)
+    return result
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -242,8 +249,11 @@ class Load:
 
 
 def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    return write_json(RESULTS / f"{name}.json", result)
+
+
+def write_json(path: Path, result: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
 
@@ -419,14 +429,14 @@ WHERE a.balance_cents <> COALESCE(s.total, 0)
 """
 
 
-def credit_ceiling(url: str, first: int, last: int, clients: int, seconds: int) -> dict:
+def credit_ceiling(url: str, first: int, last: int, clients: int, seconds: int, details: bool = False) -> dict:
     """pgbench credits to accounts first..last (random), both variants; the faster one's tps is the ceiling.
     Run it before the service starts, so that nothing of ours competes with it."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(CREDIT_CEILING_TABLES)
         conn.execute("VACUUM ANALYZE ceiling.billing_accounts, ceiling.ledger_entries")
-    runs = {name: run_pgbench(url, script.format(first=first, last=last), clients, seconds, f"credit-{name}")
-            for name, script in CREDIT_CEILING_SCRIPTS.items()}
+    runs = {name: run_pgbench(url, script.format(first=first, last=last), clients, seconds, f"credit-{name}",
+                              details) for name, script in CREDIT_CEILING_SCRIPTS.items()}
     with psycopg.connect(url, autocommit=True) as conn:
         if conn.execute(CREDIT_CEILING_AUDIT).fetchone()[0]:
             raise SetupError("the ceiling's copied accounts do not match their entries after pgbench")

@@ -65,10 +65,6 @@ class Membership:
     workspace: Workspace
     role: str | None  # None for the operator, who is no member
 
-    @property
-    def manages_billing(self) -> bool:
-        return self.role in ("owner", "admin") or self.role is None
-
 
 @dataclass(frozen=True)
 class Entry:

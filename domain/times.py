@@ -5,6 +5,13 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime.max.replace(tzinfo=UTC)  # 9999-12-31T23:59:59.999999Z
 
 
+def rfc3339(value: datetime | None) -> str | None:
+    """The contract's time format: UTC, milliseconds, `Z` (2026-11-27T12:00:00.000Z)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def in_range(value: datetime) -> datetime | None:
     """The instant in UTC, or None when it falls outside [EARLIEST, LATEST]."""
     try:

@@ -1,10 +1,11 @@
 """The ledger queue: apply queued money movements."""
 import logging
 
-from celery import Task
+import celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from domain.store.uow import transient_cause
+from domain.names import Task
+from domain.services.operations import stop_cause
 from tasks import OPERATION_RETRY
 from worker.celery_app import app
 from worker.container import services
@@ -15,10 +16,10 @@ log = logging.getLogger(__name__)
 def cause(exc: BaseException) -> str:
     if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
         return "the attempt ran past its time limit"
-    return transient_cause(exc)
+    return stop_cause(exc)
 
 
-class OperationTask(Task):
+class OperationTask(celery.Task):
     """Runs an operation; an attempt stopped by anything but a business refusal (which the service records
     as failed) goes back to the queue with backoff, for as long as it takes: money accepted is never
     dropped for a transient cause."""
@@ -39,7 +40,7 @@ class OperationTask(Task):
         services().operations.retry_later(kwargs["operation_id"], cause(exc))
 
 
-@app.task(name="ledger.apply_operation", base=OperationTask, **OPERATION_RETRY)
+@app.task(name=Task.APPLY_OPERATION, base=OperationTask, **OPERATION_RETRY)
 def apply_operation(operation_id: str) -> None:
     """Apply one queued operation. Safe to run twice: the ledger key is the operation id."""
     services().operations.apply(operation_id)

@@ -12,7 +12,8 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork, make_engine
 from tests.factories import OPERATOR_TOKEN, Api
-from worker.cli import migrate
+from tests.standins.stripe_api import StripeStandIn
+from worker.processes import migrate
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -73,6 +74,14 @@ def services(engine, queue) -> Services:
 def api(services) -> Api:
     checks = {"database": lambda: None}
     return Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, checks)))
+
+
+@pytest.fixture(scope="module")
+def stripe_api():
+    """The Stripe stand-in (tests/standins/stripe_api.py) on a loopback port, one per module; tests/faults
+    has one per test."""
+    with StripeStandIn() as standin:
+        yield standin
 
 
 @pytest.fixture(autouse=True)

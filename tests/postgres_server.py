@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tests.processes import Process, free_port, wait_until
-from worker.cli import migrate
+from worker.processes import migrate
 
 DATABASE = "billing"
 SETTINGS = {"listen_addresses": "127.0.0.1", "unix_socket_directories": "", "fsync": "off",

@@ -14,11 +14,13 @@ from pathlib import Path
 import requests
 from sqlalchemy import text
 
+from domain.models import OPERATOR_CALLER
 from domain.services.registry import Services
 from tests.factories import OPERATOR_TOKEN, Api
 from worker import settings
-from worker.celery_app import create_celery, queue_of
-from worker.cli import ALL_QUEUES, api_argv, beat_argv, worker_argv
+from worker.celery_app import create_celery
+from worker.processes import ALL_QUEUES, api_argv, beat_argv, worker_argv
+from worker.routing import queue_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -348,6 +350,29 @@ def backends_waiting_on_locks(engine) -> set[int]:
             "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalars())
 
 
+def credit(services, workspace: dict, cents: int) -> str:
+    """An operator's credit, recorded by the services (and sent to their queue); its operation id."""
+    return services.operations.request_credit(OPERATOR_CALLER, workspace["id"], cents, "").id
+
+
+def two_pool_processes_and_workspaces(stack: Stack, api, count: int) -> tuple[list, list[dict]]:
+    """A worker of two pool processes that wait on a locked row (WAIT_ON_LOCKS), and `count` owners with a
+    workspace each, set up in process: (owners, workspaces)."""
+    stack.env.update(WAIT_ON_LOCKS)
+    stack.start(api=False, concurrency=2)
+    owners = [api.new_user() for _ in range(count)]
+    return owners, [api.new_workspace(owner) for owner in owners]
+
+
+def credits_until_both_pool_processes_block(stack: Stack, services, engine, workspaces: list[dict]) -> list[str]:
+    """With the first workspace's account locked (account_locked): 30 credits in turn to the workspaces, until
+    both pool processes wait inside a transaction on the locked account, after applying what came before for
+    the others. The credits' operation ids."""
+    ids = [credit(stack.services(services), workspaces[i % len(workspaces)], 100 + i) for i in range(30)]
+    wait_until(lambda: len(backends_waiting_on_locks(engine)) == 2, 30, "both pool processes to block")
+    return ids
+
+
 def blocked_mid_transaction(engine, operation_id: str) -> set[int]:
     """Wait until a worker runs the operation and waits on a lock; the waiting backends' pids."""
     return wait_until(lambda: statuses(engine, [operation_id]) == {operation_id: "running"}
@@ -370,5 +395,5 @@ def assert_audit_passes(stack: Stack) -> None:
 
 def assert_sound(services, *ids: str) -> None:
     """The audit finds nothing wrong with these accounts or operations."""
-    problems = services.operations.audit()
+    problems = services.audit.problems()
     assert [p for p in problems if any(i in p for i in ids)] == [], problems

@@ -5,20 +5,11 @@ from celery import Celery, signals
 
 import beat_schedule
 from domain import tracing
-from worker import logs, settings as settings_module
+from worker import logs, metrics, settings as settings_module
+from worker.routing import ROUTES
 
-QUEUES = ("ledger", "payments", "tiers", "maintenance")
 TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
                 "tasks.payments_x402", "tasks.tiers"]
-
-# Tasks are named "<queue>.<action>", so the queue is the name's first part.
-ROUTES = {f"{queue}.*": {"queue": queue} for queue in QUEUES}
-ROUTES["accounts.*"] = {"queue": "ledger"}
-
-
-def queue_of(task_name: str) -> str:
-    prefix = task_name.split(".", 1)[0]
-    return "ledger" if prefix == "accounts" else prefix
 
 
 def is_redis(broker_url: str | None) -> bool:
@@ -94,15 +85,11 @@ def _unbind_ids(task=None, **_) -> None:
 
 @signals.task_prerun.connect
 def _task_started(task=None, **_) -> None:
-    from worker import metrics
-
     task.request.metrics_started = metrics.task_started(task.name)
 
 
 @signals.task_postrun.connect
 def _task_finished(task=None, state=None, **_) -> None:
-    from worker import metrics
-
     metrics.task_finished(task.name, state, getattr(task.request, "metrics_started", None))
 
 
@@ -110,6 +97,4 @@ def _task_finished(task=None, state=None, **_) -> None:
 def _serve_metrics(**_) -> None:
     port = int(os.environ.get("WORKER_METRICS_PORT", "9808") or 0)
     if port:
-        from worker import metrics
-
         metrics.serve(port)

@@ -2,50 +2,18 @@
 import argparse
 import json
 import os
+import secrets
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
-from worker import settings as settings_module
-
-CELERY_APP = "worker.celery_app"
-ALL_QUEUES = "ledger,payments,tiers,maintenance"
-API_GRACEFUL_SECONDS = 20  # after SIGTERM, in-flight requests get this long (compose's stop_grace_period is longer)
-
-
-def migrate(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    import migrations
-
-    config = Config(str(Path(migrations.__file__).with_name("alembic.ini")))
-    url = database_url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
-        "postgres://", "postgresql+psycopg://", 1)
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
-
-
-def api_argv(port: int, workers: int, threads: int,
-             keepalive_seconds: int = settings_module.Settings.http_keepalive_seconds) -> list[str]:
-    """gunicorn's gthread worker keeps idle connections in its poller, not in a thread, so a long keep-alive
-    costs a socket each, not a thread."""
-    return [sys.executable, "-m", "gunicorn", "api.app:get_app()", "--config", "python:worker.gunicorn_conf",
-            "--bind", f"0.0.0.0:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", str(API_GRACEFUL_SECONDS),
-            "--keep-alive", str(keepalive_seconds),
-            "--worker-class", "worker.http_worker.DrainingThreadWorker",
-            "--error-logfile", "-"]  # no access log: api.request_log writes one JSON line per request
-
-
-def worker_argv(queues: str, concurrency: int, name: str = "worker@%h") -> list[str]:
-    return [sys.executable, "-m", "worker.celery_main", "-A", CELERY_APP, "worker", "--queues", queues,
-            "--concurrency", str(concurrency), "--hostname", name, "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle"]
-
-
-def beat_argv(state_dir: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "--loglevel", "INFO",
-            "--schedule", str(Path(state_dir) / "celerybeat-schedule")]
+from domain.errors import DomainError
+from domain.models import OPERATOR_CALLER
+from domain.money import MAX_MOVEMENT_CENTS
+from domain.names import FINISHED, OperationStatus
+from worker import settings as settings_module, standalone
+from worker.processes import ALL_QUEUES, api_argv, beat_argv, flower_argv, migrate, worker_argv
 
 
 def _cmd_migrate(args, s) -> int:
@@ -74,17 +42,6 @@ def _cmd_beat(args, s) -> int:
     os.execv(argv[0], argv)
 
 
-def flower_argv(port: int, address: str, state_dir: str | None = None) -> list[str]:
-    """Flower on the broker. Workers send task events by configuration, so Flower need not switch
-    them on; its task history stays in memory unless a state directory is given."""
-    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "flower", f"--port={port}",
-            f"--address={address}", "--enable_events=False", "--max_tasks=10000"]
-    if state_dir:
-        return argv + ["--persistent=True", f"--db={Path(state_dir) / 'flower-state'}",
-                       "--state_save_interval=60000"]
-    return argv + ["--persistent=False"]
-
-
 def _cmd_flower(args, s) -> int:
     settings_module.require(s.broker_url, "REDIS_URL")
     if not os.environ.get("FLOWER_BASIC_AUTH"):
@@ -95,16 +52,18 @@ def _cmd_flower(args, s) -> int:
 
 
 def _cmd_standalone(args, s) -> int:
-    from worker.standalone import run
+    return standalone.run(s, port=args.port or s.port, data_dir=Path(args.data_dir))
 
-    return run(s, port=args.port or s.port, data_dir=Path(args.data_dir))
+
+def _services():
+    """This process's services, built on first use."""
+    from worker.container import services  # lazy: the commands that exec a server or migrate never load the wiring
+
+    return services()
 
 
 def _cmd_create_user(args, s) -> int:
-    from domain.models import OPERATOR_CALLER
-    from worker.container import services
-
-    user, api_key = services().users.create(OPERATOR_CALLER, args.email, args.name)
+    user, api_key = _services().users.create(OPERATOR_CALLER, args.email, args.name)
     print(json.dumps({"id": user.id, "email": user.email, "defaultBillingAccountId":
                       user.default_billing_account_id, "apiKey": api_key}))
     return 0
@@ -114,110 +73,87 @@ def _cmd_audit(args, s) -> int:
     """Print notices, then broken invariants; exit 1 only on a broken invariant. A notice (Stripe refunded more
     than a checkout credited) is money lost at Stripe, not a ledger fault, and it stays listed for good: were
     it a failure, every later audit would fail and hide the next real break."""
-    from datetime import timedelta
-
-    from worker.container import services
-
-    operations = services().operations
-    problems = operations.audit(stuck_after=timedelta(seconds=args.stuck_after))
-    for line in [*operations.audit_notices(), *problems]:
+    audit = _services().audit
+    problems = audit.problems(stuck_after=timedelta(seconds=args.stuck_after))
+    for line in [*audit.notices(), *problems]:
         print(line)
     print("audit: ok" if not problems else f"audit: {len(problems)} problem(s)")
     return 1 if problems else 0
 
 
 def _cmd_relay(args, s) -> int:
-    from worker.container import services
-
-    print(f"relayed {services().operations.relay()} operation(s)")
+    print(f"relayed {_services().relay.send_due()} operation(s)")
     return 0
 
 
 def _cmd_reconcile(args, s) -> int:
-    from datetime import timedelta
-
-    from worker.container import services
-
     age = None if args.older_than is None else timedelta(seconds=args.older_than)
-    if args.provider in ("stripe", "all") and services().ctx.stripe is None:
+    if args.provider in ("stripe", "all") and _services().ctx.stripe is None:
         if args.provider == "stripe":
             settings_module.require(None, "STRIPE_API_KEY")
         print("stripe: skipped, not configured (STRIPE_API_KEY)")
     elif args.provider in ("stripe", "all"):
         after = timedelta(seconds=s.stripe_reconcile_after_seconds) if age is None else age
-        print(f"stripe: reconciled {services().stripe.reconcile(after=after)} pending checkout(s)")
+        print(f"stripe: reconciled {_services().stripe.reconcile(after=after)} pending checkout(s)")
     if args.provider in ("x402", "all"):
-        found = services().x402.reconcile() if age is None else services().x402.reconcile(older_than=age)
+        found = _services().x402.reconcile() if age is None else _services().x402.reconcile(older_than=age)
         print(f"x402: reconciled {found} pending payment(s)")
     return 0
 
 
 def _operation_json(op) -> str:
     """The operation as GET /operations/{id} shows it."""
-    from api import views
+    from api import views  # lazy: the API package (and the services it imports) only where it is used
 
     return json.dumps(views.operation(op))
 
 
 def _answer(op, args) -> int:
     """Print the operation; with --wait, once it has finished (exit 1 if it failed or is still pending)."""
-    import time
-
-    from domain.models import OPERATOR_CALLER
-    from worker.container import services
-
     deadline = time.monotonic() + args.timeout
-    while args.wait and op.status not in ("succeeded", "failed") and time.monotonic() < deadline:
+    while args.wait and op.status not in FINISHED and time.monotonic() < deadline:
         time.sleep(0.2)
-        op = services().operations.get(OPERATOR_CALLER, op.id)
+        op = _services().operations.get(OPERATOR_CALLER, op.id)
     print(_operation_json(op))
-    if args.wait and op.status == "failed":
+    if args.wait and op.status == OperationStatus.FAILED:
         print(f"billing: operation {op.id} failed", file=sys.stderr)
-    elif args.wait and op.status != "succeeded":
+    elif args.wait and op.status != OperationStatus.SUCCEEDED:
         print(f"billing: operation {op.id} is still {op.status} after {args.timeout} s: is a worker running? "
               "(it is applied once one is)", file=sys.stderr)
-    return 1 if args.wait and op.status != "succeeded" else 0
+    return 1 if args.wait and op.status != OperationStatus.SUCCEEDED else 0
 
 
 def _cmd_credit(args, s) -> int:
     """The very request `POST .../billing/credits` is, sent to the API's app in this process: the same
     validation, access checks and Idempotency-Key flow (a key used over HTTP means the same here)."""
-    from domain.models import OPERATOR_CALLER
-    from worker.container import services
-
     body = {"amountCents": args.amount_cents} | ({"description": args.description} if args.description else {})
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     status, answer = _as_operator(s, "POST", f"/workspaces/{args.workspace_id}/billing/credits", body, headers)
     if status != 202:
         print(f"billing: {answer.get('detail') or answer}", file=sys.stderr)
         return 1
-    return _answer(services().operations.get(OPERATOR_CALLER, answer["id"]), args)
+    return _answer(_services().operations.get(OPERATOR_CALLER, answer["id"]), args)
 
 
 def _as_operator(s, method: str, path: str, body: dict, headers: dict) -> tuple[int, dict]:
     """Send one request to the API's app in this process with the operator key: (status, JSON answer)."""
-    import secrets
-
+    # Falcon and the API's app are loaded only by the commands that send the app a request.
     from falcon import testing
 
     from api.app import create_app
-    from worker.container import services
 
     token = s.operator_token or secrets.token_hex(24)  # without one configured, a key for this process only
-    app = create_app(services(), token, {})
+    app = create_app(_services(), token, {})
     result = testing.simulate_request(app, method, path, json=body,
                                       headers=headers | {"Authorization": f"Bearer {token}"})
     return result.status_code, result.json if result.content else {}
 
 
 def _cmd_tiers_refresh(args, s) -> int:
-    from domain.models import OPERATOR_CALLER
-    from worker.container import services
-
     if args.all:
-        print(f"recomputed the tiers of {services().rate_limits.refresh_all()} billing account(s)")
+        print(f"recomputed the tiers of {_services().rate_limits.refresh_all()} billing account(s)")
         return 0
-    return _answer(services().rate_limits.request_refresh(OPERATOR_CALLER, args.workspace_id, None), args)
+    return _answer(_services().rate_limits.request_refresh(OPERATOR_CALLER, args.workspace_id, None), args)
 
 
 def _bounded(kind: str, low: int, high: int):
@@ -243,8 +179,6 @@ def _wait_options(command: argparse.ArgumentParser) -> None:
 
 
 def _operator_commands(sub) -> None:
-    from domain.money import MAX_MOVEMENT_CENTS
-
     what = ("run the Stripe and x402 reconcile jobs once (beat runs them every 60 and 30 s): Stripe is asked "
             "about pending checkouts, pending x402 payments are settled again")
     reconcile = sub.add_parser("reconcile", help=what, description=what)
@@ -323,8 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"billing: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # an operator tool answers with one line, not a trace
-        from domain.errors import DomainError
-
         if isinstance(exc, DomainError):
             print(f"billing: {exc.detail}", file=sys.stderr)
             return 1

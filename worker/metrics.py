@@ -7,6 +7,8 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from worker.routing import QUEUES
+
 HTTP_REQUESTS = Counter("billing_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 HTTP_SECONDS = Histogram("billing_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                          buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
@@ -67,8 +69,6 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
     }
     if broker_url and broker_url.startswith(("redis://", "rediss://")):
         import redis
-
-        from worker.celery_app import QUEUES
 
         client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
         try:

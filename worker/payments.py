@@ -1,18 +1,18 @@
 """Payment gateways built from settings; None where a provider is not configured."""
+from domain.providers.stripe_gateway import StripeGateway
 from worker.settings import Settings, SettingsError
 
 
 def stripe_gateway(settings: Settings):
     if not settings.stripe_api_key:
         return None
-    from domain.providers.stripe_gateway import StripeGateway
-
     return StripeGateway(settings.stripe_api_key, settings.stripe_webhook_secret, settings.stripe_api_base)
 
 
 def x402_gateway(settings: Settings):
     if not settings.x402_pay_to:
         return None
+    # lazy: the x402 SDK is slow to import; only a configured gateway loads it
     from domain.providers.x402_gateway import DEFAULT_FACILITATOR_URL, X402Config, X402Gateway
 
     try:

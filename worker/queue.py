@@ -2,7 +2,8 @@
 import logging
 
 from domain import tracing
-from worker.celery_app import app, queue_of
+from worker.celery_app import app
+from worker.routing import queue_of
 
 log = logging.getLogger(__name__)
 

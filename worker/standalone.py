@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.cli import ALL_QUEUES, api_argv, beat_argv, migrate, worker_argv
+from worker.processes import ALL_QUEUES, api_argv, beat_argv, migrate, worker_argv
 from worker.settings import Settings
 
 

@@ -1,7 +1,7 @@
 """Stripe Checkout: create a session for a workspace top-up; receive Stripe's webhooks."""
 import falcon
 
-from api import idempotency, responses as r, schemas, views
+from api import idempotency, json_body, responses as r, schemas, views
 from api.doc import doc
 from domain.services.stripe_checkout import StripeCheckoutService
 
@@ -44,6 +44,6 @@ class StripeWebhook:
                "nothing stored or queued. A repeat delivery answers 200 and changes nothing. The refunds of one "
                "checkout never debit more than it credited; the excess is shown by `billing audit`.")
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw = schemas.raw_body(req, WEBHOOK_MAX_BYTES)
+        raw = json_body.raw_body(req, WEBHOOK_MAX_BYTES)
         stored = self._stripe.receive(raw, req.get_header("Stripe-Signature"))
         resp.media = {"received": True, "duplicate": not stored}

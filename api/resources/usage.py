@@ -1,7 +1,7 @@
 """/workspaces/{workspaceId}/billing/usage and usage-overview."""
 import falcon
 
-from api import idempotency, responses as r, schemas, views
+from api import idempotency, json_body, responses as r, schemas, views
 from api.doc import doc
 from domain.services.usage import UsageService
 
@@ -38,7 +38,7 @@ class Usage:
          who="operator", status=202, body=schemas.RecordUsage, response=r.OperationShape,
          errors=(401, 403, 404, 409, 422), notes=RECORD_NOTES)
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
-        schemas.raw_body(req, self.max_body_bytes)
+        json_body.raw_body(req, self.max_body_bytes)
         events = [event.domain() for event in schemas.load(schemas.RecordUsage, req).events]
         op = self._usage.request(req.context.caller, workspace_id, events, idempotency.scope(req))
         resp.status, resp.location = falcon.HTTP_202, f"/operations/{op.id}"

@@ -3,7 +3,6 @@ import falcon
 
 from api import idempotency, responses as r, schemas, views
 from api.doc import doc
-from domain.services.idempotency import Replay
 from domain.services.operations import OperationService
 from domain.services.reads import ReadService
 from domain.services.workspaces import WorkspaceService
@@ -112,14 +111,10 @@ class Credits:
          notes="The account is the workspace default at the moment of the request. Poll Location.")
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         body = schemas.load(schemas.AddCredits, req)
-        claim = idempotency.claim(req)
-
-        def answer(op) -> Replay:
-            return idempotency.answer(resp, 202, views.operation(op), location=f"/operations/{op.id}")
         outcome = self._operations.request_credit(req.context.caller, workspace_id, body.amount_cents,
-                                                  body.description, claim=claim, answer=answer)
-        idempotency.settled(req)
-        if isinstance(outcome, Replay):
-            idempotency.send_replay(resp, outcome)
-        elif claim is None:
-            answer(outcome)
+                                                  body.description, claim=idempotency.claim(req))
+        idempotency.respond(req, resp, outcome, self)
+
+    @staticmethod
+    def answer_for(op) -> tuple[int, dict, str]:
+        return 202, views.operation(op), f"/operations/{op.id}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import stripe
 
 from domain.errors import InvalidEvent, InvalidSignature, ProviderError, Unavailable
+from domain.money import CURRENCY
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class StripeGateway:
             "success_url": success_url, "cancel_url": cancel_url,
             "payment_intent_data": {"metadata": metadata},
             "line_items": [{"quantity": 1, "price_data": {
-                "currency": "usd", "unit_amount": amount_cents,
+                "currency": CURRENCY, "unit_amount": amount_cents,
                 "product_data": {"name": "Billing credit top-up"}}}],
         }
         return self._call(lambda: self._client.v1.checkout.sessions.create(

@@ -1,12 +1,11 @@
 """Who may see and manage what. Unknown and foreign look the same: NotFound."""
 from typing import NoReturn
 
-from sqlalchemy import Connection
-
 from domain.errors import Forbidden, NotFound
 from domain.ids import looks_like
 from domain.models import BillingAccount, Caller, Membership
 from domain.store import accounts, workspaces
+from domain.store.uow import Connection
 
 
 def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bool = False,

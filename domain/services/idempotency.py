@@ -15,14 +15,14 @@ import hashlib
 import json
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from sqlalchemy import Connection
 
 from domain.errors import Conflict
 from domain.services.context import Context
 from domain.store import idempotency
 from domain.store.idempotency import StoredRequest
+from domain.store.uow import Connection
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,12 @@ class KeyedRequest:
 @dataclass(frozen=True)
 class Claim:
     """The right to run a keyed request: what it creates, it creates under `scope`. A leased claim has a
-    `token`; one settled in the request's own transaction has none."""
+    `token`. One settled in the request's own transaction has none, and carries the adapter's `render`:
+    the answer (status, body, headers) for what the request created, stored in that transaction."""
     request: KeyedRequest
     scope: str
     token: str | None = None
+    render: Callable[[object], Replay] | None = None
 
 
 def fingerprint(method: str, path: str, body: object) -> str:
@@ -85,13 +87,17 @@ class IdempotencyService:
             return Claim(request, held, token)
         return _replay(held, request.fingerprint)
 
-    def unclaimed(self, request: KeyedRequest) -> Claim:
+    def unclaimed(self, request: KeyedRequest, render: Callable[[object], Replay]) -> Claim:
         """A claim for a request that settles in its own transaction (settle_in): nothing stored yet."""
-        return Claim(request, new_scope())
+        return Claim(request, new_scope(), render=render)
 
-    def settle_in(self, conn: Connection, claim: Claim, answer: Replay) -> Replay | None:
-        """In the request's transaction: store `answer` as the key's first answer (None: commit, send it),
-        or the stored answer to send instead (roll back). Conflict: another request holds the key."""
+    def settle_in(self, conn: Connection, claim: Claim, created: object) -> Replay | None:
+        """In the request's transaction: store the answer for what it `created` as the key's first answer
+        (None: commit, send it), or the stored answer to send instead (roll back). Conflict: another
+        request holds the key."""
+        return self._store_in(conn, claim, claim.render(created))
+
+    def _store_in(self, conn: Connection, claim: Claim, answer: Replay) -> Replay | None:
         r = claim.request
         held = idempotency.claim(conn, r.caller, r.key, r.fingerprint, claim.scope, ttl_seconds=self._ttl,
                                  status=answer.status, body=answer.body, headers=answer.headers)
@@ -101,7 +107,7 @@ class IdempotencyService:
         """settle_in, in a transaction of its own: for an answer the request's work did not store (a
         refusal raised before its transaction could)."""
         with self._ctx.uow() as uow:
-            replay = self.settle_in(uow.conn, claim, answer)
+            replay = self._store_in(uow.conn, claim, answer)
             uow.commit()
         return replay
 

@@ -1,23 +1,21 @@
 """Rate-limit tiers that follow the workspace's default account, and decisions against its budget."""
 import logging
-from datetime import UTC, timedelta
+from datetime import timedelta
 
-from sqlalchemy import Connection
-
-from domain import tiers
+from domain import times, tiers
 from domain.errors import NotFound
 from domain.ids import looks_like, new_id
 from domain.models import AccountTier, Caller, Operation, RateLimitStatus
+from domain.names import Task
 from domain.ratelimit import Decision, FailurePolicy, Limiter
 from domain.services import access
 from domain.services.context import Context
 from domain.store import operations, tiers as store
 from domain.store.limiter import memory_limiter
+from domain.store.uow import Connection
 
 log = logging.getLogger(__name__)
 
-RECOMPUTE_TASK = "tiers.recompute"
-APPLY_TASK = "tiers.apply_operation"
 
 
 def account_key(account_id: str) -> str:
@@ -101,7 +99,7 @@ class RateLimitService:
                 idempotency_scope=idempotency_scope, workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id, payload={})
             if created:
-                uow.after_commit(lambda: self._ctx.enqueue(APPLY_TASK, operation_id=op.id))
+                uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_TIER_OPERATION, operation_id=op.id))
             uow.commit()
         return op
 
@@ -153,7 +151,7 @@ def _status(workspace_id: str, tier: AccountTier, decision: Decision) -> RateLim
 
 def status_json(s: RateLimitStatus) -> dict:
     """The contract's rate-limit status: GET .../rate-limits and a refresh operation's result."""
-    computed = s.tier.computed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    computed = times.rfc3339(s.tier.computed_at)
     return {"workspaceId": s.workspace_id, "billingAccountId": s.billing_account_id, "tier": s.tier.tier,
             "limits": {"requestsPerMinute": s.requests_per_minute}, "remaining": s.remaining,
             "resetSeconds": s.reset_seconds, "computedAt": computed, "reason": s.tier.reason}

@@ -3,14 +3,13 @@ import base64
 import binascii
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection
-
 from domain.errors import Forbidden, InvalidInput, NotFound
 from domain.ids import looks_like
 from domain.models import Balance, BillingAccount, Caller, Page, Summary
 from domain.services import access
 from domain.services.context import Context
 from domain.store import accounts, ledger
+from domain.store.uow import Connection
 
 MAX_ENTRY_ID = 2**63 - 1  # ledger entry ids are BIGINT
 

@@ -1,10 +1,13 @@
 """All services, built once from one context."""
+from domain.services.audit import AuditService
 from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
+from domain.services.credit_batches import CreditBatches
 from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
 from domain.services.rate_limits import RateLimitService
 from domain.services.reads import ReadService
+from domain.services.relay import OutboxRelay
 from domain.services.stats import StatsService
 from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.usage import UsageService
@@ -20,7 +23,9 @@ class Services:
         self.workspaces = WorkspaceService(ctx)
         self.reads = ReadService(ctx)
         self.idempotency = IdempotencyService(ctx)
-        self.operations = OperationService(ctx, self.idempotency)
+        self.operations = OperationService(ctx, self.idempotency, CreditBatches(ctx))
+        self.relay = OutboxRelay(ctx)
+        self.audit = AuditService(ctx)
         self.checkouts = CheckoutService(ctx)
         self.stripe = StripeCheckoutService(ctx)
         self.usage = UsageService(ctx)

@@ -2,21 +2,20 @@
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection
-
 from domain.errors import DomainError, InvalidEvent, ProviderError, Unavailable
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Checkout
+from domain.money import CURRENCY
+from domain.names import CheckoutStatus, EntryKind, Task
 from domain.providers.stripe_gateway import (SESSION_EVENTS, Event, Session, StripeGateway, check_object,
                                              session_from_event)
 from domain.services import access
 from domain.services.context import Context
-from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import checkouts, ledger, stripe_events
+from domain.store.uow import Connection
 
 log = logging.getLogger(__name__)
 
-APPLY_EVENT_TASK = "payments.apply_stripe_event"
 
 
 # An event naming a checkout id that is still not there after this long names none of ours: it is closed
@@ -55,7 +54,7 @@ class StripeCheckoutService:
                 created_by=caller.name, idempotency_scope=idempotency_scope,
                 details={"successUrl": success_url, "cancelUrl": cancel_url})
             uow.commit()
-        if not created and (checkout.provider_ref or checkout.status != "pending"):
+        if not created and (checkout.provider_ref or checkout.status != CheckoutStatus.PENDING):
             return checkout
         try:
             session = stripe.create_session(checkout_id=checkout.id, workspace_id=checkout.workspace_id,
@@ -64,7 +63,7 @@ class StripeCheckoutService:
                                             cancel_url=cancel_url)
         except DomainError as exc:
             if idempotency_scope is None:
-                self._close(checkout.id, "failed", f"creating the Stripe session failed: {exc.detail}")
+                self._close(checkout.id, CheckoutStatus.FAILED, f"creating the Stripe session failed: {exc.detail}")
             raise
         with self._ctx.uow() as uow:
             checkout = checkouts.change(uow.conn, checkout.id, provider_ref=session.id, url=session.url)
@@ -77,7 +76,7 @@ class StripeCheckoutService:
         with self._ctx.uow() as uow:
             stored = stripe_events.insert_event(uow.conn, event.id, event.type, {"object": event.object})
             if stored:
-                uow.after_commit(lambda: self._ctx.enqueue(APPLY_EVENT_TASK, event_id=event.id))
+                uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=event.id))
             uow.commit()
         return stored
 
@@ -115,9 +114,9 @@ class StripeCheckoutService:
         if checkout is None:
             return "unknown_session"
         if event.type == "checkout.session.expired":
-            return self._set_closed(uow.conn, checkout, "expired", "the Stripe session expired")
+            return self._set_closed(uow.conn, checkout, CheckoutStatus.EXPIRED, "the Stripe session expired")
         if event.type == "checkout.session.async_payment_failed":
-            return self._set_closed(uow.conn, checkout, "failed", "the payment failed")
+            return self._set_closed(uow.conn, checkout, CheckoutStatus.FAILED, "the payment failed")
         if event.type == "checkout.session.completed" and session.payment_status != "paid":
             checkouts.change(uow.conn, checkout.id, details=checkout.details | {"paymentIntent": session.payment_intent})
             return "awaiting_payment"
@@ -128,7 +127,7 @@ class StripeCheckoutService:
 
     def _tier_changes(self, uow, account_id: str) -> None:
         """Money moved: recompute the account's rate-limit tier once this commits."""
-        uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account_id))
+        uow.after_commit(lambda: self._ctx.enqueue(Task.RECOMPUTE_TIER, account_id=account_id))
 
     @staticmethod
     def _checkout_of(conn: Connection, session: Session) -> Checkout | None:
@@ -142,18 +141,18 @@ class StripeCheckoutService:
     @staticmethod
     def _credit(conn: Connection, checkout: Checkout, session: Session) -> str:
         """Credit what Stripe reports as paid, once per checkout; a mismatch is recorded, not credited."""
-        if checkout.status == "completed":
+        if checkout.status == CheckoutStatus.COMPLETED:
             return "already_credited"
         details = checkout.details | {"paymentIntent": session.payment_intent}
-        if session.amount_total != checkout.amount_cents or (session.currency or "usd") != "usd":
-            checkouts.change(conn, checkout.id, status="failed", details=details,
+        if session.amount_total != checkout.amount_cents or (session.currency or CURRENCY) != CURRENCY:
+            checkouts.change(conn, checkout.id, status=CheckoutStatus.FAILED, details=details,
                              failure_reason=f"amount_mismatch: Stripe reports {session.amount_total} "
                                             f"{session.currency}, expected {checkout.amount_cents} usd")
             return "amount_mismatch"
-        ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind="stripe_topup",
+        ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind=EntryKind.STRIPE_TOPUP,
                     key=f"stripe_checkout:{checkout.id}", workspace_id=checkout.workspace_id,
                     description="Stripe top-up", reference=session.id)
-        checkouts.change(conn, checkout.id, status="completed", provider_ref=session.id, details=details,
+        checkouts.change(conn, checkout.id, status=CheckoutStatus.COMPLETED, provider_ref=session.id, details=details,
                          failure_reason=None)
         return "credited"
 
@@ -171,7 +170,7 @@ class StripeCheckoutService:
         reported = reported | {charge_id: max(reported.get(charge_id, 0), charge["amount_refunded"])}
         of_charge = ledger.refunded_cents(conn, account, [charge_id])
         of_checkout = ledger.refunded_cents(conn, account, list(reported))
-        credited = checkout.amount_cents if checkout.status == "completed" else 0
+        credited = checkout.amount_cents if checkout.status == CheckoutStatus.COMPLETED else 0
         due = max(0, min(reported[charge_id] - of_charge, credited - of_checkout))
         excess = sum(reported.values()) - of_checkout - due
         capped = excess > checkout.details.get("refundExcessCents", 0)
@@ -184,7 +183,7 @@ class StripeCheckoutService:
         if due == 0:
             return "refund_capped" if capped else "already_refunded"
         self._tier_changes(uow, account)
-        posting = ledger.post(conn, account, -due, kind="refund", allow_negative=True,
+        posting = ledger.post(conn, account, -due, kind=EntryKind.REFUND, allow_negative=True,
                               key=f"stripe_refund:{charge_id}:{of_charge + due}", reference=charge_id,
                               workspace_id=checkout.workspace_id, description="Stripe refund")
         if capped:
@@ -193,7 +192,7 @@ class StripeCheckoutService:
 
     @staticmethod
     def _set_closed(conn: Connection, checkout: Checkout, status: str, reason: str) -> str:
-        if checkout.status != "pending":
+        if checkout.status != CheckoutStatus.PENDING:
             return f"already_{checkout.status}"
         checkouts.change(conn, checkout.id, status=status, failure_reason=reason)
         return status
@@ -211,7 +210,7 @@ class StripeCheckoutService:
             pending = checkouts.pending(uow.conn, "stripe", older_than=after)
             stuck_events = stripe_events.unprocessed(uow.conn, older_than=timedelta(minutes=1))
         for event_id in stuck_events:
-            self._ctx.enqueue(APPLY_EVENT_TASK, event_id=event_id)
+            self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=event_id)
         for checkout_id in pending:
             try:
                 self._reconcile_one(checkout_id, abandon_after)
@@ -222,10 +221,10 @@ class StripeCheckoutService:
     def _reconcile_one(self, checkout_id: str, abandon_after: timedelta) -> None:
         with self._ctx.uow() as uow:
             checkout = checkouts.get(uow.conn, checkout_id)
-            age = uow.conn.exec_driver_sql("SELECT now()").scalar() - checkout.created_at
+            age = checkouts.age(uow.conn, checkout)
         if checkout.provider_ref is None:  # never reached Stripe, or crashed before we saved the session
             if checkout.idempotency_scope is None or age.total_seconds() > self._ctx.config.idempotency_ttl_seconds:
-                self._close(checkout_id, "failed", "the Stripe session was never created")
+                self._close(checkout_id, CheckoutStatus.FAILED, "the Stripe session was never created")
             return  # a retry under its Idempotency-Key may still resume it
         session = self._stripe.retrieve_session(checkout.provider_ref)
         if session.status == "open" and age > abandon_after:
@@ -236,5 +235,5 @@ class StripeCheckoutService:
                 if self._credit(uow.conn, checkout, session) == "credited":
                     self._tier_changes(uow, checkout.billing_account_id)
             elif session.status == "expired":
-                self._set_closed(uow.conn, checkout, "expired", "the Stripe session expired")
+                self._set_closed(uow.conn, checkout, CheckoutStatus.EXPIRED, "the Stripe session expired")
             uow.commit()

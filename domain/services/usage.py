@@ -2,17 +2,16 @@
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection
-
 from domain import times, usage
 from domain.errors import InvalidInput
 from domain.ids import new_id
 from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
+from domain.names import Task
 from domain.services import access
 from domain.services.context import Context
 from domain.store import operations, usage as store
+from domain.store.uow import Connection
 
-APPLY_TASK = "ledger.apply_operation"
 FUTURE_TOLERANCE = timedelta(minutes=5)
 DEFAULT_WINDOW = timedelta(days=30)
 MAX_WINDOW = {"hour": timedelta(days=31), "day": timedelta(days=400)}
@@ -41,7 +40,7 @@ class UsageService:
                 billing_account_id=workspace.default_billing_account_id,
                 payload={"events": [_event_json(e) for e in events]})
             if created:
-                uow.after_commit(lambda: self._ctx.enqueue(APPLY_TASK, operation_id=op.id))
+                uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_OPERATION, operation_id=op.id))
             uow.commit()
         return op
 

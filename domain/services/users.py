@@ -2,14 +2,13 @@
 import hashlib
 import secrets
 
-from sqlalchemy import Connection
-
 from domain.errors import Conflict, Forbidden, NotFound
 from domain.ids import new_id
 from domain.models import BillingAccount, Caller, User
+from domain.names import EntryKind, Task
 from domain.services.context import Context
-from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import accounts, ledger, users
+from domain.store.uow import Connection
 
 DEFAULT_ACCOUNT_NAME = "Default"
 
@@ -25,7 +24,7 @@ def provision_default_account(conn: Connection, user_id: str, intro_credit_cents
     if account is None:  # a concurrent run created it first
         account = accounts.user_default(conn, user_id)
     if intro_credit_cents > 0:
-        ledger.post(conn, account.id, intro_credit_cents, kind="intro_credit", key=f"intro:{user_id}",
+        ledger.post(conn, account.id, intro_credit_cents, kind=EntryKind.INTRO_CREDIT, key=f"intro:{user_id}",
                     description="Introductory credit")
     return account
 
@@ -45,8 +44,8 @@ class UserService:
             users.insert_api_key(uow.conn, new_id("key"), user_id, hash_key(api_key))
             account = provision_default_account(uow.conn, user_id, self._ctx.config.intro_credit_cents)
             user = users.get(uow.conn, user_id)
-            uow.after_commit(lambda: self._ctx.enqueue("accounts.provision_default", user_id=user_id))
-            uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account.id))
+            uow.after_commit(lambda: self._ctx.enqueue(Task.PROVISION_DEFAULT_ACCOUNT, user_id=user_id))
+            uow.after_commit(lambda: self._ctx.enqueue(Task.RECOMPUTE_TIER, account_id=account.id))
             uow.commit()
         return user, api_key
 

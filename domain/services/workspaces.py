@@ -2,6 +2,7 @@
 from domain.errors import Conflict, Forbidden, NotFound
 from domain.ids import looks_like, new_id
 from domain.models import Caller, LinkedAccount, Membership, Workspace
+from domain.names import Task
 from domain.services import access, rate_limits
 from domain.services.context import Context
 from domain.store import accounts, users, workspaces
@@ -81,7 +82,7 @@ class WorkspaceService:
                 raise Conflict("the billing account is not linked to this workspace; link it first")
             workspace = workspaces.set_default(uow.conn, workspace_id, billing_account_id)
             rate_limits.current(uow.conn, billing_account_id, self._ctx.config.tiers)  # the tier follows at once
-            uow.after_commit(lambda: self._ctx.enqueue(rate_limits.RECOMPUTE_TASK, account_id=billing_account_id))
+            uow.after_commit(lambda: self._ctx.enqueue(Task.RECOMPUTE_TIER, account_id=billing_account_id))
             uow.commit()
         return workspace
 

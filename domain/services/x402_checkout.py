@@ -6,16 +6,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from datetime import timedelta
 
-from sqlalchemy import Connection
-
 from domain.errors import Conflict, ProviderError, Unavailable
 from domain.ids import new_id
 from domain.models import Caller, Checkout, Operation, Workspace
+from domain.names import CheckoutStatus, EntryKind, OperationStatus, Task
 from domain.providers.x402_types import FacilitatorUnavailable, Payment, PaymentRejected, Settlement
 from domain.services import access
 from domain.services.context import Context
-from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.store import checkouts, ledger, operations, x402_payments
+from domain.store.uow import Connection
 
 if TYPE_CHECKING:  # the x402 SDK is slow to import; only a configured gateway loads it
     from domain.providers.x402_gateway import X402Gateway
@@ -23,7 +22,6 @@ if TYPE_CHECKING:  # the x402 SDK is slow to import; only a configured gateway l
 log = logging.getLogger(__name__)
 
 SETTLE_KIND = "x402_settle"
-SETTLE_TASK = "payments.settle_x402"
 CLAIM_STALE_AFTER = timedelta(minutes=2)  # a verify still in flight after this died with its request
 SETTLE_LEASE = timedelta(minutes=5)  # one settle attempt at a time; longer than any facilitator call
 EXPIRY_GRACE_SECONDS = 60  # clock skew between us and the chain
@@ -106,10 +104,10 @@ class X402CheckoutService:
         return PaymentAccepted(checkout, op, payment.version, self._payment_response(checkout))
 
     def _payment_response(self, checkout: Checkout) -> str | None:
-        if checkout.status == "pending":
+        if checkout.status == CheckoutStatus.PENDING:
             return None
         return self._x402.payment_response(Payment.from_stored(checkout.details["payment"]),
-                                           success=checkout.status == "completed",
+                                           success=checkout.status == CheckoutStatus.COMPLETED,
                                            transaction=checkout.details.get("transaction"),
                                            reason=checkout.failure_reason)
 
@@ -127,7 +125,7 @@ class X402CheckoutService:
 
     def _release(self, checkout_id: str, reason: str) -> None:
         with self._ctx.uow() as uow:
-            checkouts.change(uow.conn, checkout_id, status="failed", failure_reason=reason)
+            checkouts.change(uow.conn, checkout_id, status=CheckoutStatus.FAILED, failure_reason=reason)
             uow.commit()
 
     def _accept(self, caller: Caller, checkout: Checkout, payment: Payment) -> PaymentAccepted:
@@ -141,7 +139,7 @@ class X402CheckoutService:
             accepted = x402_payments.attach_operation(uow.conn, checkout.id, op.id)
             if accepted is None:
                 raise Conflict("another request took this payment over while it was verified; send it again")
-            uow.after_commit(lambda: self._ctx.enqueue(SETTLE_TASK, operation_id=op.id))
+            uow.after_commit(lambda: self._ctx.enqueue(Task.SETTLE_X402, operation_id=op.id))
             uow.commit()
         return PaymentAccepted(accepted, op, payment.version)
 
@@ -163,7 +161,7 @@ class X402CheckoutService:
         with self._ctx.uow() as uow:
             op = x402_payments.claim_operation(uow.conn, operation_id, lease=SETTLE_LEASE)
             checkout = checkouts.get(uow.conn, op.payload["checkoutId"], for_update=True) if op else None
-            if checkout is None or checkout.status != "pending":
+            if checkout is None or checkout.status != CheckoutStatus.PENDING:
                 return None  # finished (or held) elsewhere: nothing to claim
             attempts = checkout.details.get("settleAttempts", 0) + 1
             checkout = checkouts.change(uow.conn, checkout.id, details=checkout.details | {"settleAttempts": attempts})
@@ -178,12 +176,12 @@ class X402CheckoutService:
             ours = outcome.authorization_used and checkout.details.get("settleAttempts", 0) > 1
             if outcome.outcome == "settled":
                 result = self._credit(uow.conn, checkout, outcome.transaction)
-                operations.set_status(uow.conn, operation_id, "succeeded", result=result)
+                operations.set_status(uow.conn, operation_id, OperationStatus.SUCCEEDED, result=result)
                 account_id = checkout.billing_account_id
-                uow.after_commit(lambda: self._ctx.enqueue(RECOMPUTE_TASK, account_id=account_id))
+                uow.after_commit(lambda: self._ctx.enqueue(Task.RECOMPUTE_TIER, account_id=account_id))
             elif outcome.outcome == "failed" and not ours:
-                checkouts.change(uow.conn, checkout_id, status="failed", failure_reason=outcome.reason)
-                operations.set_status(uow.conn, operation_id, "failed",
+                checkouts.change(uow.conn, checkout_id, status=CheckoutStatus.FAILED, failure_reason=outcome.reason)
+                operations.set_status(uow.conn, operation_id, OperationStatus.FAILED,
                                       error={"title": "settlement failed", "detail": outcome.reason})
             else:
                 self._wait(uow.conn, checkout, operation_id, outcome)
@@ -192,12 +190,12 @@ class X402CheckoutService:
     @staticmethod
     def _credit(conn: Connection, checkout: Checkout, transaction: str | None) -> dict:
         """x402_topup once per (network, payer, nonce), in the transaction that completes the checkout."""
-        posting = ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind="x402_topup",
+        posting = ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind=EntryKind.X402_TOPUP,
                               key=f"x402:{checkout.network}:{checkout.payer.lower()}:{checkout.nonce}",
                               workspace_id=checkout.workspace_id, description="x402 top-up (USDC)",
                               reference=checkout.id)
-        if checkout.status != "completed":
-            checkouts.change(conn, checkout.id, status="completed", failure_reason=None,
+        if checkout.status != CheckoutStatus.COMPLETED:
+            checkouts.change(conn, checkout.id, status=CheckoutStatus.COMPLETED, failure_reason=None,
                              details=checkout.details | {"transaction": transaction})
         return {"checkoutId": checkout.id, "transactionId": f"txn_{posting.entry.id}",
                 "billingAccountId": checkout.billing_account_id, "amountCents": posting.entry.amount_cents,
@@ -211,20 +209,20 @@ class X402CheckoutService:
         unconfirmed = bool(outcome.transaction or outcome.authorization_used or checkout.details.get("unconfirmed"))
         checkouts.change(conn, checkout.id, details=checkout.details | {
             "lastOutcome": outcome.reason, "transaction": outcome.transaction or seen, "unconfirmed": unconfirmed})
-        operations.set_status(conn, operation_id, "queued")
+        operations.set_status(conn, operation_id, OperationStatus.QUEUED)
 
     def _give_up(self, operation_id: str, checkout_id: str) -> None:
         """Past validBefore: expired, or failed as unconfirmed when a transfer may have happened."""
         with self._ctx.uow() as uow:
             checkout = checkouts.get(uow.conn, checkout_id, for_update=True)
             if checkout.details.get("unconfirmed"):
-                status, reason = "failed", ("settlement_unconfirmed: the facilitator never confirmed transaction "
+                status, reason = CheckoutStatus.FAILED, ("settlement_unconfirmed: the facilitator never confirmed transaction "
                                             f"{checkout.details.get('transaction') or '(no hash)'}; check the chain")
                 log.warning("x402 checkout %s: %s", checkout_id, reason)
             else:
-                status, reason = "expired", "the authorization expired (validBefore) before it was settled"
+                status, reason = CheckoutStatus.EXPIRED, "the authorization expired (validBefore) before it was settled"
             checkouts.change(uow.conn, checkout_id, status=status, failure_reason=reason)
-            operations.set_status(uow.conn, operation_id, "failed", error={"title": "not settled", "detail": reason})
+            operations.set_status(uow.conn, operation_id, OperationStatus.FAILED, error={"title": "not settled", "detail": reason})
             uow.commit()
 
     def reconcile(self, *, older_than: timedelta = timedelta(seconds=30), limit: int = 200) -> int:
@@ -234,7 +232,7 @@ class X402CheckoutService:
             due = x402_payments.due(uow.conn, older_than=older_than, limit=limit)
         for checkout in due:
             if checkout.operation_id is not None:
-                self._ctx.enqueue(SETTLE_TASK, operation_id=checkout.operation_id)
+                self._ctx.enqueue(Task.SETTLE_X402, operation_id=checkout.operation_id)
             elif self.clock() > checkout.details["payment"]["valid_before"] + EXPIRY_GRACE_SECONDS:
                 with self._ctx.uow() as uow:
                     x402_payments.expire_claim(uow.conn, checkout.id, stale_after=CLAIM_STALE_AFTER,

@@ -81,10 +81,6 @@ def is_linked(conn: Connection, workspace_id: str, account_id: str) -> bool:
         _l.workspace_id == workspace_id, _l.billing_account_id == account_id)).first() is not None
 
 
-def all_ids(conn: Connection) -> list[str]:
-    return list(conn.execute(select(_a.id).order_by(_a.id)).scalars())
-
-
 @dataclass(frozen=True)
 class WorkspaceAccount:
     role: str | None  # the user's role in the workspace; None: not a member

@@ -5,6 +5,7 @@ from sqlalchemy import Connection, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.models import Checkout
+from domain.names import CheckoutStatus
 from domain.store.tables import checkouts
 
 _c = checkouts.c
@@ -55,7 +56,7 @@ def by_payment(conn: Connection, network: str, payer: str, nonce: str) -> Checko
 
 def change(conn: Connection, checkout_id: str, **values) -> Checkout:
     """Set fields (status, provider_ref, url, details, failure_reason, ...); completed_at follows status."""
-    if values.get("status") == "completed":
+    if values.get("status") == CheckoutStatus.COMPLETED:
         values["completed_at"] = func.now()
     row = conn.execute(update(checkouts).where(_c.id == checkout_id)
                        .values(updated_at=func.now(), **values).returning(checkouts)).mappings().one()
@@ -63,7 +64,7 @@ def change(conn: Connection, checkout_id: str, **values) -> Checkout:
 
 
 def pending(conn: Connection, provider: str, *, older_than: timedelta, limit: int = 500) -> list[str]:
-    query = (select(_c.id).where(_c.provider == provider, _c.status == "pending",
+    query = (select(_c.id).where(_c.provider == provider, _c.status == CheckoutStatus.PENDING,
                                  _c.created_at < func.now() - older_than)
              .order_by(_c.created_at).limit(limit))
     return list(conn.execute(query).scalars())
@@ -81,3 +82,8 @@ def of_workspace(conn: Connection, workspace_id: str, *, limit: int, before: tup
 def by_payment_intent(conn: Connection, payment_intent: str, *, for_update: bool = False) -> Checkout | None:
     return _one(conn, (_c.provider == "stripe") & (_c.details["paymentIntent"].astext == payment_intent),
                 for_update=for_update)
+
+
+def age(conn: Connection, checkout: Checkout) -> timedelta:
+    """How long ago the checkout was created, by the database's clock (which set created_at)."""
+    return conn.execute(select(func.now())).scalar_one() - checkout.created_at

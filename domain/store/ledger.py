@@ -6,6 +6,7 @@ from sqlalchemy import Connection, func, select, text
 
 from domain.errors import InsufficientFunds, NotFound
 from domain.models import Entry, KindTotal
+from domain.names import EntryKind
 from domain.store.tables import billing_accounts, ledger_entries
 from domain.store.uow import note_postings
 
@@ -172,5 +173,5 @@ def refunded_cents(conn: Connection, account_id: str, references: list[str]) -> 
     """How much has been refunded so far against these references (Stripe charges), as a positive number."""
     e = ledger_entries.c
     total = conn.execute(select(func.coalesce(func.sum(e.amount_cents), 0)).where(
-        e.billing_account_id == account_id, e.kind == "refund", e.reference.in_(references))).scalar()
+        e.billing_account_id == account_id, e.kind == EntryKind.REFUND, e.reference.in_(references))).scalar()
     return -int(total)

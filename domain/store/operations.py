@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from domain import times
 from domain.models import Operation
+from domain.names import UNFINISHED, OperationStatus
 from domain.store.tables import operations
 
 _o = operations.c
@@ -99,7 +101,7 @@ RETURNING {_COLUMNS}
 def set_status(conn: Connection, operation_id: str, status: str, *, result: dict | None = None,
                error: dict | None = None, attempt: bool | None = None) -> Operation:
     """Move an operation; `attempt` (default: when it starts running) counts one more attempt."""
-    attempt = status == "running" if attempt is None else attempt
+    attempt = status == OperationStatus.RUNNING if attempt is None else attempt
     row = conn.execute(_SET_STATUS, {
         "id": operation_id, "status": status, "attempt": 1 if attempt else 0,
         "result": None if result is None else json.dumps(result),
@@ -156,7 +158,7 @@ RETURNING EXTRACT(EPOCH FROM next_attempt_at - now())
 def back_to_queue(conn: Connection, operation_id: str, error: dict, *, base_seconds: float,
                   max_seconds: float) -> float | None:
     """Queue an unfinished operation again after a failed attempt: seconds until its retry is due."""
-    error = error | {"at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    error = error | {"at": times.rfc3339(datetime.now(UTC))}
     delay = conn.execute(_BACK_TO_QUEUE, {"id": operation_id, "error": json.dumps(error), "base": base_seconds,
                                           "max": max_seconds}).scalar()
     return None if delay is None else float(delay)
@@ -170,7 +172,7 @@ def due_for_relay(conn: Connection, *, older_than: timedelta, limit: int) -> lis
     """(id, kind, status) of unfinished operations not enqueued (or not touched) for older_than."""
     cutoff = func.now() - older_than
     query = (select(_o.id, _o.kind, _o.status).where(
-        _o.status.in_(("queued", "running")), _o.updated_at < cutoff,
+        _o.status.in_(UNFINISHED), _o.updated_at < cutoff,
         (_o.enqueued_at.is_(None)) | (_o.enqueued_at < cutoff),
         (_o.next_attempt_at.is_(None)) | (_o.next_attempt_at <= func.now()))
         .order_by(_o.updated_at).limit(limit).with_for_update(skip_locked=True))
@@ -178,6 +180,6 @@ def due_for_relay(conn: Connection, *, older_than: timedelta, limit: int) -> lis
 
 
 def stuck(conn: Connection, *, older_than: timedelta) -> list[str]:
-    query = select(_o.id).where(_o.status.in_(("queued", "running")),
+    query = select(_o.id).where(_o.status.in_(UNFINISHED),
                                 _o.updated_at < func.now() - older_than)
     return list(conn.execute(query).scalars())

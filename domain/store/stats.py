@@ -1,14 +1,15 @@
 """Counts for operators: the outbox backlog and checkouts by state."""
 from sqlalchemy import Connection, func, select
 
+from domain.names import UNFINISHED
 from domain.store.tables import checkouts, operations
 
 
 def operation_backlog(conn: Connection) -> dict[str, int]:
     o = operations.c
-    rows = conn.execute(select(o.status, func.count()).where(o.status.in_(("queued", "running")))
+    rows = conn.execute(select(o.status, func.count()).where(o.status.in_(UNFINISHED))
                         .group_by(o.status)).all()
-    return {"queued": 0, "running": 0} | {status: count for status, count in rows}
+    return {status.value: 0 for status in UNFINISHED} | {status: count for status, count in rows}
 
 
 def checkout_counts(conn: Connection) -> list[tuple[str, str, int]]:

@@ -5,11 +5,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from domain.names import ENTRY_KINDS
+
 metadata = MetaData()
 
-ENTRY_KINDS = ("intro_credit", "credit_grant", "stripe_topup", "x402_topup", "usage", "refund", "adjustment")
 ROLES = ("owner", "admin", "member")
-OPERATION_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 def _now() -> Column:

@@ -1,11 +1,9 @@
 """Tier SQL: the inputs of the tier rule in one snapshot, and the stored tier of each account."""
 from datetime import timedelta
 
-import psycopg
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from domain.errors import Unavailable
 from domain.models import AccountTier
 from domain.store.tables import account_tiers, billing_accounts
 
@@ -48,15 +46,12 @@ def of_workspace(conn: Connection, workspace_id: str) -> tuple[str, str | None] 
     connection to autocommit as SQLAlchemy's own ping does. So it must come first in its unit of work.
     """
     driver = conn.connection.driver_connection
-    try:
-        driver.autocommit = True
-        try:
-            row = driver.execute(_OF_WORKSPACE, (workspace_id,)).fetchone()
-        finally:
-            if not driver.closed:
-                driver.autocommit = False
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise Unavailable("the database is unavailable") from exc  # the unit of work's rollback drops it
+    driver.autocommit = True
+    try:  # psycopg's errors are the unit of work's to translate; its rollback drops a broken connection
+        row = driver.execute(_OF_WORKSPACE, (workspace_id,)).fetchone()
+    finally:
+        if not driver.closed:
+            driver.autocommit = False
     return (row[0], row[1]) if row else None
 
 

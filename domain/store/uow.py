@@ -9,6 +9,9 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 
 from domain.errors import Unavailable
 
+# What a unit of work lets out when the database refused a statement (a constraint, bad data, a bug); one
+# that could not reach the database leaves as Unavailable instead. Services catch it by this name.
+StoreError = DBAPIError
 
 POSTINGS = "billing.postings"  # Connection.info key: (kind, amount_cents) of entries written in this transaction
 
@@ -59,8 +62,9 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """True for errors that mean the database could not be reached, not that the SQL was wrong."""
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
+    """True for errors that mean the database could not be reached, not that the SQL was wrong (psycopg's own
+    too, from a store function that uses the driver directly)."""
+    return isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
@@ -83,7 +87,10 @@ def transient_cause(exc: BaseException) -> str:
 
 
 class UnitOfWork:
-    """`with uow_factory() as uow: ...; uow.commit()`. Leaving without commit rolls back."""
+    """`with uow_factory() as uow: ...; uow.commit()`. Leaving without commit rolls back.
+
+    The one place where "the database is unavailable" is decided: an error meaning so, on entering or from
+    inside, leaves as domain.errors.Unavailable, so the API and the tasks never see a driver's error for it."""
 
     def __init__(self, engine: Engine, on_postings: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
         self._engine = engine
@@ -113,7 +120,7 @@ class UnitOfWork:
             pass
         finally:
             self.conn.close()
-        if exc is not None and isinstance(exc, DBAPIError) and is_unavailable(exc):
+        if exc is not None and is_unavailable(exc):
             raise Unavailable("the database is unavailable") from exc
 
     def after_commit(self, callback: Callable[[], None]) -> None:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, text
 
 from domain.errors import NotFound
+from domain.names import EntryKind
 from domain.store.uow import note_postings
 
 # Usage batches of one workspace run one at a time (their eventIds share a key space), then the
@@ -74,7 +75,7 @@ def insert(conn: Connection, account_id: str, workspace_id: str, rows: list[dict
     document = json.dumps([row | {"ord": i} for i, row in enumerate(rows)], default=_iso)
     params = {"account_id": account_id, "workspace_id": workspace_id, "rows": document}
     result = conn.execute(_INSERT, params).all()
-    note_postings(conn, [("usage", -row["amount"]) for row in rows])
+    note_postings(conn, [(EntryKind.USAGE, -row["amount"]) for row in rows])
     return {r.idempotency_key: r.id for r in result}, int(result[-1].balance_cents)
 
 

@@ -24,7 +24,7 @@ def row_counts(engine: Engine) -> dict[str, int]:
 
 def ledger_problems(services, account_id: str) -> list[str]:
     """The audit's findings about one account (the audit covers the whole test database)."""
-    return [problem for problem in services.operations.audit() if account_id in problem]
+    return [problem for problem in services.audit.problems() if account_id in problem]
 
 
 def all_transactions(api, key: str, account_id: str) -> list[dict]:

@@ -12,10 +12,10 @@ from falcon import testing
 from sqlalchemy import text
 
 from api.app import create_app, routes
+from domain.names import Task
 from domain.providers.stripe_gateway import StripeGateway
 from domain.providers.x402_gateway import X402Config, X402Gateway
 from domain.services.context import Config, Context
-from domain.services.operations import APPLY_TASK
 from domain.services.registry import Services
 from domain.services.users import hash_key
 from domain.store import users as user_store
@@ -24,7 +24,7 @@ from tests import contract
 from tests.api.checks import TABLES
 from tests.conftest import RecordingQueue
 from tests.factories import OPERATOR_TOKEN, Api, UserKey, new_linked_account
-from tests.standins.stripe_api import StripeStandIn, signed_event
+from tests.standins.stripe_api import signed_event
 
 WEBHOOK_SECRET = "whsec_matrix"
 CALLERS = ("anonymous", "unknown", "revoked", "stranger", "member", "admin", "owner", "operator")
@@ -153,13 +153,6 @@ ENDPOINTS = [
     Endpoint("GET", "/docs",                                           (200, 200, 200, 200, 200, 200, 200, 200)),
     Endpoint("GET", "/metrics",                                        (200, 200, 200, 200, 200, 200, 200, 200)),
 ]
-
-
-@pytest.fixture(scope="module")
-def stripe_api():
-    standin = StripeStandIn().start()
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +308,7 @@ def test_list_endpoints_show_only_the_callers_own_rows(api, services, queue, eng
     _created(api.operator("POST", f"/workspaces/{theirs}/billing/usage", json=_usage_event(world, "operator")), 202)
     _created(api.call("POST", f"/workspaces/{theirs}/billing/checkout", stranger.key, json=CHECKOUT))
     for name, kwargs in queue.sent[sent:]:
-        if name == APPLY_TASK:
+        if name == Task.APPLY_OPERATION:
             services.operations.apply(kwargs["operation_id"])
     with engine.connect() as conn:
         their_rows = set(conn.execute(text(

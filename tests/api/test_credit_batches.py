@@ -6,8 +6,9 @@ import pytest
 from sqlalchemy import text
 
 from domain.models import OPERATOR_CALLER
-from domain.services import operations as operation_service
-from domain.services.operations import APPLY_TASK, BATCH_SIZE
+from domain.names import Task
+from domain.services import credit_batches
+from domain.services.credit_batches import BATCH_SIZE
 from tests.api.checks import assert_problem, row_counts
 from domain.store import ledger
 from tests.processes import account_locked, age_operations, assert_sound, entries_per_operation, statuses
@@ -98,14 +99,14 @@ def test_a_credit_whose_account_is_held_is_left_queued_with_a_message_of_its_own
         services.operations.apply(free)  # its batch claims the held one too, and leaves it alone
         assert statuses(engine, [held, free]) == {held: "queued", free: "succeeded"}
         assert attempts(engine, [held]) == {held: 0}
-    assert queue.sent == [(APPLY_TASK, {"operation_id": held})]  # messages are merged: it needs its own
+    assert queue.sent == [(Task.APPLY_OPERATION, {"operation_id": held})]  # messages are merged: it needs its own
     services.operations.apply(held)
     assert statuses(engine, [held]) == {held: "succeeded"}
     assert (balance(api, owners[0], spaces[0]), balance(api, owners[1], spaces[1])) == (1300, 1400)
 
 
 def test_a_full_batch_goes_on_with_the_next_ones(api, services, engine, no_backlog, workspaces, monkeypatch):
-    monkeypatch.setattr(operation_service, "BATCH_SIZE", 3)
+    monkeypatch.setattr(credit_batches, "BATCH_SIZE", 3)
     owners, spaces = workspaces
     ids = [credit(services, spaces[i % 3], 10) for i in range(10)]
     services.operations.apply(ids[0])  # 3, then 3, 3 and the last one: four transactions, one message
@@ -125,13 +126,13 @@ def test_a_message_for_a_finished_credit_applies_what_is_queued(api, services, e
 
 def test_the_relay_sends_one_message_per_batch_of_queued_credits(api, services, queue, engine, workspaces):
     _, spaces = workspaces
-    services.operations.relay()  # whatever earlier tests left is sent now, and not due again for 30 s
+    services.relay.send_due()  # whatever earlier tests left is sent now, and not due again for 30 s
     queue.up = False
     ids = [credit(services, spaces[i % 3], 10) for i in range(BATCH_SIZE + 1)]
     age_operations(engine, ids)
     queue.up, queue.sent = True, []
-    assert services.operations.relay() == len(ids)
-    assert [name for name, _ in queue.sent] == [APPLY_TASK, APPLY_TASK]
+    assert services.relay.send_due() == len(ids)
+    assert [name for name, _ in queue.sent] == [Task.APPLY_OPERATION, Task.APPLY_OPERATION]
     services.operations.apply(queue.sent[0][1]["operation_id"])
     services.operations.apply(queue.sent[1][1]["operation_id"])
     assert statuses(engine, ids) == {i: "succeeded" for i in ids}
@@ -162,7 +163,7 @@ def test_a_key_first_used_elsewhere_is_a_conflict_and_records_no_credit(api, eng
     assert created.status_code == 201, created.text
     before = row_counts(engine)
     assert_problem(post_credit(api, workspace["id"], {"amountCents": 100}, key), 409)
-    assert row_counts(engine) == before and APPLY_TASK not in [name for name, _ in queue.sent]
+    assert row_counts(engine) == before and Task.APPLY_OPERATION not in [name for name, _ in queue.sent]
 
 
 def test_a_credit_and_its_answer_commit_together(api, engine, queue):
@@ -179,7 +180,7 @@ def test_a_credit_and_its_answer_commit_together(api, engine, queue):
                                        "Content-Type": "application/json"}
     again = post_credit(api, workspace["id"], {"amountCents": 100}, key)
     assert (again.status_code, again.text, again.headers["location"]) == (202, first.text, first.headers["location"])
-    assert [kwargs for name, kwargs in queue.sent if name == APPLY_TASK] == [{"operation_id": first.json["id"]}]
+    assert [kwargs for name, kwargs in queue.sent if name == Task.APPLY_OPERATION] == [{"operation_id": first.json["id"]}]
 
 
 def test_a_batch_failing_on_one_credit_applies_the_others_alone(api, services, engine, no_backlog, workspaces,
@@ -188,13 +189,13 @@ def test_a_batch_failing_on_one_credit_applies_the_others_alone(api, services, e
 
     _, spaces = workspaces
     bad, good = credit(services, spaces[0], 10), credit(services, spaces[1], 20)
-    post_credits = operation_service.ledger.post_credits
+    post_credits = credit_batches.ledger.post_credits
 
     def failing(conn, credits, **kwargs):
         if f"op:{bad}" in [c.key for c in credits]:
             raise IntegrityError("INSERT ...", {}, Exception("a credit the ledger refuses"))
         return post_credits(conn, credits, **kwargs)
-    monkeypatch.setattr(operation_service.ledger, "post_credits", failing)
+    monkeypatch.setattr(credit_batches.ledger, "post_credits", failing)
     services.operations.apply(good)  # its batch holds the bad one too: the batch fails, it goes alone
     assert statuses(engine, [bad, good]) == {bad: "queued", good: "succeeded"}
     with pytest.raises(IntegrityError):

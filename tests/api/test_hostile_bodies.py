@@ -10,7 +10,8 @@ from falcon import testing
 from sqlalchemy import func, select
 
 from api.app import create_app
-from api.schemas import MAX_BODY_BYTES, USAGE_MAX_BODY_BYTES
+from api.json_body import MAX_BODY_BYTES
+from api.schemas import USAGE_MAX_BODY_BYTES
 from domain.providers.stripe_gateway import StripeGateway
 from domain.providers.x402_gateway import X402Config, X402Gateway
 from domain.services.context import Config, Context

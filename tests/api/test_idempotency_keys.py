@@ -1,7 +1,7 @@
 """Idempotency-Key on POST: the first answer is replayed; another body under the same key is a conflict."""
 import pytest
 
-from domain.services.operations import APPLY_TASK
+from domain.names import Task
 from tests.api.checks import assert_problem, row_counts
 
 
@@ -18,7 +18,7 @@ def credit(api, ws: dict, amount: int, key: str | None, **extra):
 
 
 def queued(queue) -> list[dict]:
-    return [kwargs for name, kwargs in queue.sent if name == APPLY_TASK]
+    return [kwargs for name, kwargs in queue.sent if name == Task.APPLY_OPERATION]
 
 
 def balance(api, owner, ws) -> int:

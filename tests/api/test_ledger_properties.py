@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
     run_state_machine_as_test
 from sqlalchemy import text
 
-from domain.services.operations import APPLY_TASK
+from domain.names import Task
 from tests.api.checks import assert_problem
 from tests.factories import UserKey
 
@@ -100,7 +100,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def _messages(self) -> list[str]:
         """Operation ids the service sent to the (recording) broker, in sending order."""
         return [kw["operation_id"] for task, kw in self.queue.sent[self.first_message:]
-                if task == APPLY_TASK and kw["operation_id"] in self.ops]
+                if task == Task.APPLY_OPERATION and kw["operation_id"] in self.ops]
 
     @staticmethod
     def _refusal(ws: Workspace, user: UserKey) -> int | None:
@@ -408,7 +408,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _the_audit_finds_nothing_wrong_with_our_accounts(self) -> None:
         ours = [*self.owner_of, *self.ops]
-        assert [p for p in self.services.operations.audit(stuck_after=FAR_AWAY) if any(i in p for i in ours)] == []
+        assert [p for p in self.services.audit.problems(stuck_after=FAR_AWAY) if any(i in p for i in ours)] == []
 
     def _each_workspace_reads_its_default_account(self) -> None:
         for ws in self.workspaces:

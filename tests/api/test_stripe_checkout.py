@@ -11,24 +11,17 @@ from falcon import testing
 from sqlalchemy import text
 
 from api.app import create_app
+from domain.names import Task
 from domain.providers.stripe_gateway import StripeGateway
 from domain.services.context import Config, Context
-from domain.services.rate_limits import RECOMPUTE_TASK
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem
 from tests.factories import OPERATOR_TOKEN, Api
-from tests.standins.stripe_api import StripeStandIn, charge_refunded, signed_event, stripe_signature
+from tests.standins.stripe_api import charge_refunded, signed_event, stripe_signature
 from worker.cli import main as billing
 
 SECRET = "whsec_test_secret"
-
-
-@pytest.fixture(scope="module")
-def stripe_api():
-    standin = StripeStandIn().start()
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture
@@ -80,7 +73,7 @@ def _topups(engine, account_id: str) -> list[int]:
 
 
 def _assert_sound(services: Services, account_id: str) -> None:
-    assert [p for p in services.operations.audit(stuck_after=timedelta(hours=1)) if account_id in p] == []
+    assert [p for p in services.audit.problems(stuck_after=timedelta(hours=1)) if account_id in p] == []
 
 
 def test_a_paid_checkout_is_credited_once_to_the_workspace_default_account(sapi, stripe_api, stripe_services, queue, owner_ws):
@@ -124,7 +117,7 @@ def test_completed_and_async_payment_succeeded_for_one_checkout_credit_once(sapi
     queue.sent.clear()
     assert sorted(stripe_services.stripe.apply_event(event_id) for event_id in events) == ["already_credited",
                                                                                         "credited"]
-    assert [name for name, _ in queue.sent] == [RECOMPUTE_TASK]  # money moved once: one tier recompute
+    assert [name for name, _ in queue.sent] == [Task.RECOMPUTE_TIER]  # money moved once: one tier recompute
     assert _topups(engine, owner.default_account_id) == [900]
 
 
@@ -358,7 +351,7 @@ def _paid_checkout(api: Api, stripe_api, services: Services, queue, owner, ws, a
 
 
 def _notices(services: Services, checkout_id: str) -> list[str]:
-    return [line for line in services.operations.audit_notices() if checkout_id in line]
+    return [line for line in services.audit.notices() if checkout_id in line]
 
 
 def _excess_notice(checkout: dict, cents: int, charges: list[str]) -> str:
@@ -380,7 +373,7 @@ def test_a_refund_larger_than_the_checkout_debits_what_it_credited_and_the_audit
     monkeypatch.setattr("worker.container._built", {os.getpid(): stripe_services})
     exit_code = billing(["audit", "--stuck-after", "86400"])
     printed = capsys.readouterr().out.splitlines()
-    problems = stripe_services.operations.audit(stuck_after=timedelta(days=1))
+    problems = stripe_services.audit.problems(stuck_after=timedelta(days=1))
     assert _excess_notice(checkout, 4500, [charge["id"]]) in printed
     assert (exit_code, printed[-1]) == ((1, f"audit: {len(problems)} problem(s)") if problems else (0, "audit: ok"))
 

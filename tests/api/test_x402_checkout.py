@@ -16,10 +16,11 @@ from x402.http.utils import decode_payment_required_header, decode_payment_respo
 from api import responses
 from api.app import create_app
 from domain.models import OPERATOR_CALLER
+from domain.names import Task
 from domain.providers.x402_gateway import NETWORKS, X402Config, X402Gateway, terms
 from domain.services.context import Config, Context
 from domain.services.registry import Services
-from domain.services.x402_checkout import EXPIRY_GRACE_SECONDS, SETTLE_TASK
+from domain.services.x402_checkout import EXPIRY_GRACE_SECONDS
 from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem, ledger_problems
 from tests.factories import OPERATOR_TOKEN, Api
@@ -79,7 +80,7 @@ def settle_queued(services, queue) -> int:
     ran, others = 0, []
     while queue.sent:
         name, kwargs = queue.sent.pop(0)
-        if name == SETTLE_TASK:
+        if name == Task.SETTLE_X402:
             services.x402.settle(**kwargs)
             ran += 1
         else:  # other work (provisioning, tier recomputes) is not ours to run; it stays queued
@@ -208,7 +209,7 @@ def test_a_payment_that_does_not_match_or_verify_is_refused_with_402_and_credits
     assert refused.status_code == 402, refused.text
     assert reason in refused.json["error"]
     assert reason in decode_payment_required_header(refused.headers["PAYMENT-REQUIRED"]).error
-    assert SETTLE_TASK not in [name for name, _ in queue.sent]
+    assert Task.SETTLE_X402 not in [name for name, _ in queue.sent]
     assert topups(engine, workspace["defaultBillingAccountId"]) == []
     listed = api.call("GET", f"/workspaces/{workspace['id']}/billing/checkouts", owner.key).json["data"]
     assert all(c["status"] == "failed" and reason in c["failureReason"] for c in listed), listed
@@ -398,9 +399,9 @@ def test_the_relay_re_drives_an_unfinished_settlement_by_its_kind(api, services,
     owner, workspace = buyer
     paid = checkout(api, owner.key, workspace["id"], header=wallet.pay(terms_of(api, owner.key, workspace["id"])))
     queue.sent.clear()  # the message was lost
-    services.operations.relay(older_than=timedelta(0))
-    assert (SETTLE_TASK, {"operation_id": paid.json["id"]}) in queue.sent
-    queue.sent[:] = [sent for sent in queue.sent if sent == (SETTLE_TASK, {"operation_id": paid.json["id"]})]
+    services.relay.send_due(older_than=timedelta(0))
+    assert (Task.SETTLE_X402, {"operation_id": paid.json["id"]}) in queue.sent
+    queue.sent[:] = [sent for sent in queue.sent if sent == (Task.SETTLE_X402, {"operation_id": paid.json["id"]})]
     settle_queued(services, queue)
     assert services.operations.get(OPERATOR_CALLER, paid.json["id"]).status == "succeeded"
     assert_credited_once(api, services, engine, owner, workspace)

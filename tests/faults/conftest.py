@@ -9,6 +9,7 @@ import pytest
 from domain.store.uow import make_engine
 from tests.postgres_server import PostgresServer, build_template, remove_template
 from tests.processes import Stack
+from tests.standins.stripe_api import StripeStandIn
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +45,10 @@ def stack(database_url, postgres, tmp_path):
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def stripe_api():
+    """The Stripe stand-in, one per test here (tests/conftest.py's is one per module)."""
+    with StripeStandIn() as standin:
+        yield standin

@@ -21,4 +21,4 @@ def test_billing_audit_passes_on_a_sound_ledger_and_fails_on_a_broken_balance(st
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert f"account {account_id}: cached balance 1001 != sum of entries 1000" in broken.stdout
     assert broken.stdout.splitlines()[-1] == "audit: 1 problem(s)"
-    assert [p for p in services.operations.audit() if account_id in p] == []
+    assert [p for p in services.audit.problems() if account_id in p] == []

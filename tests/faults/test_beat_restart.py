@@ -13,7 +13,6 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from celery.beat import PersistentScheduler
 from sqlalchemy import text
 
@@ -25,20 +24,12 @@ from domain.store import users
 from tests.faults.test_worker_killed import credit
 from tests.processes import (WAIT_ON_LOCKS, age_operations, assert_applied_once, assert_audit_passes, backends_waiting_on_locks,
                              wait_for_operations, wait_until)
-from tests.standins.stripe_api import StripeStandIn
 from worker import settings
 from worker.celery_app import create_celery
 from worker.payments import stripe_gateway
 
 MONEY_JOBS = ("maintenance.relay_outbox", "accounts.backfill_default", "payments.reconcile_stripe")
 HELD_JOBS = ("accounts.backfill_default", "payments.reconcile_stripe")  # they post money themselves
-
-
-@pytest.fixture
-def stripe_api():
-    standin = StripeStandIn().start()
-    yield standin
-    standin.stop()
 
 
 def overdue_schedule(stack) -> None:

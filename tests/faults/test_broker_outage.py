@@ -68,7 +68,7 @@ def test_the_relay_stops_at_the_first_send_the_broker_refuses(api, services, que
     attempts = []
     down = Services(dataclasses.replace(services.ctx, enqueue=lambda name, **kw: attempts.append(name) or False))
 
-    assert down.operations.relay() == 0
+    assert down.relay.send_due() == 0
     assert len(attempts) == 1  # not one broker timeout per due operation, holding their row locks
 
     for operation_id in ids:
@@ -122,7 +122,7 @@ def test_redis_stopped_for_30_seconds_under_load_then_the_same_worker_resumes_by
     # Credits whose message Redis refused or lost with its restart: the relay sends them.
     ids = [a.result.json["id"] for a in answers]
     age_operations(engine, ids)
-    stack.services(services).operations.relay()
+    stack.services(services).relay.send_due()
     wait_for_operations(engine, ids, timeout=60)
     assert_applied_once(engine, ids)
     balance = api.call("GET", f"/workspaces/{workspace['id']}/billing/balance", owner.key).json

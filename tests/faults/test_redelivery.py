@@ -7,7 +7,7 @@ alongside it in the worker's other pool process.
 """
 from sqlalchemy import text
 
-from domain.services.operations import APPLY_TASK
+from domain.names import Task
 from tests.faults.test_worker_killed import balance, credit
 from tests.processes import (WAIT_ON_LOCKS, account_locked, assert_applied_once, assert_audit_passes, backends_waiting_on_locks,
                              blocked_mid_transaction, wait_for_operations, wait_until)
@@ -24,7 +24,7 @@ def test_a_credit_redelivered_while_it_still_runs_is_applied_once(stack, api, se
 
     with account_locked(engine, workspace["defaultBillingAccountId"]):
         op_id = credit(services, workspace, 700)  # recorded without a message: the test sends the one
-        task_id = stack.send_task(APPLY_TASK, operation_id=op_id)
+        task_id = stack.send_task(Task.APPLY_OPERATION, operation_id=op_id)
         blocked_mid_transaction(engine, op_id)
         wait_until(lambda: stack.worker.output().count(f"[{task_id}] received") >= 2, 30,
                    "the worker to receive the message again")

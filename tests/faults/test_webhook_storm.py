@@ -20,11 +20,10 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import pytest
 from sqlalchemy import text
 
 from tests.processes import assert_applied_once, assert_audit_passes, wait_for_operations, wait_until
-from tests.standins.stripe_api import StripeStandIn, signed_event, stripe_signature
+from tests.standins.stripe_api import signed_event, stripe_signature
 
 SECRET = "whsec_storm_secret"
 DELIVERIES = 1000
@@ -64,13 +63,6 @@ class Request:
     body: bytes
     headers: dict = field(default_factory=dict)
     operator: bool = False
-
-
-@pytest.fixture
-def stripe_api():
-    standin = StripeStandIn().start()
-    yield standin
-    standin.stop()
 
 
 def open_checkouts(stack_api, owners, workspaces) -> list[Checkout]:

@@ -12,20 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
 
-from domain.models import OPERATOR_CALLER
 from tests.processes import (WAIT_ON_LOCKS, account_locked, age_operations, assert_applied_once, assert_audit_passes, assert_sound,
-                             backends_waiting_on_locks, blocked_mid_transaction, entries_per_operation, statuses,
-                             wait_for_operations, wait_until)
+                             backends_waiting_on_locks, blocked_mid_transaction, credit,
+                             credits_until_both_pool_processes_block, entries_per_operation, statuses,
+                             two_pool_processes_and_workspaces, wait_for_operations, wait_until)
 
 
 def backends_gone(engine, pids: set[int]) -> bool:
     with engine.connect() as conn:
         return not conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:p)"),
                                 {"p": list(pids)}).scalar()
-
-
-def credit(services, workspace: dict, cents: int) -> str:
-    return services.operations.request_credit(OPERATOR_CALLER, workspace["id"], cents, "").id
 
 
 def balance(api, owner, workspace: dict) -> int:
@@ -60,17 +56,11 @@ def test_a_pool_process_killed_mid_transaction_is_redelivered_and_applies_once(s
 
 def test_a_worker_killed_with_sigkill_mid_stream_loses_nothing_and_applies_nothing_twice(stack, api, services,
                                                                                           engine):
-    stack.env.update(WAIT_ON_LOCKS)
-    stack.start(api=False, concurrency=2)
-    owners = [api.new_user() for _ in range(3)]
-    workspaces = [api.new_workspace(owner) for owner in owners]
+    owners, workspaces = two_pool_processes_and_workspaces(stack, api, 3)
     hot = workspaces[0]["defaultBillingAccountId"]
 
     with account_locked(engine, hot):
-        ids = [credit(stack.services(services), workspaces[i % 3], 100 + i) for i in range(30)]
-        # Both pool processes end up inside a transaction waiting on the locked account,
-        # after applying what came before for the other two accounts.
-        wait_until(lambda: len(backends_waiting_on_locks(engine)) == 2, 30, "both pool processes to block")
+        ids = credits_until_both_pool_processes_block(stack, services, engine, workspaces)
         blocked, before = backends_waiting_on_locks(engine), statuses(engine, ids)
         stack.worker.kill()  # the whole worker: main process and pool, prefetched messages unacked
     wait_until(lambda: backends_gone(engine, blocked), 30, "the killed transactions to roll back")
@@ -80,7 +70,7 @@ def test_a_worker_killed_with_sigkill_mid_stream_loses_nothing_and_applies_nothi
     # hour): a new worker, and the relay re-sending what is unfinished, must do the rest.
     stack.start(api=False)
     age_operations(engine, ids)
-    assert stack.services(services).operations.relay() >= list(before.values()).count("running")
+    assert stack.services(services).relay.send_due() >= list(before.values()).count("running")
 
     assert wait_for_operations(engine, ids, timeout=60) == {i: "succeeded" for i in ids}
     assert entries_per_operation(engine, ids) == {i: 1 for i in ids}
@@ -146,7 +136,7 @@ def test_500_credits_in_flight_survive_sigkills_at_random_points_and_apply_once(
     # the relay (beat's job) re-sends whatever is unfinished once it looks abandoned.
     ids = [a.json["id"] for a in answers]
     age_operations(engine, ids)
-    stack.services(services).operations.relay()
+    stack.services(services).relay.send_due()
     wait_for_operations(engine, ids, timeout=60)
     assert_applied_once(engine, ids)
     for n, workspace in enumerate(workspaces):

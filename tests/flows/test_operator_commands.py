@@ -3,7 +3,6 @@ stack's database and broker: the same services as the API, answers in one line w
 import json
 import uuid
 
-import pytest
 from sqlalchemy import text
 
 from domain.models import Caller
@@ -12,7 +11,6 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
 from tests.factories import post
-from tests.standins.stripe_api import StripeStandIn
 
 
 def _workspace(stack):
@@ -93,13 +91,6 @@ def test_billing_tiers_refresh_recomputes_one_workspace_or_every_account(stack, 
     assert everything.returncode == 0, everything.stderr
     assert int(everything.stdout.split()[4]) >= 2, everything.stdout  # "recomputed the tiers of N ..."
     assert stack.api.call("GET", f"/workspaces/{other['id']}/rate-limits", other_owner.key).json["tier"] == "tier1"
-
-
-@pytest.fixture(scope="module")
-def stripe_api():
-    standin = StripeStandIn().start()
-    yield standin
-    standin.stop()
 
 
 def test_billing_reconcile_credits_a_paid_checkout_whose_webhook_never_came(stack, engine, stripe_api):

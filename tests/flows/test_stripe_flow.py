@@ -6,16 +6,9 @@ import requests
 
 from tests.factories import prometheus_samples
 from tests.processes import Stack, assert_sound, free_port, wait_until
-from tests.standins.stripe_api import StripeStandIn, signed_event
+from tests.standins.stripe_api import signed_event
 
 SECRET = "whsec_flow_secret"
-
-
-@pytest.fixture(scope="module")
-def stripe_api():
-    standin = StripeStandIn().start()
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")

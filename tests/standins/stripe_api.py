@@ -50,6 +50,12 @@ class StripeStandIn:
         self._server.shutdown()
         self._server.server_close()
 
+    def __enter__(self) -> "StripeStandIn":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def create(self, form: dict, idempotency_key: str | None) -> tuple[int, dict]:
         with self._lock:
             if idempotency_key in self.by_idempotency_key:

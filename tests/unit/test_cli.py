@@ -1,7 +1,8 @@
 """The `billing` command's operator tools: help for each, and wrong arguments refused in one line."""
 import pytest
 
-from worker.cli import api_argv, flower_argv, main, parser
+from worker.cli import main, parser
+from worker.processes import api_argv, flower_argv
 
 OPERATOR_COMMANDS = [["audit"], ["relay"], ["reconcile"], ["credit"], ["tiers"], ["tiers", "refresh"], ["flower"]]
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import yaml
 
 from tasks import RETRY
-from worker.celery_app import QUEUES
-from worker.cli import API_GRACEFUL_SECONDS, parser
+from worker.cli import parser
+from worker.processes import API_GRACEFUL_SECONDS
+from worker.routing import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,4 +123,113 @@ def test_layers_import_only_downwards():
                 bad -= {"api", "falcon"}  # `billing credit` sends its request to the API's app in process
             if bad:
                 broken.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert broken == []
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of ours, by dotted name."""
+    found = {"beat_schedule": ROOT / "beat_schedule.py"}
+    for package in ("api", "domain", "tasks", "worker"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _import_statements(module: str, path: Path) -> list[tuple[ast.stmt, set[str]]]:
+    """Each import statement of the module, in functions too, with the dotted names it may load."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.append((node, {alias.name for alias in node.names}))
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(module, path, node)
+            found.append((node, {base} | {f"{base}.{alias.name}" for alias in node.names}))
+    return found
+
+
+def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The module a `from ... import` names, a relative one resolved against the importing module."""
+    if not node.level:
+        return node.module
+    parts = module.split(".")[:None if path.name == "__init__.py" else -1]
+    parts = parts[:len(parts) - node.level + 1]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {module: {name for _, names in _import_statements(module, path) for name in names
+                     if name in modules and name != module} for module, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, as the modules along it back to the first, or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        path.append(module)
+        for target in sorted(graph[module]):
+            if target in path:
+                return path[path.index(target):] + [target]
+            if target not in done and (cycle := visit(target)):
+                return cycle
+        done.add(path.pop())
+        return None
+
+    return next((cycle for module in sorted(graph) if module not in done and (cycle := visit(module))), None)
+
+
+def test_the_cycle_finder_finds_a_cycle_and_names_it():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_module_of_ours_imports_one_that_imports_it_back_even_inside_a_function():
+    cycle = _cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def _importing(packages: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{node.lineno} imports {min(names)}"
+            for module, path in _modules().items() if _within(module, packages)
+            for node, names in _import_statements(module, path) if any(_within(n, forbidden) for n in names)]
+
+
+def test_the_api_and_the_tasks_reach_the_database_only_through_services():
+    assert _importing(("api", "tasks"), ("sqlalchemy", "psycopg", "domain.store")) == []
+
+
+SQL_CALLS = {"execute", "exec_driver_sql", "scalar", "scalar_one", "scalars", "driver_connection"}
+
+
+def test_services_run_no_sql_and_import_no_sqlalchemy():
+    calls = [f"{path.relative_to(ROOT)}:{node.lineno} uses .{node.attr}"
+             for path in (ROOT / "domain" / "services").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Attribute) and node.attr in SQL_CALLS]
+    assert _importing(("domain.services",), ("sqlalchemy", "psycopg")) + calls == []
+
+
+def _explained(lines: list[str], lineno: int) -> bool:
+    """The import's line, or the nearest line above it that is neither an import nor blank, has a comment."""
+    above = [line.strip() for line in lines[:lineno]]
+    while above and "#" not in above[-1] and (not above[-1] or above[-1].startswith(("import ", "from "))):
+        above.pop()
+    return bool(above) and "#" in above[-1]
+
+
+def test_an_import_of_ours_inside_a_function_says_why_it_waits():
+    modules, broken = _modules(), []
+    for module, path in modules.items():
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                broken += [f"{path.relative_to(ROOT)}:{node.lineno}" for node, names in _import_statements(module, path)
+                           if function.lineno < node.lineno <= function.end_lineno and names & modules.keys()
+                           and not _explained(lines, node.lineno)]
     assert broken == []

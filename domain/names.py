@@ -1,0 +1,61 @@
+"""The names the service stores and sends, each given once: statuses, entry kinds, task names.
+
+The enums are StrEnums: a member equals its text, so it is stored, compared and rendered as the string in
+the database and the contract.
+"""
+from enum import StrEnum
+
+
+class OperationStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+UNFINISHED = (OperationStatus.QUEUED, OperationStatus.RUNNING)
+FINISHED = (OperationStatus.SUCCEEDED, OperationStatus.FAILED)
+
+
+OPERATION_STATUSES = tuple(status.value for status in OperationStatus)
+
+
+class CheckoutStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+CHECKOUT_STATUSES = tuple(status.value for status in CheckoutStatus)
+
+
+class EntryKind(StrEnum):
+    """Ledger entry (transaction) kinds: credits are positive, debits negative."""
+    INTRO_CREDIT = "intro_credit"
+    CREDIT_GRANT = "credit_grant"
+    STRIPE_TOPUP = "stripe_topup"
+    X402_TOPUP = "x402_topup"
+    USAGE = "usage"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+ENTRY_KINDS = tuple(kind.value for kind in EntryKind)
+
+
+class Task(StrEnum):
+    """Celery task names: the domain sends them, tasks/ registers them, beat_schedule.py schedules them
+    (tests/unit/test_task_names.py checks each is registered and none is spelled anywhere else)."""
+    APPLY_OPERATION = "ledger.apply_operation"
+    APPLY_TIER_OPERATION = "tiers.apply_operation"
+    RECOMPUTE_TIER = "tiers.recompute"
+    REFRESH_STALE_TIERS = "tiers.refresh_stale"
+    PROVISION_DEFAULT_ACCOUNT = "accounts.provision_default"
+    BACKFILL_DEFAULT_ACCOUNTS = "accounts.backfill_default"
+    APPLY_STRIPE_EVENT = "payments.apply_stripe_event"
+    RECONCILE_STRIPE = "payments.reconcile_stripe"
+    SETTLE_X402 = "payments.settle_x402"
+    RECONCILE_X402 = "payments.reconcile_x402"
+    RELAY_OUTBOX = "maintenance.relay_outbox"
+    PURGE_IDEMPOTENCY_KEYS = "maintenance.purge_idempotency_keys"

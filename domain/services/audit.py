@@ -1,0 +1,20 @@
+"""`billing audit`: the ledger's invariants over every account, and what an operator should look at."""
+from datetime import timedelta
+
+from domain.services.context import Context
+from domain.store import audit
+
+
+class AuditService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def problems(self, *, stuck_after: timedelta = timedelta(minutes=10)) -> list[str]:
+        """One line per broken invariant (balance != entries, a broken chain, a stuck operation)."""
+        with self._ctx.uow() as uow:
+            return audit.problems(uow.conn, stuck_after=stuck_after)
+
+    def notices(self) -> list[str]:
+        """What breaks no invariant but wants an operator (a Stripe refund beyond its checkout)."""
+        with self._ctx.uow() as uow:
+            return audit.notices(uow.conn)

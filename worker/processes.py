@@ -1,0 +1,58 @@
+"""How each process of a deployment starts: the API's, worker's, beat's and Flower's command lines; migrate."""
+import sys
+from pathlib import Path
+
+from worker import settings as settings_module
+from worker.routing import QUEUES
+
+CELERY_APP = "worker.celery_app"
+ALL_QUEUES = ",".join(QUEUES)
+API_GRACEFUL_SECONDS = 20  # after SIGTERM, in-flight requests get this long (compose's stop_grace_period is longer)
+
+
+def migrate(database_url: str) -> None:
+    # Alembic and the migrations package are loaded only by the commands that migrate.
+    from alembic import command
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config(str(Path(migrations.__file__).with_name("alembic.ini")))
+    url = database_url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+        "postgres://", "postgresql+psycopg://", 1)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def api_argv(port: int, workers: int, threads: int,
+             keepalive_seconds: int = settings_module.Settings.http_keepalive_seconds) -> list[str]:
+    """gunicorn's gthread worker keeps idle connections in its poller, not in a thread, so a long keep-alive
+    costs a socket each, not a thread."""
+    return [sys.executable, "-m", "gunicorn", "api.app:get_app()", "--config", "python:worker.gunicorn_conf",
+            "--bind", f"0.0.0.0:{port}",
+            "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", str(API_GRACEFUL_SECONDS),
+            "--keep-alive", str(keepalive_seconds),
+            "--worker-class", "worker.http_worker.DrainingThreadWorker",
+            "--error-logfile", "-"]  # no access log: api.request_log writes one JSON line per request
+
+
+def worker_argv(queues: str, concurrency: int, name: str = "worker@%h") -> list[str]:
+    return [sys.executable, "-m", "worker.celery_main", "-A", CELERY_APP, "worker", "--queues", queues,
+            "--concurrency", str(concurrency), "--hostname", name, "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"]
+
+
+def beat_argv(state_dir: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "--loglevel", "INFO",
+            "--schedule", str(Path(state_dir) / "celerybeat-schedule")]
+
+
+def flower_argv(port: int, address: str, state_dir: str | None = None) -> list[str]:
+    """Flower on the broker. Workers send task events by configuration, so Flower need not switch
+    them on; its task history stays in memory unless a state directory is given."""
+    argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "flower", f"--port={port}",
+            f"--address={address}", "--enable_events=False", "--max_tasks=10000"]
+    if state_dir:
+        return argv + ["--persistent=True", f"--db={Path(state_dir) / 'flower-state'}",
+                       "--state_save_interval=60000"]
+    return argv + ["--persistent=False"]
