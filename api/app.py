@@ -81,6 +81,7 @@ def get_app() -> falcon.App:
     logs.configure("api")
     loaded = settings.load()
     port = MetricsPort(metrics.observe_request,
-                       lambda: metrics.render(lambda: metrics.gauges(services(), loaded.broker_url)))
+                       lambda: metrics.render(lambda: metrics.gauges(services(), loaded.broker_url)),
+                       token=loaded.metrics_token)
     return create_app(services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"),
                       health.checks(loaded), api_rate_limit=loaded.api_rate_limit, metrics=port)

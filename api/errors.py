@@ -39,6 +39,10 @@ class Problem(falcon.HTTPError):
         return body
 
 
+_FALCON_DETAIL = {404: "no endpoint has this path (see /openapi.json)",
+                  405: "this endpoint does not take this method (the Allow header lists those it takes)"}
+
+
 def invalid(field_errors: list[dict], detail: str = "the request has invalid values") -> Problem:
     return Problem(422, "Unprocessable Content", detail, errors=field_errors)
 
@@ -52,9 +56,10 @@ def _domain_error(req, resp, exc: errors.DomainError, params) -> None:
 
 
 def _http_error(req, resp, exc: falcon.HTTPError, params) -> None:
-    if not isinstance(exc, Problem):
-        exc = Problem(exc.status_code, exc.title or falcon.code_to_http_status(exc.status_code)[4:],
-                      exc.description or exc.title or "", headers=exc.headers)
+    if not isinstance(exc, Problem):  # Falcon's own (an unknown route, a method the route lacks): titled as ours
+        title = falcon.code_to_http_status(exc.status_code)[4:]
+        exc = Problem(exc.status_code, title, exc.description or _FALCON_DETAIL.get(exc.status_code, title),
+                      headers=exc.headers)
     resp.status = exc.status
     resp.content_type = "application/problem+json"
     resp.text = json.dumps(exc.to_dict())

@@ -10,6 +10,17 @@ from api.errors import Problem
 MAX_BODY_BYTES = 64 * 1024
 
 
+HUGE_DIGITS = 40  # no field takes an integer this long: each is refused as over its limit (422)
+
+
+def _bounded_int(digits: str) -> int:
+    """An integer literal; one longer than HUGE_DIGITS stands as 10**HUGE_DIGITS, over every field's limit,
+    rather than being converted (Python refuses past 4,300 digits with a message about its own settings)."""
+    if len(digits.lstrip("-")) <= HUGE_DIGITS:
+        return int(digits)
+    return -(10**HUGE_DIGITS) if digits.startswith("-") else 10**HUGE_DIGITS
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -116,7 +127,8 @@ def read_json(req: falcon.Request) -> object:
     if _nesting_depth(text) > MAX_DEPTH:
         raise Problem(400, "Bad Request", f"the body nests deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates,
+                          parse_int=_bounded_int)
     except (ValueError, RecursionError) as exc:
         raise Problem(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
     if _has_lone_surrogate(text, data):

@@ -17,7 +17,8 @@ batches): 413, also when Content-Length alone says so. 400, with the reason in `
 UTF-8 (UTF-16 or UTF-32, a byte order mark, invalid bytes); nested deeper than 32 levels; `NaN`,
 `Infinity` or `-Infinity`; a lone surrogate escape such as `\\ud800`; and an object with the same key
 twice, whatever the values: `{"amountCents": 1, "amountCents": 100000}` is refused rather than read as
-either amount. JSON that is not an object, unknown fields, and unknown query parameters (on operations
+either amount. An integer of more than 40 digits is taken as over every field's limit (422 naming the
+field). JSON that is not an object, unknown fields, and unknown query parameters (on operations
 that take any): 422. An id that does not name something the caller may see answers 404, in the path or in
 a body; ids are compared exactly, so look-alikes (Cyrillic letters, fullwidth digits, zero-width or bidi
 characters, another case) name nothing.

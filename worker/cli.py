@@ -25,7 +25,7 @@ def _cmd_migrate(args, s) -> int:
 def _cmd_api(args, s) -> int:
     settings_module.require(s.database_url, "DATABASE_URL")
     settings_module.require(s.operator_token, "BILLING_OPERATOR_TOKEN")
-    argv = api_argv(args.port or s.port, args.workers, args.threads, s.http_keepalive_seconds)
+    argv = api_argv(args.port or s.port, args.workers, args.threads, s.http_keepalive_seconds, host=args.host)
     os.execv(argv[0], argv)
 
 
@@ -52,7 +52,7 @@ def _cmd_flower(args, s) -> int:
 
 
 def _cmd_standalone(args, s) -> int:
-    return standalone.run(s, port=args.port or s.port, data_dir=Path(args.data_dir))
+    return standalone.run(s, port=args.port or s.port, data_dir=Path(args.data_dir), host=args.host)
 
 
 def _services():
@@ -214,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=_cmd_migrate)
     api = sub.add_parser("api", help="serve the HTTP API with gunicorn")
     api.add_argument("--port", type=int)
+    api.add_argument("--host", default="0.0.0.0", help="the address to listen on (default: every interface)")
     api.add_argument("--workers", type=int, default=2)
     api.add_argument("--threads", type=int, default=4)
     api.set_defaults(run=_cmd_api)
@@ -234,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
     standalone = sub.add_parser("standalone", help="API, worker and beat in one command; without "
                                 "DATABASE_URL/REDIS_URL on an embedded PostgreSQL")
     standalone.add_argument("--port", type=int)
+    standalone.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: loopback "
+                            "only, as it prints the operator key; 0.0.0.0 for every interface)")
     standalone.add_argument("--data-dir", default=os.environ.get("BILLING_DATA_DIR", ".billing-data"))
     standalone.set_defaults(run=_cmd_standalone)
     create_user = sub.add_parser("create-user", help="create a user and print its API key once")

@@ -38,6 +38,7 @@ class Settings:
     # BILLING_HTTP_KEEPALIVE_SECONDS: longer than a load balancer's idle timeout (often 60 s), so the balancer,
     # not the API, closes an idle connection and never sends a request down one the API is closing
     http_keepalive_seconds: int = 75
+    metrics_token: str | None = None  # BILLING_METRICS_TOKEN: a bearer token /metrics asks for when set
     idempotency_ttl_seconds: int = 86400  # BILLING_IDEMPOTENCY_TTL_SECONDS
     idempotency_lease_seconds: int = 60  # BILLING_IDEMPOTENCY_LEASE_SECONDS
     db_lock_timeout_ms: int = 500  # BILLING_DB_LOCK_TIMEOUT_MS: longest wait for a row lock
@@ -61,14 +62,27 @@ def _url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
     return raw
 
 
+def database_broker(database_url: str | None) -> str | None:
+    """Without Redis the broker is the database itself (kombu's SQLAlchemy transport): what standalone
+    runs on, so that an operator command beside it (`billing credit --wait`) reaches the same queue."""
+    if database_url is None:
+        return None
+    for scheme in ("postgresql://", "postgres://"):
+        if database_url.startswith(scheme):
+            return "sqla+postgresql+psycopg://" + database_url[len(scheme):]
+    return "sqla+" + database_url
+
+
 def load(env: dict | None = None) -> Settings:
     env = os.environ if env is None else env
     redis_url = _url(env, "REDIS_URL", ("redis", "rediss", "unix"))
+    database_url = _url(env, "DATABASE_URL", ("postgresql", "postgres", "psycopg"))
     return Settings(
-        database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres", "psycopg")),
+        database_url=database_url,
         redis_url=redis_url,
-        broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
+        broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url or database_broker(database_url),
         operator_token=env.get("BILLING_OPERATOR_TOKEN", "").strip() or None,
+        metrics_token=env.get("BILLING_METRICS_TOKEN", "").strip() or None,
         intro_credit_cents=_int(env, "BILLING_INTRO_CREDIT_CENTS", 1000, high=100_000_000),
         api_rate_limit=_int(env, "BILLING_API_RATE_LIMIT", 1200),
         port=_int(env, "PORT", 8000, low=1, high=65535),

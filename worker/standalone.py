@@ -7,13 +7,14 @@ With the URLs set, the real servers are used.
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from worker.processes import ALL_QUEUES, api_argv, beat_argv, migrate, worker_argv
-from worker.settings import Settings
+from worker.settings import Settings, database_broker
 
 
 def _embedded_database(data_dir: Path) -> str:
@@ -33,38 +34,46 @@ def _operator_token(settings: Settings, data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _broker(settings: Settings, database_url: str) -> str:
-    if settings.broker_url:
-        return settings.broker_url
-    return "sqla+" + database_url.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
 def _create_broker_tables(broker_url: str) -> None:
-    """Let kombu create its tables once, before the API, worker and beat race to create them."""
+    """Let kombu create its tables once, before the API, worker and beat race to create them. kombu's
+    session keeps a transaction open after its reads, and its engines are cached per process: close and
+    dispose them, so this process holds no session "idle in transaction" while it supervises."""
     from kombu import Connection
+    from kombu.transport.sqlalchemy import Channel
 
     with Connection(broker_url) as conn:
         conn.SimpleQueue("ledger").close()
+        conn.default_channel.session.close()
+    for engine, _ in Channel._engines.values():
+        engine.dispose()
 
 
-def run(settings: Settings, *, port: int, data_dir: Path) -> int:
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     database_url = settings.database_url or _embedded_database(data_dir)
     if not settings.database_url:  # for operator commands run beside it (`billing audit`)
         (data_dir / "database-url").write_text(database_url + "\n")
     token = _operator_token(settings, data_dir)
-    env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=_broker(settings, database_url),
-               BILLING_OPERATOR_TOKEN=token)
+    broker = settings.broker_url or database_broker(database_url)
+    metrics_port = os.environ.get("WORKER_METRICS_PORT") or str(_free_port())  # two on one host never clash
+    env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker, BILLING_OPERATOR_TOKEN=token,
+               WORKER_METRICS_PORT=metrics_port)
     migrate(database_url)
-    if not settings.broker_url:
-        _create_broker_tables(env["CELERY_BROKER_URL"])
+    if broker.startswith("sqla+"):
+        _create_broker_tables(broker)
     children = [subprocess.Popen(argv, env=env) for argv in (
-        api_argv(port, workers=1, threads=8, keepalive_seconds=settings.http_keepalive_seconds),
+        api_argv(port, workers=1, threads=8, keepalive_seconds=settings.http_keepalive_seconds, host=host),
         worker_argv(ALL_QUEUES, concurrency=2, name="standalone@%h"),
         beat_argv(str(data_dir)),
     )]
-    print(_banner(port, token, settings, data_dir), flush=True)
+    print(_banner(port, host, token, broker, metrics_port, settings, data_dir), flush=True)
     return _supervise(children)
 
 
@@ -93,14 +102,18 @@ def _supervise(children: list[subprocess.Popen]) -> int:
     return code
 
 
-def _banner(port: int, token: str, settings: Settings, data_dir: Path) -> str:
+def _banner(port: int, host: str, token: str, broker: str, metrics_port: str, settings: Settings,
+            data_dir: Path) -> str:
     where = "embedded PostgreSQL in " + str(data_dir) if not settings.database_url else "DATABASE_URL"
-    broker = "Redis at REDIS_URL" if settings.broker_url else "the database (kombu SQLAlchemy transport)"
-    lines = [f"\nbilling standalone: API on http://127.0.0.1:{port}, worker and beat running",
-             f"  data: {where}; queue: {broker}",
+    queue = "the database (kombu SQLAlchemy transport)" if broker.startswith("sqla+") else "CELERY_BROKER_URL/REDIS_URL"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    billing = Path(sys.executable).with_name("billing")  # the venv's, which need not be on PATH
+    lines = [f"\nbilling standalone: API on http://{shown}:{port} (listening on {host}), worker and beat running",
+             f"  data: {where}; queue: {queue}; worker metrics on :{metrics_port}",
              f"  operator key: {token}"]
     if not settings.database_url:
-        lines.append(f"  operator commands: DATABASE_URL=$(cat {data_dir / 'database-url'}) billing audit")
-    lines.append(f"  try: curl -s -X POST http://127.0.0.1:{port}/users -H 'Authorization: Bearer {token}' "
-                 f"-H 'Content-Type: application/json' -d '{{\"email\": \"ada@example.com\"}}'\n")
+        lines.append(f"  operator commands: DATABASE_URL=$(cat {data_dir / 'database-url'}) {billing} audit")
+    email = f"newcomer-{secrets.token_hex(3)}@example.com"
+    lines.append(f"  try: curl -s -X POST http://{shown}:{port}/users -H 'Authorization: Bearer {token}' "
+                 f"-H 'Content-Type: application/json' -d '{{\"email\": \"{email}\"}}'\n")
     return "\n".join(lines)

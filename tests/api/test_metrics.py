@@ -89,3 +89,16 @@ def test_rate_limit_decisions_are_counted_allowed_and_denied():
     FailurePolicy(Always(False), on_decision=metrics.observe_decision).hit("k", 5)
     assert counter.labels("allowed", "ok")._value.get() - allowed_before == 1
     assert counter.labels("denied", "ok")._value.get() - denied_before == 2
+
+
+def test_with_a_metrics_token_only_a_scraper_sending_it_reads_the_metrics(engine, queue):
+    services = Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=Config()))
+    port = MetricsPort(metrics.observe_request, lambda: metrics.render(lambda: metrics.gauges(services, None)),
+                       token="scrape-secret")
+    api = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {}, metrics=port)))
+    for key in (None, "wrong", OPERATOR_TOKEN):
+        refused = api.call("GET", "/metrics", key)
+        assert refused.status_code == 401 and refused.headers["content-type"] == "application/problem+json"
+        assert "billing_" not in refused.text
+    allowed = api.call("GET", "/metrics", "scrape-secret")
+    assert allowed.status_code == 200 and "billing_http_requests" in allowed.text

@@ -53,7 +53,7 @@ def standalone(tmp_path: Path):
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until(lambda: urllib.request.urlopen(base + "/health", timeout=2).status == 200, 120, "the API")
-        yield base, (tmp_path / "data" / "operator-token").read_text().strip(), process, tmp_path / "data"
+        yield base, (tmp_path / "data" / "operator-token").read_text().strip(), process, tmp_path / "data", log
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -67,7 +67,7 @@ def standalone(tmp_path: Path):
 
 
 def test_standalone_runs_a_credit_from_request_to_balance_and_stops_cleanly(standalone):
-    base, operator, process, data = standalone
+    base, operator, process, data, _ = standalone
     status, user = _call(base, "POST", "/users", operator, {"email": "newcomer@example.com"})
     assert status == 201, user
     status, workspace = _call(base, "POST", "/workspaces", user["apiKey"], {"name": "First"})
@@ -85,3 +85,39 @@ def test_standalone_runs_a_credit_from_request_to_balance_and_stops_cleanly(stan
     assert audit.returncode == 0, audit.stdout + audit.stderr  # as the README says to run it beside standalone
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
+
+
+def _printed(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()
+
+
+def test_standalone_listens_on_loopback_and_operator_commands_reach_its_queue(standalone):
+    """A newcomer's edges: loopback only (it prints the operator key), the banner's command runs as printed,
+    `billing credit --wait` beside it is applied through the same queue (not after the relay's 30 s), the
+    worker's metrics port is a free one, and no session of ours sits idle in a transaction."""
+    base, operator, process, data, log = standalone
+    banner = _wait_until(lambda: "operator key" in _printed(log) and _printed(log), 30, "the banner")
+    assert f"Listening at: http://127.0.0.1:{base.rsplit(':', 1)[1]}" in banner
+    email = banner.split('"email": "')[1].split('"')[0]
+    assert email != "ada@example.com" and _call(base, "POST", "/users", operator, {"email": email})[0] == 201
+    status, user = _call(base, "POST", "/users", operator, {"email": "edges@example.com"})
+    status, workspace = _call(base, "POST", "/workspaces", user["apiKey"], {"name": "Edges"})
+    audit_command = banner.split("operator commands: ")[1].splitlines()[0]
+    assert subprocess.run(["bash", "-c", audit_command], capture_output=True, timeout=120).returncode == 0
+    env = dict(os.environ, DATABASE_URL=(data / "database-url").read_text().strip())
+    env.pop("REDIS_URL", None), env.pop("CELERY_BROKER_URL", None)
+    credit = subprocess.run([sys.executable, "-m", "worker.cli", "credit", workspace["id"], "300", "--wait",
+                             "--timeout", "20"], capture_output=True, text=True, timeout=120, env=env)
+    assert credit.returncode == 0 and json.loads(credit.stdout)["status"] == "succeeded", credit.stderr
+    metrics_port = int(banner.split("worker metrics on :")[1].split()[0])
+    assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).status == 200
+    assert "Address already in use" not in _printed(log)
+    time.sleep(6)
+    idle = subprocess.run([sys.executable, "-c", (
+        "import os, sqlalchemy; e = sqlalchemy.create_engine(os.environ['DATABASE_URL'].replace('postgresql://', "
+        "'postgresql+psycopg://', 1)); c = e.connect(); print(c.exec_driver_sql(\"SELECT count(*) FROM "
+        "pg_stat_activity WHERE state = 'idle in transaction' AND now() - state_change > interval '5 seconds' "
+        "AND pid <> pg_backend_pid()\").scalar())")], capture_output=True, text=True, timeout=60, env=env)
+    assert idle.stdout.strip() == "0", idle.stdout + idle.stderr
