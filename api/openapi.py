@@ -50,7 +50,8 @@ in the queue, retried with backoff (1 s doubling to 5 min) until it is applied; 
 shows `attempts`, `lastError` and `nextAttemptAt`. An attempt never holds a worker for longer than that
 lock timeout, so one locked account does not hold up the others.
 
-Pagination: `limit` 1-200 (default 50) and an opaque `cursor`; lists answer `{data, nextCursor}`, newest
+Ids are opaque: a transaction id (`txn_` and 13 characters) tells nothing of how many entries exist or which
+comes next, and a cursor carries no entry number. Pagination: `limit` 1-200 (default 50) and an opaque `cursor`; lists answer `{data, nextCursor}`, newest
 first. Paging by cursor returns every entry exactly once, also while new entries are written (new ones
 appear at the head, not between pages). Windows: `from` is inclusive, `to` exclusive, RFC 3339 with an
 offset. Every date given, in a query or a body, must lie from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z

@@ -36,7 +36,7 @@ def balance(b: Balance, workspace_id: str | None = None) -> dict:
 
 
 def transaction(e: Entry) -> dict:
-    return {"id": f"txn_{e.id}", "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
+    return {"id": e.public_id, "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
             "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
             "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
 

@@ -20,7 +20,7 @@ import psycopg
 from bench.harness import (Child, SetupError, add_members, audit, capture_sql, fresh_database, log,
                            pgbench_latencies, pgbench_script, row, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, timed_requests, user_key, workspace_id, write_result)
-from domain.services.reads import encode_cursor
+from domain.public_ids import PublicIds
 
 TARGET_GROWTH = 1.5
 OPENING_CENTS = 1000
@@ -93,7 +93,8 @@ def middle_cursor(url: str, n: int, entries: int) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         middle = conn.execute("SELECT id FROM ledger_entries WHERE billing_account_id = 'ba_' || md5('a' || %s) "
                               "ORDER BY id DESC OFFSET %s LIMIT 1", (str(n), entries // 2)).fetchone()[0]
-    return encode_cursor(middle)
+        key = bytes(conn.execute("SELECT key FROM service_keys WHERE name = 'public_ids'").fetchone()[0])
+    return PublicIds(lambda: key).cursor(middle)
 
 
 def run(args, children: list[Child]) -> int:

@@ -77,6 +77,7 @@ class Entry:
     description: str
     reference: str | None
     created_at: datetime
+    public_id: str = ""  # what callers see (domain.public_ids): `txn_` and no count
 
 
 @dataclass(frozen=True)

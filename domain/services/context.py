@@ -3,6 +3,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from domain.public_ids import PublicIds
+from domain.store import keys
 from domain.store.uow import UnitOfWork
 from domain.tiers import DEFAULT_TABLE, TierTable
 
@@ -28,3 +30,13 @@ class Context:
     limiter: Any = None  # a domain.ratelimit.Limiter; None: this process's memory, failing open
     # Wakes the worker to apply queued credits; sends may be merged (worker.wakeups). None: enqueue.
     wake: Enqueue | None = None
+    ids: PublicIds | None = None  # None: the permutation keyed by the database's service key
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            object.__setattr__(self, "ids", PublicIds(lambda: _public_ids_key(self.uow)))
+
+
+def _public_ids_key(uow: Callable[[], UnitOfWork]) -> bytes:
+    with uow() as unit:
+        return keys.service_key(unit.conn, "public_ids")

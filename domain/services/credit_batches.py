@@ -67,7 +67,7 @@ class CreditBatches:
                                       error={"title": type(exc).__name__, "detail": exc.detail})
                 refused.append(op.id)
                 continue
-            results[op.id] = credit_result(op, entry)
+            results[op.id] = self.result_of(op, entry)
         operations.succeed_many(conn, results)
         self.store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return BatchOutcome([*results, *refused], {op.id for op in claimed} - {op.id for op in ready})
@@ -119,6 +119,11 @@ class CreditBatches:
                            key=credit.key, workspace_id=credit.workspace_id, description=credit.description,
                            reference=credit.reference).entry
 
+    def result_of(self, op: Operation, entry: Entry) -> dict:
+        """A credit operation's result."""
+        return {"transactionId": self._ctx.ids.transaction(entry.id), "billingAccountId": op.billing_account_id,
+                "amountCents": entry.amount_cents, "balanceAfterCents": entry.balance_after_cents}
+
     def store_tiers(self, conn: Connection, account_ids: set[str]) -> None:
         """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
         if not account_ids:
@@ -134,8 +139,3 @@ def _credit(op: Operation) -> ledger.Credit:
     return ledger.Credit(op.billing_account_id, op.payload["amountCents"], f"op:{op.id}",
                          workspace_id=op.workspace_id,
                          description=op.payload.get("description") or "Credit grant", reference=op.id)
-
-
-def credit_result(op: Operation, entry: Entry) -> dict:
-    return {"transactionId": f"txn_{entry.id}", "billingAccountId": op.billing_account_id,
-            "amountCents": entry.amount_cents, "balanceAfterCents": entry.balance_after_cents}

@@ -14,7 +14,7 @@ from domain.models import Caller, Operation
 from domain.names import FINISHED, OperationStatus, Task
 from domain.services import access, rate_limits, usage
 from domain.services.context import Context
-from domain.services.credit_batches import BATCHED_KINDS, CreditBatches, credit_result
+from domain.services.credit_batches import BATCHED_KINDS, CreditBatches
 from domain.services.idempotency import Claim, IdempotencyService, Replay
 from domain.store import operations
 from domain.store.uow import StoreError, transient_cause
@@ -123,11 +123,11 @@ class OperationService:
     def _apply(self, conn, op: Operation) -> dict:
         """Dispatch by kind."""
         if op.kind == "usage":
-            return usage.apply_batch(conn, op)
+            return usage.apply_batch(conn, op, self._ctx.ids)
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":
-            result = credit_result(op, self._batches.post_one(conn, op))
+            result = self._batches.result_of(op, self._batches.post_one(conn, op))
             self._batches.store_tiers(conn, {op.billing_account_id})
             return result
         raise NotFound(f"no handler for operations of kind {op.kind}")

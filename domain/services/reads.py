@@ -1,6 +1,5 @@
 """Balances, summaries and transaction pages, per account and per workspace."""
-import base64
-import binascii
+import dataclasses
 from datetime import UTC, datetime
 
 from domain.errors import Forbidden, InvalidInput, NotFound
@@ -10,25 +9,6 @@ from domain.services import access
 from domain.services.context import Context
 from domain.store import accounts, ledger
 from domain.store.uow import Connection
-
-MAX_ENTRY_ID = 2**63 - 1  # ledger entry ids are BIGINT
-
-
-def encode_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(f"e:{entry_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        tag, _, value = raw.partition(":")
-        entry_id = int(value)
-        if tag != "e" or not 0 < entry_id <= MAX_ENTRY_ID or not value.isdigit():
-            raise ValueError(raw)
-        return entry_id
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidInput("the cursor is not one this service issued", field="cursor") from None
-
 
 class ReadService:
     def __init__(self, ctx: Context) -> None:
@@ -57,7 +37,7 @@ class ReadService:
     def transactions(self, caller: Caller, account_id: str, **query) -> Page:
         with self._ctx.uow() as uow:
             access.owned_account(uow.conn, caller, account_id)
-            return _page(uow.conn, account_id, **query)
+            return self._page(uow.conn, account_id, **query)
 
     def workspace_balance(self, caller: Caller, workspace_id: str) -> Balance:
         with self._ctx.uow() as uow:
@@ -73,7 +53,19 @@ class ReadService:
                                **query) -> Page:
         with self._ctx.uow() as uow:
             account = self._workspace_account(uow.conn, caller, workspace_id, account_id)
-            return _page(uow.conn, account.id, **query)
+            return self._page(uow.conn, account.id, **query)
+
+    def _page(self, conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
+              kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:
+        """Newest first; entries and the cursor carry public ids (domain.public_ids), never the numbers."""
+        ids = self._ctx.ids
+        before_id = ids.entry_of_cursor(cursor) if cursor else None
+        if cursor and before_id is None:
+            raise InvalidInput("the cursor is not one this service issued", field="cursor")
+        found = ledger.page(conn, account_id, limit=limit + 1, before_id=before_id, kind=kind,
+                            since=since, until=until)
+        entries = [dataclasses.replace(e, public_id=ids.transaction(e.id)) for e in found[:limit]]
+        return Page(items=entries, next_cursor=ids.cursor(entries[-1].id) if len(found) > limit else None)
 
     @staticmethod
     def _workspace_account(conn: Connection, caller: Caller, workspace_id: str,
@@ -102,13 +94,3 @@ def _summary(conn: Connection, account: BillingAccount, since: datetime | None,
                    balance_cents=account.balance_cents, total_credited_cents=totals.credited_cents,
                    total_debited_cents=totals.debited_cents, transaction_count=totals.count,
                    last_transaction_at=totals.last_at, by_kind=totals.by_kind)
-
-
-def _page(conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
-          kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:
-    before_id = decode_cursor(cursor) if cursor else None
-    entries = ledger.page(conn, account_id, limit=limit + 1, before_id=before_id, kind=kind,
-                          since=since, until=until)
-    more = len(entries) > limit
-    entries = entries[:limit]
-    return Page(items=entries, next_cursor=encode_cursor(entries[-1].id) if more else None)

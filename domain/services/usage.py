@@ -7,6 +7,7 @@ from domain.errors import InvalidInput
 from domain.ids import new_id
 from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
 from domain.names import Task
+from domain.public_ids import PublicIds
 from domain.services import access
 from domain.services.context import Context
 from domain.store import operations, usage as store
@@ -60,7 +61,7 @@ class UsageService:
                              by_metric=[MetricUsage(*row) for row in metrics])
 
 
-def apply_batch(conn: Connection, op: Operation) -> dict:
+def apply_batch(conn: Connection, op: Operation, public_ids: PublicIds) -> dict:
     """Debit one batch in the caller's transaction: every eventId at most once, never below zero."""
     events = [_event(e) for e in op.payload["events"]]
     balance = store.lock_for_batch(conn, op.workspace_id, op.billing_account_id)
@@ -75,7 +76,7 @@ def apply_batch(conn: Connection, op: Operation) -> dict:
             "debited": len(debits), "debitedCents": sum(o.event.amount_cents for o in debits),
             "duplicates": sum(o.status == usage.DUPLICATE for o in outcomes),
             "refused": sum(o.status == usage.REFUSED for o in outcomes), "balanceAfterCents": balance,
-            "events": [_outcome_json(o, entry_of.get(o.event.event_id)) for o in outcomes]}
+            "events": [_outcome_json(o, entry_of.get(o.event.event_id), public_ids) for o in outcomes]}
 
 
 def _row(workspace_id: str, outcome: usage.Outcome) -> dict:
@@ -85,9 +86,9 @@ def _row(workspace_id: str, outcome: usage.Outcome) -> dict:
             "occurred_at": e.occurred_at, "description": f"Usage: {e.quantity} {e.metric}"}
 
 
-def _outcome_json(outcome: usage.Outcome, entry_id: int | None) -> dict:
+def _outcome_json(outcome: usage.Outcome, entry_id: int | None, ids: PublicIds) -> dict:
     body = {"eventId": outcome.event.event_id, "status": outcome.status,
-            "transactionId": f"txn_{entry_id}" if entry_id and outcome.status != usage.REFUSED else None}
+            "transactionId": ids.transaction(entry_id) if entry_id and outcome.status != usage.REFUSED else None}
     return body | ({"reason": outcome.reason} if outcome.reason else {})
 
 

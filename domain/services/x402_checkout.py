@@ -187,8 +187,7 @@ class X402CheckoutService:
                 self._wait(uow.conn, checkout, operation_id, outcome)
             uow.commit()
 
-    @staticmethod
-    def _credit(conn: Connection, checkout: Checkout, transaction: str | None) -> dict:
+    def _credit(self, conn: Connection, checkout: Checkout, transaction: str | None) -> dict:
         """x402_topup once per (network, payer, nonce), in the transaction that completes the checkout."""
         posting = ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind=EntryKind.X402_TOPUP,
                               key=f"x402:{checkout.network}:{checkout.payer.lower()}:{checkout.nonce}",
@@ -197,7 +196,7 @@ class X402CheckoutService:
         if checkout.status != CheckoutStatus.COMPLETED:
             checkouts.change(conn, checkout.id, status=CheckoutStatus.COMPLETED, failure_reason=None,
                              details=checkout.details | {"transaction": transaction})
-        return {"checkoutId": checkout.id, "transactionId": f"txn_{posting.entry.id}",
+        return {"checkoutId": checkout.id, "transactionId": self._ctx.ids.transaction(posting.entry.id),
                 "billingAccountId": checkout.billing_account_id, "amountCents": posting.entry.amount_cents,
                 "balanceAfterCents": posting.entry.balance_after_cents, "transaction": transaction}
 

@@ -187,6 +187,13 @@ account_tiers = Table(
     Index("account_tiers_computed_at", "computed_at"),
 )
 
+service_keys = Table(
+    "service_keys", metadata,
+    Column("name", Text, primary_key=True),
+    Column("key", LargeBinary, nullable=False),
+    _now(),
+)
+
 usage_rollups = Table(
     "usage_rollups", metadata,
     Column("workspace_id", Text, primary_key=True),

@@ -313,9 +313,11 @@ def test_list_endpoints_show_only_the_callers_own_rows(api, services, queue, eng
     with engine.connect() as conn:
         their_rows = set(conn.execute(text(
             "SELECT id FROM billing_accounts WHERE owner_user_id = :u UNION SELECT id FROM workspaces "
-            "WHERE owner_user_id = :u UNION SELECT id FROM checkouts WHERE workspace_id = :w UNION "
-            "SELECT 'txn_' || e.id FROM ledger_entries e JOIN billing_accounts a ON a.id = e.billing_account_id "
-            "WHERE a.owner_user_id = :u"), {"u": stranger.id, "w": theirs}).scalars())
+            "WHERE owner_user_id = :u UNION SELECT id FROM checkouts WHERE workspace_id = :w"),
+            {"u": stranger.id, "w": theirs}).scalars())
+        their_rows |= {services.ctx.ids.transaction(entry_id) for entry_id in conn.execute(text(
+            "SELECT e.id FROM ledger_entries e JOIN billing_accounts a ON a.id = e.billing_account_id "
+            "WHERE a.owner_user_id = :u"), {"u": stranger.id}).scalars()}
 
     def listed(caller: str, path: str) -> set[str]:
         result = api.call("GET", path, world.keys[caller])

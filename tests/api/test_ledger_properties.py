@@ -293,13 +293,14 @@ class LedgerMachine(RuleBasedStateMachine):
             statuses = dict(conn.execute(_OPERATIONS, {"ids": [w.id for w in self.workspaces]}).all())
         done = sorted(i for i in self.unfinished if statuses[i] != "queued")
         results = {i: self.api.operator("GET", f"/operations/{i}").json for i in done}
-        txn_ids = [int(r["result"]["transactionId"][4:]) for r in results.values() if r["kind"] == "credit"]
-        txn_ids += [int(e["transactionId"][4:]) for r in results.values() if r["kind"] == "usage"
+        entry_of = self.services.ctx.ids.entry_of
+        txn_ids = [entry_of(r["result"]["transactionId"]) for r in results.values() if r["kind"] == "credit"]
+        txn_ids += [entry_of(e["transactionId"]) for r in results.values() if r["kind"] == "usage"
                     for e in r["result"]["events"] if e["transactionId"]]
         with self.engine.connect() as conn:
             entries = {row.id: row for row in conn.execute(_ENTRIES_BY_ID, {"ids": txn_ids})}
         credits = sorted((i for i in done if self.ops[i].kind == "credit"),
-                         key=lambda i: int(results[i]["result"]["transactionId"][4:]))
+                         key=lambda i: entry_of(results[i]["result"]["transactionId"]))
         for operation_id in credits:
             self._take_in_credit(self.ops[operation_id], results[operation_id], entries)
         for operation_id in (i for i in done if self.ops[i].kind == "usage"):
@@ -310,7 +311,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def _take_in_credit(self, op: Queued, found: dict, entries: dict) -> None:
         assert found["status"] == "succeeded", found
         result = found["result"]
-        entry = entries[int(result["transactionId"][4:])]
+        entry = entries[self.services.ctx.ids.entry_of(result["transactionId"])]
         assert (result["billingAccountId"], result["amountCents"]) == (op.account, op.body["amountCents"])
         assert (entry.billing_account_id, entry.workspace_id, entry.kind, entry.amount_cents) == (
             op.account, op.workspace.id, "credit_grant", op.body["amountCents"])
@@ -332,7 +333,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if status == "refused":
                 assert outcome["transactionId"] is None and outcome["reason"].startswith("insufficient_funds")
             elif status == "debited":
-                entry = entries[int(outcome["transactionId"][4:])]
+                entry = entries[self.services.ctx.ids.entry_of(outcome["transactionId"])]
                 assert (entry.billing_account_id, entry.workspace_id, entry.kind, entry.amount_cents,
                         entry.balance_after_cents, entry.reference) == (
                     op.account, op.workspace.id, "usage", -event["amountCents"], after, event["eventId"])

@@ -1,5 +1,6 @@
 """Keyset pages of transactions: complete and stable while entries are written; filters; bad parameters."""
 import base64
+import re
 import threading
 
 import pytest
@@ -22,8 +23,8 @@ def database_now(engine) -> str:
     return moment.isoformat() + "Z"
 
 
-def entry_number(transaction: dict) -> int:
-    return int(transaction["id"].removeprefix("txn_"))
+def entry_number(services, transaction: dict) -> int:
+    return services.ctx.ids.entry_of(transaction["id"])
 
 
 class Writer(threading.Thread):
@@ -36,7 +37,7 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         while self.nudges.acquire() and not self.finished:
-            self.posted.append(f"txn_{post(self.services, self.account_id, 1).entry.id}")
+            self.posted.append(self.services.ctx.ids.transaction(post(self.services, self.account_id, 1).entry.id))
             self.writes.release()
 
     def write_one(self) -> None:
@@ -72,7 +73,7 @@ def test_walking_the_pages_returns_every_entry_once_newest_first_while_entries_a
         writer.finish()
     assert pages == 18 and len(writer.posted) == 18
     assert [t["id"] for t in walked] == existing
-    assert [entry_number(t) for t in walked] == sorted((entry_number(t) for t in walked), reverse=True)
+    assert [entry_number(services, t) for t in walked] == sorted((entry_number(services, t) for t in walked), reverse=True)
     assert [t["amountCents"] for t in walked] == list(range(219, 99, -1))
     now = [t["id"] for t in all_transactions(api, owner.key, account_id)]
     assert now == list(reversed(writer.posted)) + existing
@@ -142,3 +143,29 @@ def test_limits_at_the_edges_are_accepted(api, fresh_account):
     for limit in ("1", "200"):
         result = api.call("GET", f"/billing-accounts/{account_id}/transactions", owner.key, params={"limit": limit})
         assert result.status_code == 200, result.text
+
+
+def test_transaction_ids_and_cursors_tell_nothing_of_the_ledger_size_or_order(api, services, engine):
+    """Two users' first entries, written one after the other, get ids that neither count nor reveal
+    their neighbours; cursors carry no entry number; a key of another deployment maps them elsewhere."""
+    from domain.public_ids import PublicIds
+
+    firsts = []
+    for _ in range(2):
+        owner = api.new_user()
+        firsts.append((owner, api.call("GET", f"/billing-accounts/{owner.default_account_id}/transactions",
+                                       owner.key).json["data"][0]["id"]))
+    (a_owner, a), (_, b) = firsts
+    numbers = [services.ctx.ids.entry_of(t) for t in (a, b)]
+    assert numbers[1] > numbers[0] and all(re.fullmatch(r"txn_[a-z2-7]{13}", t) for t in (a, b))
+    assert not any(str(n) in t for n in numbers for t in (a, b))
+    assert PublicIds(lambda: b"another deployment's key").transaction(numbers[0]) != a
+    for _ in range(3):
+        post(services, a_owner.default_account_id, 1)
+    page = api.call("GET", f"/billing-accounts/{a_owner.default_account_id}/transactions", a_owner.key,
+                    params={"limit": "2"}).json
+    assert page["nextCursor"] and not any(str(services.ctx.ids.entry_of(t["id"])) in page["nextCursor"]
+                                          for t in page["data"])
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT key FROM service_keys WHERE name = 'public_ids'")).scalar_one()
+    assert len(key) == 32
