@@ -75,11 +75,12 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
 def get_app() -> falcon.App:
     """The production app, wired from the environment (gunicorn 'api.app:get_app()')."""
     # The composition root, imported here only: create_app and the tests take their services from outside.
-    from worker import health, logs, metrics, settings
+    from worker import health, logs, metrics, settings, tracing
     from worker.container import services
 
     logs.configure("api")
     loaded = settings.load()
+    tracing.setup("billing-api", loaded.otlp_endpoint)  # before the app is made: it patches falcon.App
     port = MetricsPort(metrics.observe_request,
                        lambda: metrics.render(lambda: metrics.gauges(services(), loaded.broker_url)),
                        token=loaded.metrics_token)

@@ -2,11 +2,13 @@
 import logging
 
 import celery
+from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from domain.names import Task
 from domain.services.operations import stop_cause
 from tasks import OPERATION_RETRY
+from worker import tracing as traces
 from worker.celery_app import app
 from worker.container import services
 
@@ -38,6 +40,21 @@ class OperationTask(celery.Task):
         """The retry itself could not be sent (the broker is down): the operation stays queued with its
         cause recorded, and the relay sends it again."""
         services().operations.retry_later(kwargs["operation_id"], cause(exc))
+
+
+@signals.task_prerun.connect
+def _join_the_accepting_trace(task=None, kwargs=None, **_) -> None:
+    """A message without trace context (sent by an untraced process: `billing relay`, `billing credit`) starts
+    its operation's task in the trace of the request that accepted it, kept on the operation's row. Connected
+    at import, this runs before the Celery instrumentation's receiver (connected in worker_process_init)."""
+    operation_id = (kwargs or {}).get("operation_id")
+    if not operation_id or not traces.on() or getattr(task.request, "traceparent", None):
+        return
+    try:
+        with traces.unrecorded():
+            task.request.traceparent = services().operations.trace_parent_of(operation_id)
+    except Exception as exc:  # tracing never stops a task; the task meets the same database on its own
+        log.warning("operation %s: no trace context from its row (%s)", operation_id, type(exc).__name__)
 
 
 @app.task(name=Task.APPLY_OPERATION, base=OperationTask, **OPERATION_RETRY)

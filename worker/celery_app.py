@@ -5,7 +5,7 @@ from celery import Celery, signals
 
 import beat_schedule
 from domain import tracing
-from worker import logs, metrics, settings as settings_module
+from worker import logs, metrics, settings as settings_module, tracing as traces
 from worker.routing import ROUTES
 
 TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
@@ -93,8 +93,19 @@ def _task_finished(task=None, state=None, **_) -> None:
     metrics.task_finished(task.name, state, getattr(task.request, "metrics_started", None))
 
 
+@signals.worker_process_init.connect
+def _trace(**_) -> None:
+    """Each pool child sets tracing up itself: an exporter's thread does not survive the fork."""
+    traces.setup("billing-worker", settings_module.load().otlp_endpoint)
+
+
+@signals.worker_process_shutdown.connect
+def _flush_traces(**_) -> None:
+    traces.flush()
+
+
 @signals.worker_ready.connect
 def _serve_metrics(**_) -> None:
     port = int(os.environ.get("WORKER_METRICS_PORT", "9808") or 0)
     if port:
-        metrics.serve(port)
+        metrics.serve(port, os.environ.get("BILLING_METRICS_TOKEN", "").strip() or None)

@@ -10,7 +10,7 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.limiter import memory_limiter, redis_limiter
 from domain.store.uow import UnitOfWork, make_engine
-from worker import metrics, payments, settings as settings_module
+from worker import metrics, payments, settings as settings_module, tracing
 from worker.wakeups import MergedSends
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,15 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                          statement_timeout_ms=settings.db_statement_timeout_ms)
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
-    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings), enqueue=enqueue,
+    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings,
+                                         on_failed=metrics.observe_failed), enqueue=enqueue,
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds,
                                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
                                 idempotency_lease_seconds=settings.idempotency_lease_seconds),
                   stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
-                  limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000))
+                  limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000),
+                  trace_parent=tracing.trace_parent, resume_trace=tracing.resume)
     return Services(ctx)
 
 

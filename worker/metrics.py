@@ -1,12 +1,18 @@
 """Prometheus metrics of the API and the worker; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set."""
+import hmac
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest,
+                               make_wsgi_app)
 from prometheus_client.core import GaugeMetricFamily
 
+from domain.errors import Unavailable
 from worker.routing import QUEUES
 
 HTTP_REQUESTS = Counter("billing_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -20,6 +26,8 @@ POSTED_CENTS = Counter("billing_ledger_posted_cents_total", "Cents moved by comm
                        ["kind", "direction"])
 RATE_LIMIT_DECISIONS = Counter("billing_rate_limit_decisions_total", "Rate-limit decisions (checks and API keys)",
                                ["decision", "store"])  # allowed|denied; ok|unavailable
+OPERATIONS_FAILED = Counter("billing_operations_failed_total", "Operations that ended failed (a business refusal)",
+                            ["kind"])
 
 
 def task_started(name: str) -> float:
@@ -34,20 +42,43 @@ def task_finished(name: str, state: str | None, started: float | None) -> None:
         TASK_SECONDS.labels(name).observe(time.perf_counter() - started)
 
 
-def serve(port: int) -> None:
-    """The worker's own /metrics (every pool process's counters), on a background thread."""
-    from prometheus_client import start_http_server
-
+def serve(port: int, token: str | None = None) -> None:
+    """The worker's own /metrics (every pool process's counters), on a background thread; with `token`
+    (BILLING_METRICS_TOKEN) only for `Authorization: Bearer <token>`, as the API's."""
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Loaded only where the multiprocess directory is set (the API's workers share one).
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+    app = make_wsgi_app(registry) if token is None else _bearer(make_wsgi_app(registry), token)
     try:
-        start_http_server(port, registry=registry)
+        server = make_server("", port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as exc:  # the port is taken (a second worker on this host): run without it
         logging.getLogger(__name__).warning("worker metrics not served on port %s: %s", port, exc)
+        return
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+        pass
+
+
+def _bearer(app, token: str):
+    def guarded(environ, start_response):
+        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                            ("WWW-Authenticate", 'Bearer realm="metrics"')])
+        return [b"send Authorization: Bearer <BILLING_METRICS_TOKEN>\n"]
+    return guarded
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -61,23 +92,40 @@ def observe_decision(decision) -> None:
 
 
 def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:
-    """Scrape-time values: queue depth per queue (Redis broker), outbox backlog, checkouts by state."""
-    snapshot = services.stats.snapshot()
-    found = {
-        "billing_outbox_operations": [({"status": s}, n) for s, n in snapshot["backlog"].items()],
-        "billing_checkouts": [({"provider": p, "status": s}, n) for p, s, n in snapshot["checkouts"]],
-    }
+    """Scrape-time values: whether the database and the Redis broker answered this scrape, queue depth per
+    queue (Redis broker), outbox backlog and its oldest operation's age, checkouts by state and the oldest
+    pending one's age per provider. The database down leaves its gauges out, not the whole scrape."""
+    try:
+        snapshot = services.stats.snapshot()
+    except Unavailable:
+        snapshot = None
+    found = {"billing_dependency_up": [({"dependency": "database"}, 0 if snapshot is None else 1)]}
+    if snapshot is not None:
+        found |= {
+            "billing_outbox_operations": [({"status": s}, n) for s, n in snapshot["backlog"].items()],
+            "billing_outbox_oldest_seconds": [({}, snapshot["oldest_unfinished_seconds"])],
+            "billing_checkouts": [({"provider": p, "status": s}, n) for p, s, n in snapshot["checkouts"]],
+            "billing_checkouts_oldest_pending_seconds": [
+                ({"provider": p}, age) for p, age in snapshot["oldest_pending_checkouts"].items()],
+        }
     if broker_url and broker_url.startswith(("redis://", "rediss://")):
         import redis
 
         client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
         try:
-            found["billing_queue_depth"] = [({"queue": q}, client.llen(q)) for q in QUEUES]
+            found["billing_queue_depth"], broker_up = [({"queue": q}, client.llen(q)) for q in QUEUES], 1
         except redis.RedisError:
-            found["billing_queue_depth"] = []
+            found["billing_queue_depth"], broker_up = [], 0
         finally:
             client.close()
+        found["billing_dependency_up"].append(({"dependency": "broker"}, broker_up))
     return found
+
+
+def observe_failed(kinds: list[str]) -> None:
+    """Called after a commit with the kind of each operation it marked failed."""
+    for kind in kinds:
+        OPERATIONS_FAILED.labels(kind).inc()
 
 
 def observe_postings(postings: list[tuple[str, int]]) -> None:
@@ -88,7 +136,7 @@ def observe_postings(postings: list[tuple[str, int]]) -> None:
 
 
 class _Gauges:
-    """Values read at scrape time: queue depth, outbox backlog, checkouts by state."""
+    """Values read at scrape time (see gauges)."""
 
     def __init__(self, read: Callable[[], dict[str, list[tuple[dict, float]]]]) -> None:
         self._read = read

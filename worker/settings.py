@@ -43,6 +43,7 @@ class Settings:
     idempotency_lease_seconds: int = 60  # BILLING_IDEMPOTENCY_LEASE_SECONDS
     db_lock_timeout_ms: int = 500  # BILLING_DB_LOCK_TIMEOUT_MS: longest wait for a row lock
     db_statement_timeout_ms: int = 30000  # BILLING_DB_STATEMENT_TIMEOUT_MS: below the tasks' time limit
+    otlp_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there (worker.tracing)
 
 
 
@@ -108,6 +109,7 @@ def load(env: dict | None = None) -> Settings:
         db_lock_timeout_ms=_int(env, "BILLING_DB_LOCK_TIMEOUT_MS", 500, low=1, high=600_000),
         # a statement may not run into the tasks' soft time limit (tasks.RETRY), where it would be cut off
         db_statement_timeout_ms=_int(env, "BILLING_DB_STATEMENT_TIMEOUT_MS", 30000, low=100, high=50_000),
+        otlp_endpoint=_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https")),
     )
 
 

@@ -1,5 +1,6 @@
 """What every service is built with."""
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,14 @@ from domain.store.uow import UnitOfWork
 from domain.tiers import DEFAULT_TABLE, TierTable
 
 Enqueue = Callable[..., bool]  # enqueue(task_name, **kwargs) -> sent?; never raises: the outbox covers a miss
+
+
+def untraced() -> str | None:
+    return None
+
+
+def not_resumed(name: str, trace_parent: str | None, links: Sequence[str] = ()) -> AbstractContextManager:
+    return nullcontext()
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,10 @@ class Context:
     # Wakes the worker to apply queued credits; sends may be merged (worker.wakeups). None: enqueue.
     wake: Enqueue | None = None
     ids: PublicIds | None = None  # None: the permutation keyed by the database's service key
+    # The W3C traceparent of the request being served, stored on the operations it records (worker.tracing).
+    trace_parent: Callable[[], str | None] = untraced
+    # resume_trace(name, trace_parent, links): a block, the relay's send, run in the trace a stored one names.
+    resume_trace: Callable[..., AbstractContextManager] = not_resumed
 
     def __post_init__(self) -> None:
         if self.ids is None:

@@ -47,7 +47,8 @@ class OperationService:
             op, created = operations.insert_for_workspace(
                 uow.conn, operation_id=new_id("op"), kind="credit", caller=caller.name,
                 idempotency_scope=claim.scope if claim else None, workspace_id=workspace_id,
-                payload={"amountCents": amount_cents, "description": description})
+                payload={"amountCents": amount_cents, "description": description},
+                trace_parent=self._ctx.trace_parent())
             if op is None:
                 raise NotFound("workspace not found")
             if claim is not None:
@@ -66,6 +67,11 @@ class OperationService:
         if op is None or not (caller.is_operator or op.caller == caller.name):
             raise NotFound("operation not found")
         return op
+
+    def trace_parent_of(self, operation_id: str) -> str | None:
+        """The W3C traceparent of the request that accepted the operation; None when it was not traced."""
+        with self._ctx.uow() as uow:
+            return operations.trace_parent(uow.conn, operation_id)
 
     def apply(self, operation_id: str) -> None:
         """Apply one operation; a credit's message also applies every credit queued by then, in batches

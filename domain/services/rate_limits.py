@@ -97,7 +97,8 @@ class RateLimitService:
             op, created = operations.insert_operation(
                 uow.conn, operation_id=new_id("op"), kind="tier_refresh", caller=caller.name,
                 idempotency_scope=idempotency_scope, workspace_id=workspace.id,
-                billing_account_id=workspace.default_billing_account_id, payload={})
+                billing_account_id=workspace.default_billing_account_id, payload={},
+                trace_parent=self._ctx.trace_parent())
             if created:
                 uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_TIER_OPERATION, operation_id=op.id))
             uow.commit()

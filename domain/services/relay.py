@@ -24,19 +24,26 @@ class OutboxRelay:
         BATCH_SIZE due credits re-drives them all; every other operation gets its own message."""
         with self._ctx.uow() as uow:
             due = operations.due_for_relay(uow.conn, older_than=older_than, limit=limit)
-            in_batches = [op_id for op_id, kind, status in due if _batched(kind, status)]
+            in_batches = [(op_id, parent) for op_id, kind, status, parent in due if _batched(kind, status)]
             sends = [(Task.APPLY_OPERATION, in_batches[i:i + BATCH_SIZE]) for i in range(0, len(in_batches), BATCH_SIZE)]
-            sends += [(TASK_FOR_KIND.get(kind, Task.APPLY_OPERATION), [op_id]) for op_id, kind, status in due
-                      if not _batched(kind, status)]
+            sends += [(TASK_FOR_KIND.get(kind, Task.APPLY_OPERATION), [(op_id, parent)])
+                      for op_id, kind, status, parent in due if not _batched(kind, status)]
             sent = []
             for task, covered in sends:
-                if not self._ctx.enqueue(task, operation_id=covered[0]):
+                if not self._send(task, covered):
                     break  # the broker is down: stop here, rather than wait on it for every row
-                sent += covered
+                sent += [op_id for op_id, _ in covered]
             if sent:
                 operations.mark_enqueued(uow.conn, sent)
             uow.commit()
         return len(sent)
+
+    def _send(self, task: str, covered: list[tuple[str, str | None]]) -> bool:
+        """One message for the operations `covered` (id, stored traceparent), naming the first: sent in the trace
+        of the request that accepted it, linked to the others' traces."""
+        (first, parent), others = covered[0], [other for _, other in covered[1:] if other]
+        with self._ctx.resume_trace(f"relay {task}", parent, others):
+            return self._ctx.enqueue(task, operation_id=first)
 
 
 def _batched(kind: str, status: str) -> bool:

@@ -39,7 +39,7 @@ class UsageService:
                 uow.conn, operation_id=new_id("op"), kind="usage", caller=caller.name,
                 idempotency_scope=idempotency_scope, workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id,
-                payload={"events": [_event_json(e) for e in events]})
+                payload={"events": [_event_json(e) for e in events]}, trace_parent=self._ctx.trace_parent())
             if created:
                 uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_OPERATION, operation_id=op.id))
             uow.commit()

@@ -135,7 +135,8 @@ class X402CheckoutService:
                 uow.conn, operation_id=new_id("op"), kind=SETTLE_KIND, caller=caller.name,
                 idempotency_scope=f"x402:{checkout.id}", workspace_id=checkout.workspace_id,
                 billing_account_id=checkout.billing_account_id,
-                payload={"checkoutId": checkout.id, "amountCents": checkout.amount_cents})
+                payload={"checkoutId": checkout.id, "amountCents": checkout.amount_cents},
+                trace_parent=self._ctx.trace_parent())
             accepted = x402_payments.attach_operation(uow.conn, checkout.id, op.id)
             if accepted is None:
                 raise Conflict("another request took this payment over while it was verified; send it again")

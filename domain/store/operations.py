@@ -13,6 +13,7 @@ from domain import times
 from domain.models import Operation
 from domain.names import UNFINISHED, OperationStatus
 from domain.store.tables import operations
+from domain.store.uow import note_failed
 
 _o = operations.c
 _COLUMNS = ("id, kind, status, caller, workspace_id, billing_account_id, payload, result, error, attempts, "
@@ -29,11 +30,13 @@ def _operation(row) -> Operation:
 
 def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: str,
                      idempotency_scope: str | None, workspace_id: str | None,
-                     billing_account_id: str | None, payload: dict) -> tuple[Operation, bool]:
+                     billing_account_id: str | None, payload: dict,
+                     trace_parent: str | None = None) -> tuple[Operation, bool]:
     """Insert; when an operation exists under this idempotency scope already, that one (False)."""
     stmt = (pg_insert(operations).values(
         id=operation_id, kind=kind, caller=caller, idempotency_scope=idempotency_scope,
-        workspace_id=workspace_id, billing_account_id=billing_account_id, payload=payload)
+        workspace_id=workspace_id, billing_account_id=billing_account_id, payload=payload,
+        trace_parent=trace_parent)
         .on_conflict_do_nothing(constraint="operations_idempotency_scope")
         .returning(operations))
     row = conn.execute(stmt).mappings().first()
@@ -46,8 +49,8 @@ def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: 
 
 # The workspace's current default account is read by the INSERT itself: one statement, one round trip.
 _INSERT_FOR_WORKSPACE = text(f"""
-INSERT INTO operations (id, kind, caller, idempotency_scope, workspace_id, billing_account_id, payload)
-SELECT :id, :kind, :caller, :scope, w.id, w.default_billing_account_id, CAST(:payload AS jsonb)
+INSERT INTO operations (id, kind, caller, idempotency_scope, workspace_id, billing_account_id, payload, trace_parent)
+SELECT :id, :kind, :caller, :scope, w.id, w.default_billing_account_id, CAST(:payload AS jsonb), :trace_parent
 FROM workspaces w WHERE w.id = :workspace_id
 ON CONFLICT ON CONSTRAINT operations_idempotency_scope DO NOTHING
 RETURNING {_COLUMNS}
@@ -57,12 +60,13 @@ _BY_SCOPE = text(f"SELECT {_COLUMNS} FROM operations WHERE caller = :caller AND 
 
 def insert_for_workspace(conn: Connection, *, operation_id: str, kind: str, caller: str,
                          idempotency_scope: str | None, workspace_id: str,
-                         payload: dict) -> tuple[Operation | None, bool]:
+                         payload: dict, trace_parent: str | None = None) -> tuple[Operation | None, bool]:
     """Insert an operation on the workspace's default account: (op, True); (existing, False) when one
     exists under this idempotency scope already; (None, False) when the workspace does not exist."""
     row = conn.execute(_INSERT_FOR_WORKSPACE, {
         "id": operation_id, "kind": kind, "caller": caller, "scope": idempotency_scope,
-        "workspace_id": workspace_id, "payload": json.dumps(payload)}).mappings().first()
+        "workspace_id": workspace_id, "payload": json.dumps(payload),
+        "trace_parent": trace_parent}).mappings().first()
     if row is not None:
         return _operation(row), True
     if idempotency_scope is None:
@@ -88,6 +92,13 @@ def get(conn: Connection, operation_id: str, *, for_update: bool = False,
     return _operation(row) if row else None
 
 
+_TRACE_PARENT = text("SELECT trace_parent FROM operations WHERE id = :id")
+
+
+def trace_parent(conn: Connection, operation_id: str) -> str | None:
+    return conn.execute(_TRACE_PARENT, {"id": operation_id}).scalar()
+
+
 _SET_STATUS = text(f"""
 UPDATE operations SET status = :status, result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
        updated_at = now(), attempts = attempts + :attempt,
@@ -106,6 +117,8 @@ def set_status(conn: Connection, operation_id: str, status: str, *, result: dict
         "id": operation_id, "status": status, "attempt": 1 if attempt else 0,
         "result": None if result is None else json.dumps(result),
         "error": None if error is None else json.dumps(error)}).mappings().one()
+    if status == OperationStatus.FAILED:
+        note_failed(conn, row["kind"])
     return _operation(row)
 
 
@@ -168,15 +181,16 @@ def mark_enqueued(conn: Connection, operation_ids: list[str]) -> None:
     conn.execute(update(operations).where(_o.id.in_(operation_ids)).values(enqueued_at=func.now()))
 
 
-def due_for_relay(conn: Connection, *, older_than: timedelta, limit: int) -> list[tuple[str, str, str]]:
-    """(id, kind, status) of unfinished operations not enqueued (or not touched) for older_than."""
+def due_for_relay(conn: Connection, *, older_than: timedelta,
+                  limit: int) -> list[tuple[str, str, str, str | None]]:
+    """(id, kind, status, trace_parent) of unfinished operations not enqueued (or not touched) for older_than."""
     cutoff = func.now() - older_than
-    query = (select(_o.id, _o.kind, _o.status).where(
+    query = (select(_o.id, _o.kind, _o.status, _o.trace_parent).where(
         _o.status.in_(UNFINISHED), _o.updated_at < cutoff,
         (_o.enqueued_at.is_(None)) | (_o.enqueued_at < cutoff),
         (_o.next_attempt_at.is_(None)) | (_o.next_attempt_at <= func.now()))
         .order_by(_o.updated_at).limit(limit).with_for_update(skip_locked=True))
-    return [(row.id, row.kind, row.status) for row in conn.execute(query)]
+    return [(row.id, row.kind, row.status, row.trace_parent) for row in conn.execute(query)]
 
 
 def stuck(conn: Connection, *, older_than: timedelta) -> list[str]:

@@ -134,6 +134,7 @@ operations = Table(
     Column("last_error", JSONB),  # the transient cause of the last failed attempt, while it is retried
     Column("next_attempt_at", DateTime(timezone=True)),
     Column("enqueued_at", DateTime(timezone=True)),
+    Column("trace_parent", Text),  # the accepting request's W3C traceparent (worker.tracing); NULL: not traced
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="operations_status"),

@@ -14,11 +14,17 @@ from domain.errors import Unavailable
 StoreError = DBAPIError
 
 POSTINGS = "billing.postings"  # Connection.info key: (kind, amount_cents) of entries written in this transaction
+FAILED = "billing.failed_operations"  # Connection.info key: kinds of the operations this transaction failed
 
 
 def note_postings(conn: Connection, postings: list[tuple[str, int]]) -> None:
     """Remember entries written in this transaction, for whoever observes commits (metrics)."""
     conn.info.setdefault(POSTINGS, []).extend(postings)
+
+
+def note_failed(conn: Connection, kind: str) -> None:
+    """Remember an operation this transaction marked failed, for whoever observes commits (metrics)."""
+    conn.info.setdefault(FAILED, []).append(kind)
 
 
 IDLE_PING_SECONDS = 5.0  # a pooled connection unused for longer is pinged before it is handed out
@@ -92,9 +98,11 @@ class UnitOfWork:
     The one place where "the database is unavailable" is decided: an error meaning so, on entering or from
     inside, leaves as domain.errors.Unavailable, so the API and the tasks never see a driver's error for it."""
 
-    def __init__(self, engine: Engine, on_postings: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+    def __init__(self, engine: Engine, on_postings: Callable[[list[tuple[str, int]]], None] | None = None,
+                 on_failed: Callable[[list[str]], None] | None = None) -> None:
         self._engine = engine
         self._on_postings = on_postings
+        self._on_failed = on_failed
         self._after_commit: list[Callable[[], None]] = []
         self.conn: Connection
 
@@ -113,6 +121,7 @@ class UnitOfWork:
         # it; touching conn.info then raises PendingRollbackError, which would hide the OperationalError.
         if not self.conn.invalidated:
             self.conn.info.pop(POSTINGS, None)
+            self.conn.info.pop(FAILED, None)
         try:
             if self._tx.is_active:
                 self._tx.rollback()
@@ -127,10 +136,12 @@ class UnitOfWork:
         self._after_commit.append(callback)
 
     def commit(self) -> None:
-        postings = self.conn.info.pop(POSTINGS, [])
+        postings, failed = self.conn.info.pop(POSTINGS, []), self.conn.info.pop(FAILED, [])
         self._tx.commit()
         if self._on_postings is not None and postings:
             self._on_postings(postings)
+        if self._on_failed is not None and failed:
+            self._on_failed(failed)
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()

@@ -102,3 +102,24 @@ def test_with_a_metrics_token_only_a_scraper_sending_it_reads_the_metrics(engine
         assert "billing_" not in refused.text
     allowed = api.call("GET", "/metrics", "scrape-secret")
     assert allowed.status_code == 200 and "billing_http_requests" in allowed.text
+
+
+def test_the_worker_metrics_port_asks_for_the_same_token():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics.serve(port, token="scrape-secret")
+    url = f"http://127.0.0.1:{port}/metrics"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+            raise AssertionError("served without the token")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+    with urllib.request.urlopen(urllib.request.Request(
+            url, headers={"Authorization": "Bearer scrape-secret"}), timeout=5) as answer:
+        assert answer.status == 200 and b"billing_" in answer.read()

@@ -1,0 +1,466 @@
+# Generated from the service's GET /openapi.json by client/regenerate.py: do not edit.
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from billing_client._base import Model
+from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+
+
+class FieldError(Model):
+    field: str
+    message: str
+
+
+class Problem(Model):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class CreateUser(Model):
+    email: Annotated[
+        str, Field(max_length=254, min_length=3, pattern="^[^@\\s]+@[^@\\s]+$")
+    ]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class CreatedUser(Model):
+    id: str
+    email: str
+    name: str | None
+    default_billing_account_id: Annotated[
+        str | None, Field(alias="defaultBillingAccountId")
+    ]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    api_key: Annotated[str, Field(alias="apiKey")]
+
+
+class User(Model):
+    id: str
+    email: str
+    name: str | None
+    default_billing_account_id: Annotated[
+        str | None, Field(alias="defaultBillingAccountId")
+    ]
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class Workspace(Model):
+    id: str
+    name: str
+    owner_user_id: Annotated[str, Field(alias="ownerUserId")]
+    default_billing_account_id: Annotated[str, Field(alias="defaultBillingAccountId")]
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class WorkspaceList(Model):
+    data: list[Workspace]
+
+
+class CreateWorkspace(Model):
+    name: Annotated[str, Field(max_length=200, min_length=1)]
+    billing_account_id: Annotated[
+        Annotated[str, StringConstraints(min_length=1, max_length=100)] | None,
+        Field(alias="billingAccountId"),
+    ] = None
+
+
+class AddMember(Model):
+    user_id: Annotated[str, Field(alias="userId", max_length=100, min_length=1)]
+    role: Literal["admin", "member"]
+
+
+class Member(Model):
+    user_id: Annotated[str, Field(alias="userId")]
+    role: Literal["admin", "member"]
+
+
+class BillingAccount(Model):
+    id: str
+    name: str
+    owner_user_id: Annotated[str, Field(alias="ownerUserId")]
+    is_user_default: Annotated[bool, Field(alias="isUserDefault")]
+    currency: Literal["usd"]
+    balance_cents: Annotated[int, Field(alias="balanceCents")]
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class BillingAccountList(Model):
+    data: list[BillingAccount]
+
+
+class BillingAccountDetail(Model):
+    id: str
+    name: str
+    owner_user_id: Annotated[str, Field(alias="ownerUserId")]
+    is_user_default: Annotated[bool, Field(alias="isUserDefault")]
+    currency: Literal["usd"]
+    balance_cents: Annotated[int, Field(alias="balanceCents")]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    linked_workspace_ids: Annotated[list[str], Field(alias="linkedWorkspaceIds")]
+
+
+class Balance(Model):
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    workspace_id: Annotated[str | None, Field(alias="workspaceId")] = None
+    balance_cents: Annotated[int, Field(alias="balanceCents")]
+    currency: Literal["usd"]
+    as_of: Annotated[str, Field(alias="asOf")]
+
+
+class KindTotal(Model):
+    count: int
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+
+
+class Summary(Model):
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    workspace_id: Annotated[str | None, Field(alias="workspaceId")] = None
+    currency: Literal["usd"]
+    balance_cents: Annotated[int, Field(alias="balanceCents")]
+    total_credited_cents: Annotated[int, Field(alias="totalCreditedCents")]
+    total_debited_cents: Annotated[int, Field(alias="totalDebitedCents")]
+    transaction_count: Annotated[int, Field(alias="transactionCount")]
+    last_transaction_at: Annotated[str | None, Field(alias="lastTransactionAt")]
+    by_kind: Annotated[dict[str, KindTotal], Field(alias="byKind")]
+
+
+class Transaction(Model):
+    id: str
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    workspace_id: Annotated[str | None, Field(alias="workspaceId")]
+    kind: Literal[
+        "intro_credit",
+        "credit_grant",
+        "stripe_topup",
+        "x402_topup",
+        "usage",
+        "refund",
+        "adjustment",
+    ]
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+    balance_after_cents: Annotated[int, Field(alias="balanceAfterCents")]
+    description: str
+    reference: str | None
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class TransactionPage(Model):
+    data: list[Transaction]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class LinkedAccount(Model):
+    id: str
+    name: str
+    owner_user_id: Annotated[str, Field(alias="ownerUserId")]
+    is_user_default: Annotated[bool, Field(alias="isUserDefault")]
+    currency: Literal["usd"]
+    balance_cents: Annotated[int, Field(alias="balanceCents")]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    is_workspace_default: Annotated[bool, Field(alias="isWorkspaceDefault")]
+    linked_at: Annotated[str, Field(alias="linkedAt")]
+
+
+class LinkedAccountList(Model):
+    data: list[LinkedAccount]
+
+
+class CreateBillingAccount(Model):
+    name: Annotated[str, Field(max_length=200, min_length=1)]
+
+
+class LinkBillingAccount(Model):
+    billing_account_id: Annotated[
+        str, Field(alias="billingAccountId", max_length=100, min_length=1)
+    ]
+
+
+class AddCredits(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="Integer cents, 1 to 100,000,000.",
+            gt=0,
+            le=100000000,
+        ),
+    ]
+    description: Annotated[str | None, Field(max_length=500)] = ""
+
+
+class Operation(Model):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    result: dict[str, Any] | None
+    error: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="Set when the operation failed: a business refusal (insufficient balance, unknown account, amount mismatch), never a transient cause."
+        ),
+    ]
+    attempts: Annotated[int, Field(description="Attempts made so far to apply it.")]
+    last_error: Annotated[
+        dict[str, Any] | None,
+        Field(
+            alias="lastError",
+            description="While it is retried: {title, detail, at} of the transient cause (a lock held by another transaction, a time limit, the database down, a killed worker) that stopped the last attempt.",
+        ),
+    ]
+    next_attempt_at: Annotated[
+        str | None,
+        Field(
+            alias="nextAttemptAt",
+            description="While it waits for a retry: when it is tried next.",
+        ),
+    ]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    updated_at: Annotated[str, Field(alias="updatedAt")]
+
+
+class UsageEvent(Model):
+    event_id: Annotated[
+        str,
+        Field(
+            alias="eventId",
+            description="Printable ASCII without spaces; the event is debited once per workspace and eventId.",
+            max_length=200,
+            min_length=1,
+            pattern="^[\\x21-\\x7e]+$",
+        ),
+    ]
+    metric: Annotated[
+        str, Field(max_length=100, min_length=1, pattern="^[A-Za-z0-9_.:/-]+$")
+    ]
+    quantity: Annotated[int, Field(ge=0, le=1000000000000)]
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="Integer cents, 1 to 100,000,000.",
+            gt=0,
+            le=100000000,
+        ),
+    ]
+    occurred_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            alias="occurredAt",
+            description="RFC 3339 with an offset, 1970 or later in UTC; default: when the request was accepted. At most 5 minutes ahead.",
+        ),
+    ] = None
+
+
+class RecordUsage(Model):
+    events: Annotated[list[UsageEvent], Field(max_length=1000, min_length=1)]
+
+
+class MetricUsage(Model):
+    metric: str
+    quantity: int
+    usage_cents: Annotated[int, Field(alias="usageCents")]
+
+
+class UsagePeriod(Model):
+    period_start: Annotated[str, Field(alias="periodStart")]
+    usage_cents: Annotated[int, Field(alias="usageCents")]
+    quantity: int
+    events: int
+
+
+class UsageOverview(Model):
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    from_: Annotated[str, Field(alias="from")]
+    to: str
+    granularity: Literal["day", "hour"]
+    total_usage_cents: Annotated[int, Field(alias="totalUsageCents")]
+    series: list[UsagePeriod]
+    by_metric: Annotated[list[MetricUsage], Field(alias="byMetric")]
+
+
+class RequestLimits(Model):
+    requests_per_minute: Annotated[int, Field(alias="requestsPerMinute")]
+
+
+class RateLimitStatus(Model):
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    tier: str
+    limits: RequestLimits
+    remaining: int
+    reset_seconds: Annotated[int, Field(alias="resetSeconds")]
+    computed_at: Annotated[str, Field(alias="computedAt")]
+    reason: str
+
+
+class CheckRateLimit(Model):
+    cost: Annotated[
+        int | None,
+        Field(description="Requests to consume, default 1.", ge=1, le=100000),
+    ] = 1
+
+
+class RateLimitDecision(Model):
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: Annotated[int, Field(alias="resetSeconds")]
+    tier: str
+
+
+class CreateCheckoutSession(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="Integer cents, 50 to 1,000,000.",
+            ge=50,
+            le=1000000,
+        ),
+    ]
+    success_url: Annotated[
+        str,
+        Field(
+            alias="successUrl",
+            description="An absolute http or https URL.",
+            max_length=2000,
+            min_length=8,
+            pattern="^https?://[^\\s/?#]+[^\\s]*$",
+        ),
+    ]
+    cancel_url: Annotated[
+        str,
+        Field(
+            alias="cancelUrl",
+            description="An absolute http or https URL.",
+            max_length=2000,
+            min_length=8,
+            pattern="^https?://[^\\s/?#]+[^\\s]*$",
+        ),
+    ]
+
+
+class Checkout(Model):
+    id: str
+    provider: Literal["stripe", "x402"]
+    status: Literal["pending", "completed", "expired", "failed"]
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+    currency: Literal["usd"]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    completed_at: Annotated[str | None, Field(alias="completedAt")]
+    failure_reason: Annotated[str | None, Field(alias="failureReason")]
+    url: str | None = None
+    stripe_session_id: Annotated[str | None, Field(alias="stripeSessionId")] = None
+    network: str | None = None
+    payer: str | None = None
+    nonce: str | None = None
+    operation_id: Annotated[str | None, Field(alias="operationId")] = None
+    transaction: str | None = None
+
+
+class X402TopUp(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="Integer cents, 1 to 1,000,000.",
+            ge=1,
+            le=1000000,
+        ),
+    ]
+
+
+class X402Accepted(Model):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    result: dict[str, Any] | None
+    error: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="Set when the operation failed: a business refusal (insufficient balance, unknown account, amount mismatch), never a transient cause."
+        ),
+    ]
+    attempts: Annotated[int, Field(description="Attempts made so far to apply it.")]
+    last_error: Annotated[
+        dict[str, Any] | None,
+        Field(
+            alias="lastError",
+            description="While it is retried: {title, detail, at} of the transient cause (a lock held by another transaction, a time limit, the database down, a killed worker) that stopped the last attempt.",
+        ),
+    ]
+    next_attempt_at: Annotated[
+        str | None,
+        Field(
+            alias="nextAttemptAt",
+            description="While it waits for a retry: when it is tried next.",
+        ),
+    ]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    updated_at: Annotated[str, Field(alias="updatedAt")]
+    checkout_id: Annotated[str, Field(alias="checkoutId")]
+
+
+class X402Requirements(Model):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    scheme: Literal["exact"]
+    network: str
+    asset: str
+    amount: Annotated[
+        str,
+        Field(
+            description="Atomic units of the asset, as a decimal string.",
+            pattern="^[0-9]+$",
+        ),
+    ]
+    pay_to: Annotated[str, Field(alias="payTo")]
+    max_timeout_seconds: Annotated[int, Field(alias="maxTimeoutSeconds")]
+    extra: dict[str, Any]
+
+
+class X402Resource(Model):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    url: str
+    description: str
+    mime_type: Annotated[str, Field(alias="mimeType")]
+
+
+class X402PaymentRequired(Model):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    x402_version: Annotated[Literal[2], Field(alias="x402Version")]
+    error: str
+    resource: X402Resource
+    accepts: list[X402Requirements]
+
+
+class WebhookReceipt(Model):
+    received: bool
+    duplicate: bool
+
+
+class CheckoutList(Model):
+    data: list[Checkout]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class Health(Model):
+    status: str
+
+
+class Readiness(Model):
+    status: str
+    checks: dict[str, str]
