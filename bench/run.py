@@ -1,7 +1,7 @@
-"""bench/run: every benchmark of issue 9, one after another, then one table and one chart.
+"""bench/run: every benchmark of issues 9 and 14, one after another, then one table and one chart.
 
-Runs bench/credits, hot_account, balance_read, transactions_page, usage_overview, ratelimit, webhooks and
-memory (each starts its own database, Redis, API and worker, and writes bench/results/<name>.json), runs
+Runs bench/credits, hot_account, balance_read, transactions_page, usage_overview, ratelimit, webhooks,
+memory and floors (each starts its own database, Redis and servers, and writes bench/results/<name>.json), runs
 `billing audit` on the database of any benchmark that did not audit itself, then writes
 bench/results/summary.md (the table: project figure, ceiling measured in the same run, ratio, target, met)
 and bench/results/summary.png (the ratios against their targets, and the transactions page's cost against
@@ -52,12 +52,14 @@ BENCHES = [
     Bench("webhooks", "webhooks", "billing_bench_webhooks", [],
           ["--checkouts", "600", "--workspaces", "300", "--pgbench-seconds", "10"]),
     Bench("memory", "memory", "billing_bench_memory", [], ["--seconds", "30", "--workspaces", "300"]),
+    # issue 14: the three hot paths beside their floor apps (bench/floor.py), best server each
+    Bench("floors", "floors", "billing_bench_floors", [], ["--quick"]),
 ]
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs (about 10 minutes)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs (about 20 minutes)")
     p.add_argument("--only", help="comma-separated benchmarks to run (default: all): "
                                   + ",".join(b.name for b in BENCHES))
     p.add_argument("--report", action="store_true", help="run nothing: table and chart from the last results")
@@ -168,7 +170,8 @@ def report(outcomes: list[dict], quick: bool, seconds: float | None) -> str:
     took = f", {seconds / 60:.1f} minutes" if seconds else ""
     lines = [f"# Benchmarks: {mode}, {when}, commit {git_state()}, {os.cpu_count()} CPUs{took}", "",
              "API + worker + PostgreSQL + Redis + load generator on one machine, synchronous_commit on; each "
-             "ratio compares the project with its ceiling measured in the same run.", "", table(outcomes), "",
+             "ratio compares the project with its ceiling measured in the same run (for the floors of issue 14: "
+             "the thinnest Python app doing the same work, best server each).", "", table(outcomes), "",
              "| benchmark | exit | seconds | audit | load average before |", "|---|---|---|---|---|"]
     for o in outcomes:
         checked = o.get("audit") or {}
@@ -203,7 +206,8 @@ def chart(outcomes: list[dict], path: Path) -> None:
         if found:
             bars.plot([target] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
         bars.text(max(r["ratio"], target), y, f"  {r['ratio']:.2f}× ({r['target']})", va="center", fontsize=8)
-    bars.set_xlabel("ratio to the ceiling measured in the same run (black: target; green: met)")
+    bars.set_xlabel("ratio to the ceiling (floors: the floor app) measured in the same run "
+                    "(black: target; green: met)")
     bars.set_title("Project against its raw ceiling")
     bars.set_xlim(0, max(values + [1.6]) * 1.35)
     if sizes:
