@@ -24,8 +24,11 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                          statement_timeout_ms=settings.db_statement_timeout_ms)
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
+    reads = make_engine(settings.database_url, pool_size, statement_timeout_ms=settings.db_statement_timeout_ms,
+                        autocommit=True)
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings,
                                          on_failed=metrics.observe_failed), enqueue=enqueue,
+                  read=lambda: UnitOfWork(reads),
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds,
                                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from worker.processes import ALL_QUEUES, api_argv, beat_argv, migrate, worker_argv
+from worker.routing import QUEUES
 from worker.settings import Settings, database_broker
 
 
@@ -35,14 +36,17 @@ def _operator_token(settings: Settings, data_dir: Path) -> str:
 
 
 def _create_broker_tables(broker_url: str) -> None:
-    """Let kombu create its tables once, before the API, worker and beat race to create them. kombu's
-    session keeps a transaction open after its reads, and its engines are cached per process: close and
-    dispose them, so this process holds no session "idle in transaction" while it supervises."""
+    """Let kombu create its tables and our queues once, before the API, worker and beat race to create them
+    (kombu survives a clash on a queue's name only as an OperationalError; the IntegrityError it gets stops
+    the worker). kombu's session keeps a transaction open after its reads, and its engines are cached per
+    process: close and dispose them, so this process holds no session "idle in transaction" while it
+    supervises."""
     from kombu import Connection
     from kombu.transport.sqlalchemy import Channel
 
     with Connection(broker_url) as conn:
-        conn.SimpleQueue("ledger").close()
+        for queue in QUEUES:  # each once here: created by the API, worker and beat at once, two would clash
+            conn.SimpleQueue(queue).close()
         conn.default_channel.session.close()
     for engine, _ in Channel._engines.values():
         engine.dispose()

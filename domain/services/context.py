@@ -44,10 +44,15 @@ class Context:
     trace_parent: Callable[[], str | None] = untraced
     # resume_trace(name, trace_parent, links): a block, the relay's send, run in the trace a stored one names.
     resume_trace: Callable[..., AbstractContextManager] = not_resumed
+    # A unit of work for a read that is one statement (or statements that need no common snapshot): in
+    # autocommit, without BEGIN and ROLLBACK round trips. None: `uow`.
+    read: Callable[[], UnitOfWork] | None = None
 
     def __post_init__(self) -> None:
         if self.ids is None:
             object.__setattr__(self, "ids", PublicIds(lambda: _public_ids_key(self.uow)))
+        if self.read is None:
+            object.__setattr__(self, "read", self.uow)
 
 
 def _public_ids_key(uow: Callable[[], UnitOfWork]) -> bytes:

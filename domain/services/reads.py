@@ -26,7 +26,7 @@ class ReadService:
             return account, accounts.linked_workspace_ids(uow.conn, account_id)
 
     def balance(self, caller: Caller, account_id: str) -> Balance:
-        with self._ctx.uow() as uow:
+        with self._ctx.read() as uow:
             return _balance(access.owned_account(uow.conn, caller, account_id))
 
     def summary(self, caller: Caller, account_id: str, since: datetime | None, until: datetime | None) -> Summary:
@@ -35,12 +35,12 @@ class ReadService:
             return _summary(uow.conn, account, since, until)
 
     def transactions(self, caller: Caller, account_id: str, **query) -> Page:
-        with self._ctx.uow() as uow:
+        with self._ctx.read() as uow:
             access.owned_account(uow.conn, caller, account_id)
             return self._page(uow.conn, account_id, **query)
 
     def workspace_balance(self, caller: Caller, workspace_id: str) -> Balance:
-        with self._ctx.uow() as uow:
+        with self._ctx.read() as uow:
             return _balance(self._workspace_account(uow.conn, caller, workspace_id, None))
 
     def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
@@ -51,7 +51,7 @@ class ReadService:
 
     def workspace_transactions(self, caller: Caller, workspace_id: str, account_id: str | None,
                                **query) -> Page:
-        with self._ctx.uow() as uow:
+        with self._ctx.read() as uow:
             account = self._workspace_account(uow.conn, caller, workspace_id, account_id)
             return self._page(uow.conn, account.id, **query)
 

@@ -59,7 +59,7 @@ class UserService:
         return user
 
     def authenticate(self, api_key: str) -> Caller | None:
-        with self._ctx.uow() as uow:
+        with self._ctx.read() as uow:
             user_id = users.user_id_for_key(uow.conn, hash_key(api_key))
         return Caller(user_id=user_id) if user_id else None
 

@@ -182,9 +182,10 @@ def test_an_operation_that_ends_failed_is_counted_once_committed_by_the_wired_un
         built.operations.fail(op["id"], "refused again: already finished")
         assert prometheus_samples(_scrape(api))[failed] == before + 1
     finally:
-        with built.ctx.uow() as uow:
-            built_engine = uow.conn.engine
-        built_engine.dispose()
+        for unit in (built.ctx.uow, built.ctx.read):  # the engines of writes and of reads
+            with unit() as uow:
+                built_engine = uow.conn.engine
+            built_engine.dispose()
 
 
 def test_the_database_and_broker_down_leave_the_scrape_up_with_dependency_gauges_at_zero():
