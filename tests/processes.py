@@ -204,6 +204,22 @@ class Load:
             thread.join(timeout=60)
 
 
+X402_PAY_TO = "0x1563915e194D8CfBA1943570603F7606A3115508"
+X402_NETWORK = "eip155:84532"
+
+
+@contextmanager
+def x402_stack(database_url: str, log_dir: Path, facilitator):
+    """API and worker configured for x402 against the loopback facilitator stand-in, started; stopped after."""
+    stack = Stack(database_url, log_dir)
+    stack.env.update(X402_FACILITATOR_URL=facilitator.url, X402_PAY_TO=X402_PAY_TO, X402_NETWORK=X402_NETWORK)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
 # For tests that hold rows locked on purpose to catch a worker mid-transaction: workers wait on the lock
 # (as on any long transaction) instead of giving the attempt back after BILLING_DB_LOCK_TIMEOUT_MS.
 WAIT_ON_LOCKS = {"BILLING_DB_LOCK_TIMEOUT_MS": "120000"}

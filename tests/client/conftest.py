@@ -7,11 +7,10 @@ from billing_client import BillingClient
 from billing_client.models import CreatedUser
 
 from tests.factories import OPERATOR_TOKEN
-from tests.processes import Stack
+from tests.processes import X402_NETWORK, x402_stack
 from tests.standins.x402_facilitator import FacilitatorStandIn
 
-PAY_TO = "0x1563915e194D8CfBA1943570603F7606A3115508"
-NETWORK = "eip155:84532"
+NETWORK = X402_NETWORK
 
 
 @pytest.fixture(scope="package")
@@ -23,13 +22,8 @@ def facilitator():
 
 @pytest.fixture(scope="package")
 def stack(database_url, tmp_path_factory, facilitator):
-    stack = Stack(database_url, tmp_path_factory.mktemp("client-stack"))
-    stack.env.update(X402_FACILITATOR_URL=facilitator.url, X402_PAY_TO=PAY_TO, X402_NETWORK=NETWORK)
-    try:
-        stack.start()
+    with x402_stack(database_url, tmp_path_factory.mktemp("client-stack"), facilitator) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

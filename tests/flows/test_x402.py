@@ -2,11 +2,10 @@
 import pytest
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 
-from tests.processes import Stack, assert_sound, wait_for_operations
+from tests.processes import X402_NETWORK, assert_sound, wait_for_operations, x402_stack
 from tests.standins.x402_facilitator import FacilitatorStandIn, Wallet
 
-PAY_TO = "0x1563915e194D8CfBA1943570603F7606A3115508"
-NETWORK = "eip155:84532"
+NETWORK = X402_NETWORK
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +17,8 @@ def facilitator():
 
 @pytest.fixture(scope="module")
 def stack(database_url, tmp_path_factory, facilitator):
-    """API and worker configured for x402 against the loopback facilitator."""
-    stack = Stack(database_url, tmp_path_factory.mktemp("x402-stack"))
-    stack.env.update(X402_FACILITATOR_URL=facilitator.url, X402_PAY_TO=PAY_TO, X402_NETWORK=NETWORK)
-    try:
-        stack.start()
+    with x402_stack(database_url, tmp_path_factory.mktemp("x402-stack"), facilitator) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_an_sdk_client_pays_over_http_and_the_worker_credits_the_top_up_once(stack, services, engine, facilitator):
