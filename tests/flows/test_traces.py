@@ -119,16 +119,3 @@ def test_a_relayed_operation_joins_the_trace_of_the_request_that_accepted_it(sta
     relay_runs = {s.span_id: s for s in collector.spans() if s.name == f"run/{Task.RELAY_OUTBOX}"}
     assert [relay_runs.get(span_id) is not None for _, span_id in relayed.links] == [True]
     assert relay_runs[relayed.links[0][1]].trace_id != trace_id  # the relay's own run: linked, not the parent
-
-
-def test_an_operation_sent_without_trace_context_starts_its_task_in_the_trace_its_row_keeps(stack, collector,
-                                                                                          engine):
-    operation_id = _lost_credit(stack, engine)
-    relayed = stack.billing("relay", env={"OTEL_EXPORTER_OTLP_ENDPOINT": ""})  # an untraced process sends it
-    assert relayed.returncode == 0, relayed.stderr
-    assert wait_for_operations(engine, [operation_id]) == {operation_id: "succeeded"}
-    trace_id, server_id = _stored_parent(engine, operation_id)
-
-    spans, run, sql = _task_trace(collector, trace_id)
-    assert run.parent_id == server_id and sql
-    assert not [s for s in collector.spans() if "trace_parent FROM operations" in str(s.attributes.get("db.statement"))]
