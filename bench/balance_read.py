@@ -20,8 +20,8 @@ import subprocess
 import sys
 from collections import Counter
 
-from bench.harness import (LOGS, Child, SetupError, audit, capture_sql, fresh_database, log, percentile,
-                           pgbench_script, row, run_pgbench, seed_api_keys, service_env, start_api, start_redis_on,
+from bench.harness import (Child, LOGS, SetupError, audit, capture_sql, fresh_database, log, percentile, pgbench_script,
+                           row, run_pgbench, run_with_children, seed_api_keys, service_env, start_api, start_redis_on,
                            start_worker, user_key, workspace_id, write_result)
 
 TARGET_RATIO = 0.5
@@ -46,16 +46,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 def user_row_literals(n: int) -> dict[str, str]:

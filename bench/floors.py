@@ -43,8 +43,9 @@ import redis
 
 from bench.balance_read import open_loop
 from bench.floor import FACTORIES
-from bench.harness import (LOGS, ROOT, Child, SetupError, audit, billing, capture_sql, free_port, fresh_database,
-                           log, row, seed_api_keys, service_env, start_redis, user_key, workspace_id, write_result)
+from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database, log,
+                           row, run_with_children, seed_api_keys, service_env, start_redis, user_key, workspace_id,
+                           write_result)
 from bench.ratelimit import machine_busy
 
 TARGET = 0.8
@@ -504,16 +505,7 @@ def report(args, cells: list[dict], sql: dict, profile: dict | None, checked: di
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 if __name__ == "__main__":

@@ -50,6 +50,20 @@ class SetupError(RuntimeError):
     pass
 
 
+def run_with_children(run, args) -> int:
+    """A benchmark's main: run(args, children), every process it started stopped afterwards, last first;
+    a set-up failure is one line and exit 2."""
+    children: list[Child] = []
+    try:
+        return run(args, children)
+    except SetupError as exc:
+        log(f"set-up failed: {exc}")
+        return 2
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from bench.harness import (Child, Load, SetupError, audit, credit_ceiling, fresh_database, log, ms,
-                           percentile, row, service_env, start_api, start_redis_on, start_worker, wait_until,
+from bench.harness import (Child, Load, audit, credit_ceiling, fresh_database, log, ms, percentile, row,
+                           run_with_children, service_env, start_api, start_redis_on, start_worker, wait_until,
                            workspace_id, write_result)
 
 TARGET_RATIO = 0.5
@@ -57,16 +57,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 def run(args, children: list[Child]) -> int:

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from bench.harness import (Child, Load, SetupError, audit, fresh_database, log, process_memory, row,
-                           seed_api_keys, service_env, start_api, start_redis_on, start_worker, user_key,
-                           wait_until, workspace_id, write_result)
+from bench.harness import (Child, Load, audit, fresh_database, log, process_memory, row, run_with_children,
+                           seed_api_keys, service_env, start_api, start_redis_on, start_worker, user_key, wait_until,
+                           workspace_id, write_result)
 
 TARGET_API_MB = 150
 TARGET_WORKER_MB = 200
@@ -48,16 +48,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 class Requests:

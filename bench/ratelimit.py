@@ -29,8 +29,8 @@ from pathlib import Path
 import psycopg
 import redis
 
-from bench.harness import (CLK_TCK, LOGS, RESULTS, Child, Load, SetupError, fresh_database, log,
-                           percentile, start_api, start_redis, workspace_id, write_result)
+from bench.harness import (CLK_TCK, Child, LOGS, Load, RESULTS, SetupError, fresh_database, log, percentile,
+                           run_with_children, start_api, start_redis, workspace_id, write_result)
 
 TARGET_RATIO = 0.3
 TARGET_P99_MS = 5.0
@@ -284,16 +284,7 @@ def profile_summary(path: Path, top: int = 25) -> dict:
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 def run(args, children: list[Child]) -> int:

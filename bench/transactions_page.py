@@ -17,8 +17,8 @@ import time
 
 import psycopg
 
-from bench.harness import (Child, SetupError, add_members, audit, capture_sql, fresh_database, log,
-                           pgbench_latencies, pgbench_script, row, seed_api_keys, service_env, start_api,
+from bench.harness import (Child, SetupError, add_members, audit, capture_sql, fresh_database, log, pgbench_latencies,
+                           pgbench_script, row, run_with_children, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, timed_requests, user_key, workspace_id, write_result)
 from domain.public_ids import PublicIds
 
@@ -59,16 +59,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 def grow(url: str, n: int, have: int, want: int, chunk: int) -> float:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from bench.harness import (Child, Load, SetupError, fresh_database, log, percentile, run_pgbench,
+from bench.harness import (Child, Load, SetupError, fresh_database, log, percentile, run_pgbench, run_with_children,
                            start_api, start_redis, workspace_id, write_result)
 
 BATCH = 1000
@@ -81,16 +81,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    args = parse_args()
-    children: list[Child] = []
-    try:
-        return run(args, children)
-    except SetupError as exc:
-        log(f"set-up failed: {exc}")
-        return 2
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return run_with_children(run, parse_args())
 
 
 def batches(args) -> list[tuple[str, str]]:
