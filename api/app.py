@@ -64,7 +64,7 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
                api_rate_limit: int = 0, metrics: MetricsPort = NO_METRICS) -> falcon.App:
     """The app; api_rate_limit is each API key's requests per minute (0: off)."""
     app = falcon.App(middleware=[RequestLog(), RequestMetrics(metrics), Authentication(s.users, operator_token),
-                                 ApiRateLimit(s.rate_limits, api_rate_limit), IdempotencyKeys(s.idempotency)])
+                                 ApiRateLimit(s.rate_limits, s.users, api_rate_limit), IdempotencyKeys(s.idempotency)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     for path, resource in routes(s, checks, metrics):

@@ -5,10 +5,12 @@ import logging
 import falcon
 
 from domain import errors
+from domain.models import KeyHolder
 
 log = logging.getLogger(__name__)
 
 STATUS = {
+    errors.Unauthenticated: (401, "Unauthorized"),
     errors.NotFound: (404, "Not Found"),
     errors.Forbidden: (403, "Forbidden"),
     errors.Conflict: (409, "Conflict"),
@@ -39,6 +41,9 @@ class Problem(falcon.HTTPError):
         return body
 
 
+BEARER_CHALLENGE = 'Bearer realm="billing"'
+RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
 _FALCON_DETAIL = {404: "no endpoint has this path (see /openapi.json)",
                   405: "this endpoint does not take this method (the Allow header lists those it takes)"}
 
@@ -52,10 +57,19 @@ def _domain_error(req, resp, exc: errors.DomainError, params) -> None:
     field_errors = [{"field": exc.field, "message": exc.detail}] if isinstance(exc, errors.InvalidInput) else None
     retry_after = exc.extra.get("retry_after") or (5 if status == 503 else None)
     headers = {"Retry-After": str(retry_after)} if retry_after else None
+    if status == 401:  # a key found unknown by the read itself (domain.models.KeyHolder): as api.auth answers
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE}
+        for name in RATE_LIMIT_HEADERS:  # counted before the key was known; they describe no caller
+            resp.delete_header(name)
     _http_error(req, resp, Problem(status, title, exc.detail, errors=field_errors, headers=headers), params)
 
 
 def _http_error(req, resp, exc: falcon.HTTPError, params) -> None:
+    if exc.status_code in (400, 422) and _key_unchecked_and_unknown(req):
+        exc = Problem(401, "Unauthorized", "the key is unknown or revoked",
+                      headers={"WWW-Authenticate": BEARER_CHALLENGE})
+        for name in RATE_LIMIT_HEADERS:
+            resp.delete_header(name)
     if not isinstance(exc, Problem):  # Falcon's own (an unknown route, a method the route lacks): titled as ours
         title = falcon.code_to_http_status(exc.status_code)[4:]
         exc = Problem(exc.status_code, title, exc.description or _FALCON_DETAIL.get(exc.status_code, title),
@@ -71,6 +85,13 @@ def _unexpected(req, resp, exc: Exception, params) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
     _http_error(req, resp, Problem(500, "Internal Server Error",
                                    "the service failed to answer; nothing was changed by this request"), params)
+
+
+def _key_unchecked_and_unknown(req) -> bool:
+    """A request refused for its input (400, 422) before its read checked the caller's key (a KeyHolder, see
+    api.auth): an unknown key must still be answered 401, so it is looked up now."""
+    check = getattr(req.context, "key_is_live", None)
+    return check is not None and isinstance(getattr(req.context, "caller", None), KeyHolder) and not check()
 
 
 def install(app: falcon.App) -> None:

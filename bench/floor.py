@@ -5,17 +5,17 @@ same JSON. It is the honest limit for Python on this machine; bench/floors serve
     gunicorn 'bench.floor:balance_app()' ...            granian --interface wsgi --factory bench.floor:balance_app
     bench.floor:transactions_app / bench.floor:ratelimit_app likewise
 
-What each app does per request (the service does the same statements, each in its own BEGIN ... ROLLBACK
-through SQLAlchemy, plus its request log line, metrics, X-Request-Id and idempotency middleware):
+What each app does per request (the service runs the same prepared statements, domain/store/prepared.py, on a
+pooled psycopg connection in autocommit, plus its request log line, metrics, X-Request-Id and middleware):
 
-* balance (GET /workspaces/{id}/billing/balance, a user's key): the key lookup (domain/store/users.py), the
-  API key's own limit (domain/store/limiter.py's script, `billing-rl:api:<sha256 of the key>`), the workspace
-  + role + default account statement (domain/store/accounts.py).
-* transactions (GET .../billing/transactions?limit=50[&cursor=...]): the same three, then the keyset page
-  (domain/store/ledger.py, limit + 1 rows); ids and the cursor as the service shows them (domain.public_ids'
+* balance (GET /workspaces/{id}/billing/balance, a user's key): the API key's own limit (domain/store/limiter.py's
+  script, `billing-rl:api:<sha256 of the key>`), then one statement: the live key, the workspace, the caller's
+  role and the default account (prepared.WORKSPACE_FOR_KEY). No live key: 401 (also before a 429).
+* transactions (GET .../billing/transactions?limit=50[&cursor=...]): the same two, then the keyset page
+  (prepared.page_statement, limit + 1 rows); ids and the cursor as the service shows them (domain.public_ids'
   keyed permutation, its key read once from the database).
 * rate-limit check (POST /workspaces/{id}/rate-limits/check, the operator key): the workspace's default
-  account and its stored tier in one statement (domain/store/tiers.py), the tier computed and stored when
+  account and its stored tier in one statement (prepared.TIER_OF_WORKSPACE), the tier computed and stored when
   there is none, then the limiter's script on `billing-rl:account:<account>` (domain/services/rate_limits.py).
   A user's key costs the key lookup and the workspace + role statement, then 403 (member) or 404.
 
@@ -37,32 +37,14 @@ import orjson
 import redis
 from psycopg_pool import ConnectionPool
 
-# --- the service's statements, verbatim (parameters as psycopg placeholders)
+# --- the service's statements, the very strings it prepares (domain/store/prepared.py)
 
+from domain.store.prepared import TIER_OF_WORKSPACE, WORKSPACE_FOR_KEY, WORKSPACE_FOR_USER, page_statement
+
+# Only where the API key's limit refuses a request whose key the read has not checked yet (not measured)
 KEY_LOOKUP = "SELECT user_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL"
-
-WORKSPACE_ACCOUNT = """
-SELECT m.role, a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at
-FROM workspaces w
-LEFT JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = %(user_id)s
-LEFT JOIN workspace_billing_accounts l
-       ON l.workspace_id = w.id AND l.billing_account_id = COALESCE(%(account_id)s, w.default_billing_account_id)
-LEFT JOIN billing_accounts a ON a.id = l.billing_account_id
-WHERE w.id = %(workspace_id)s
-"""
-
-# SQLAlchemy renders select(ledger_entries) ... .limit(n) with these casts on the psycopg dialect
-PAGE = ("SELECT ledger_entries.id, ledger_entries.billing_account_id, ledger_entries.workspace_id, "
-        "ledger_entries.kind, ledger_entries.amount_cents, ledger_entries.balance_after_cents, "
-        "ledger_entries.description, ledger_entries.reference, ledger_entries.idempotency_key, "
-        "ledger_entries.created_at, ledger_entries.metric, ledger_entries.quantity, ledger_entries.occurred_at \n"
-        "FROM ledger_entries \nWHERE ledger_entries.billing_account_id = %s::VARCHAR{before} "
-        "ORDER BY ledger_entries.id DESC \n LIMIT %s::INTEGER")
-PAGE_FIRST = PAGE.format(before="")
-PAGE_BEFORE = PAGE.format(before=" AND ledger_entries.id < %s::BIGINT")
-
-TIER_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspaces w "
-                     "LEFT JOIN account_tiers t ON t.billing_account_id = w.default_billing_account_id WHERE w.id = %s")
+PAGE_FIRST = page_statement()
+PAGE_BEFORE = page_statement(before_id=True)
 
 WORKSPACE_ROLE = """
 SELECT w.id, w.name, w.owner_user_id, w.default_billing_account_id, w.created_at, m.role
@@ -114,6 +96,12 @@ def _ts(value) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+def _unauthorized(resp: falcon.Response, detail: str) -> None:
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
+        resp.delete_header(name)
+    _problem(resp, 401, "Unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="billing"'})
+
+
 def _looks_like(prefix: str, value: str) -> bool:
     head, _, tail = value.partition("_")
     return head == prefix and len(tail) == 32 and HEX.issuperset(tail)
@@ -153,25 +141,24 @@ class Floor:
         self.ids = _public_ids(self.pool)
         self.sha = hashlib.sha1(DECIDE.encode()).hexdigest()
 
-    # the caller: OPERATOR, a user id, or None (the 401 is written)
+    # the caller: OPERATOR, the SHA-256 of a user's key (its read checks it), or None (the answer is written)
     def caller(self, req: falcon.Request, resp: falcon.Response, conn):
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            _problem(resp, 401, "Unauthorized", "send Authorization: Bearer <key>",
-                     {"WWW-Authenticate": 'Bearer realm="billing"'})
+            _unauthorized(resp, "send Authorization: Bearer <key>")
             return None
         if hmac.compare_digest(token.encode(), self.operator_token):
             return OPERATOR
-        digest = hashlib.sha256(token.encode())
-        row = conn.execute(KEY_LOOKUP, (digest.digest(),), prepare=True).fetchone() if len(token) <= 200 else None
-        if row is None:
-            _problem(resp, 401, "Unauthorized", "the key is unknown or revoked",
-                     {"WWW-Authenticate": 'Bearer realm="billing"'})
+        if len(token) > 200:
+            _unauthorized(resp, "the key is unknown or revoked")
             return None
-        if self.api_rate_limit > 0 and not self.api_limit(resp, digest.hexdigest()):
+        digest = hashlib.sha256(token.encode()).digest()
+        if self.api_rate_limit > 0 and not self.api_limit(resp, digest.hex()):
+            if conn.execute(KEY_LOOKUP, (digest,), prepare=True).fetchone() is None:
+                _unauthorized(resp, "the key is unknown or revoked")
             return None
-        return row[0]
+        return digest
 
     def api_limit(self, resp: falcon.Response, key_hex: str) -> bool:
         """The API key's own limit (RateLimit-* headers); False when the 429 or 503 is written."""
@@ -209,14 +196,20 @@ class Floor:
         return bool(allowed), per_minute, max(0, per_minute - used), reset
 
     def workspace_account(self, resp: falcon.Response, conn, caller, workspace_id: str):
-        """The workspace's default account row (role, id, name, ...), or None with the 404 written."""
-        row = conn.execute(WORKSPACE_ACCOUNT, {"user_id": None if caller is OPERATOR else caller, "account_id": None,
-                                               "workspace_id": workspace_id}, prepare=True).fetchone() \
-            if _looks_like("ws", workspace_id) else None
-        if row is None or (caller is not OPERATOR and row[0] is None):
+        """(user, workspace, role, account id, name, owner, is default, currency, balance, created), or None
+        with the 401 or 404 written: a user's key is checked in the same statement."""
+        params = {"workspace_id": workspace_id if _looks_like("ws", workspace_id) else "", "account_id": None}
+        if caller is OPERATOR:
+            row = conn.execute(WORKSPACE_FOR_USER, params | {"user_id": None}, prepare=True).fetchone()
+        else:
+            row = conn.execute(WORKSPACE_FOR_KEY, params | {"key_hash": caller}, prepare=True).fetchone()
+            if row is None:
+                _unauthorized(resp, "the key is unknown or revoked")
+                return None
+        if row is None or row[1] is None or (caller is not OPERATOR and row[2] is None):
             _problem(resp, 404, "Not Found", "workspace not found")
             return None
-        if row[1] is None:
+        if row[3] is None:
             _problem(resp, 404, "Not Found", "billing account not linked to this workspace")
             return None
         return row
@@ -240,7 +233,7 @@ class Balance:
             row = floor.workspace_account(resp, conn, caller, workspace_id)
             if row is None:
                 return
-        _json(resp, {"billingAccountId": row[1], "balanceCents": row[6], "currency": row[5],
+        _json(resp, {"billingAccountId": row[3], "balanceCents": row[8], "currency": row[7],
                      "asOf": _ts_now(), "workspaceId": workspace_id})
 
 
@@ -269,18 +262,19 @@ class Transactions:
             if row is None:
                 return
             if cursor is None:
-                rows = conn.execute(PAGE_FIRST, (row[1], limit + 1), prepare=True).fetchall()
+                rows = conn.execute(PAGE_FIRST, {"account_id": row[3], "limit": limit + 1}, prepare=True).fetchall()
             else:
                 before = floor.ids.entry_of_cursor(cursor)
                 if before is None:
                     _problem(resp, 422, "Unprocessable Content", "the cursor is not one this service issued")
                     return
-                rows = conn.execute(PAGE_BEFORE, (row[1], before, limit + 1), prepare=True).fetchall()
+                rows = conn.execute(PAGE_BEFORE, {"account_id": row[3], "before_id": before, "limit": limit + 1},
+                                    prepare=True).fetchall()
         more, ids = len(rows) > limit, floor.ids
         rows = rows[:limit]
         _json(resp, {"data": [{"id": ids.transaction(e[0]), "billingAccountId": e[1], "workspaceId": e[2],
                                "kind": e[3], "amountCents": e[4], "balanceAfterCents": e[5], "description": e[6],
-                               "reference": e[7], "createdAt": _ts(e[9])} for e in rows],
+                               "reference": e[7], "createdAt": _ts(e[8])} for e in rows],
                      "nextCursor": ids.cursor(rows[-1][0]) if more else None})
 
 
@@ -309,7 +303,11 @@ class RateLimitCheck:
             if caller is None:
                 return
             if caller is not OPERATOR:  # a user: 403 where they may see the workspace, 404 where not
-                found = conn.execute(WORKSPACE_ROLE, {"user_id": caller, "workspace_id": workspace_id},
+                user = conn.execute(KEY_LOOKUP, (caller,), prepare=True).fetchone()
+                if user is None:
+                    _unauthorized(resp, "the key is unknown or revoked")
+                    return
+                found = conn.execute(WORKSPACE_ROLE, {"user_id": user[0], "workspace_id": workspace_id},
                                      prepare=True).fetchone() if _looks_like("ws", workspace_id) else None
                 if found is None or found[5] is None:
                     _problem(resp, 404, "Not Found", "workspace not found")
@@ -370,5 +368,5 @@ def ratelimit_app() -> falcon.App:
 
 FACTORIES = {"balance": "balance_app", "transactions": "transactions_app", "ratelimit": "ratelimit_app"}
 # The statements of each path's measured request, in order (bench/floors compares them with the service's)
-STATEMENTS = {"balance": [KEY_LOOKUP, WORKSPACE_ACCOUNT], "transactions": [KEY_LOOKUP, WORKSPACE_ACCOUNT, PAGE_FIRST],
+STATEMENTS = {"balance": [WORKSPACE_FOR_KEY], "transactions": [WORKSPACE_FOR_KEY, PAGE_FIRST],
               "ratelimit": [TIER_OF_WORKSPACE]}

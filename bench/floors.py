@@ -282,31 +282,25 @@ EXPECTED = {"ok": 200, "wrong key": 401, "no key": 401, "not a member": 404, "us
 
 
 def same_sql(env: dict, url: str, token: str) -> dict:
-    """Whether each floor runs the service's statements (caught in process from the real app; the rate-limit
-    check's one statement goes through psycopg directly, so it is compared with domain.store.tiers')."""
+    """Whether each floor runs the service's statements (caught in process from the real app)."""
     from bench import floor
 
     def norm(sql: str) -> str:
         return " ".join(sql.split())
     found = {}
+    digest = hashlib.sha256(user_key(1).encode()).digest()
     with psycopg.connect(url) as conn:
-        for path in ("balance", "transactions"):
-            method, target, headers, _ = hot_request(path, 1, token)
-            caught = [s for t in capture_sql(env, method, target, headers) for s in t["statements"]]
-            user = conn.execute("SELECT user_id FROM api_keys WHERE key_hash = sha256(convert_to(%s, 'UTF8'))",
-                                (user_key(1),)).fetchone()[0]
+        for path in ("balance", "transactions", "ratelimit"):
+            method, target, headers, body = hot_request(path, 1, token)
+            caught = [s for t in capture_sql(env, method, target, headers, body) for s in t["statements"]]
             account = conn.execute("SELECT default_billing_account_id FROM workspaces WHERE id = %s",
                                    (workspace_id(1),)).fetchone()[0]
-            params = [(hashlib.sha256(user_key(1).encode()).digest(),),
-                      {"user_id": user, "account_id": None, "workspace_id": workspace_id(1)}, (account, 51)]
+            access = {"workspace_id": workspace_id(1), "account_id": None, "key_hash": digest}
+            page = {"account_id": account, "limit": 51}
+            params = {"balance": [access], "transactions": [access, page], "ratelimit": [(workspace_id(1),)]}[path]
             ours = [psycopg.ClientCursor(conn).mogrify(sql, p) for sql, p in zip(floor.STATEMENTS[path], params)]
             found[path] = {"same": [norm(s) for s in caught] == [norm(s) for s in ours],
                            "service": caught, "floor": ours}
-    from domain.store import tiers
-
-    theirs = getattr(tiers, "_OF_WORKSPACE", None)
-    found["ratelimit"] = {"same": None if theirs is None else norm(str(theirs)) == norm(floor.TIER_OF_WORKSPACE),
-                          "service": theirs, "floor": floor.TIER_OF_WORKSPACE}
     return found
 
 

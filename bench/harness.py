@@ -464,8 +464,10 @@ def credit_ceiling(url: str, first: int, last: int, clients: int, seconds: int, 
 # API builds), so the ceiling follows the code as it changes.
 
 def capture_sql(env: dict, method: str, path: str, headers: dict, body: str | None = None) -> list[dict]:
-    """The transactions one request runs: [{"statements": [...], "end": "COMMIT"|"ROLLBACK"}], parameters
-    inlined as literals. The request is made twice and the second is taken (connections and caches warm)."""
+    """The transactions one request runs: [{"statements": [...], "end": "COMMIT"|"ROLLBACK"|"AUTOCOMMIT"}],
+    parameters inlined as literals: those SQLAlchemy executes, and those domain.store.prepared sends on the bare
+    psycopg connection (each its own, in autocommit). The request is made twice and the second is taken
+    (connections and caches warm)."""
     from falcon import testing
     from sqlalchemy import Engine, event
 
@@ -494,16 +496,24 @@ def capture_sql(env: dict, method: str, path: str, headers: dict, body: str | No
         return end
     listeners = [("begin", begin), ("before_cursor_execute", execute), ("commit", ender("COMMIT")),
                  ("rollback", ender("ROLLBACK"))]
+    bare_execute = psycopg.Connection.execute
+
+    def bare(conn, query, params=None, **kwargs):
+        if caught is not None and conn.autocommit:
+            caught.append({"statements": [psycopg.ClientCursor(conn).mogrify(query, params)], "end": "AUTOCOMMIT"})
+        return bare_execute(conn, query, params, **kwargs)
     try:
         for attempt in range(2):
             caught.clear()
             if attempt:
                 for name, fn in listeners:
                     event.listen(Engine, name, fn)
+                psycopg.Connection.execute = bare
             answer = client.simulate_request(method, path, headers=headers, body=body)
             if answer.status_code >= 400:
                 raise SetupError(f"{method} {path} answered {answer.status_code} in process: {answer.text[:300]}")
     finally:
+        psycopg.Connection.execute = bare_execute
         for name, fn in listeners:
             if event.contains(Engine, name, fn):
                 event.remove(Engine, name, fn)

@@ -14,6 +14,10 @@ class NotFound(DomainError):
     """The thing does not exist, or the caller may not see it."""
 
 
+class Unauthenticated(DomainError):
+    """No live API key has the one the caller sent (401)."""
+
+
 class Forbidden(DomainError):
     """The caller may see the thing but not do this to it."""
 

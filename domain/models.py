@@ -25,6 +25,16 @@ OPERATOR_CALLER = Caller(user_id=None)
 
 
 @dataclass(frozen=True)
+class KeyHolder:
+    """A caller known so far only by the SHA-256 of its API key (never the operator). The read it asks for
+    checks the key in the same statement (domain.store.prepared): one round trip, not a lookup and then the
+    read; no live key with this hash raises Unauthenticated. Only reads that say so accept one."""
+
+    key_hash: bytes
+    is_operator = False
+
+
+@dataclass(frozen=True)
 class User:
     id: str
     email: str

@@ -9,7 +9,7 @@ from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.limiter import memory_limiter, redis_limiter
-from domain.store.uow import UnitOfWork, make_engine
+from domain.store.uow import RawRead, UnitOfWork, make_engine
 from worker import metrics, payments, settings as settings_module, tracing
 from worker.wakeups import MergedSends
 
@@ -28,7 +28,7 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                         autocommit=True)
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings,
                                          on_failed=metrics.observe_failed), enqueue=enqueue,
-                  read=lambda: UnitOfWork(reads),
+                  read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds,
                                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,

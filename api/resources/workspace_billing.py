@@ -63,6 +63,8 @@ class LinkedAccount:
 
 
 class Balance:
+    checks_key_itself = True  # api.auth: the read checks a user's key in its own statement
+
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 
@@ -73,6 +75,8 @@ class Balance:
 
 
 class Transactions:
+    checks_key_itself = True
+
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 

@@ -1,6 +1,6 @@
 """What every service is built with."""
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +47,23 @@ class Context:
     # A unit of work for a read that is one statement (or statements that need no common snapshot): in
     # autocommit, without BEGIN and ROLLBACK round trips. None: `uow`.
     read: Callable[[], UnitOfWork] | None = None
+    # A bare psycopg connection for domain.store.prepared's statements (domain.store.uow.RawRead on the read
+    # engine). None: the driver connection of a `read` unit of work.
+    raw_read: Callable[[], AbstractContextManager[Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.ids is None:
             object.__setattr__(self, "ids", PublicIds(lambda: _public_ids_key(self.uow)))
         if self.read is None:
             object.__setattr__(self, "read", self.uow)
+        if self.raw_read is None:
+            object.__setattr__(self, "raw_read", lambda: _driver_of(self.read))
+
+
+@contextmanager
+def _driver_of(read: Callable[[], UnitOfWork]):
+    with read() as unit:
+        yield unit.driver
 
 
 def _public_ids_key(uow: Callable[[], UnitOfWork]) -> bytes:

@@ -10,7 +10,7 @@ from domain.names import Task
 from domain.ratelimit import Decision, FailurePolicy, Limiter
 from domain.services import access
 from domain.services.context import Context
-from domain.store import operations, tiers as store
+from domain.store import operations, prepared, tiers as store
 from domain.store.limiter import memory_limiter
 from domain.store.uow import Connection
 
@@ -69,17 +69,19 @@ class RateLimitService:
         return self._limiter.hit(f"api:{key}", per_minute)
 
     def _binding(self, workspace_id: str) -> tuple[str, str]:
-        """(default account, its tier) of the workspace in one statement; the tier computed if never stored."""
+        """(default account, its tier) of the workspace in one prepared statement; the tier computed and
+        stored, in a transaction, only when the account has none yet."""
         if not looks_like("ws", workspace_id):
             raise NotFound("workspace not found")
-        with self._ctx.uow() as uow:
-            found = store.of_workspace(uow.conn, workspace_id)
-            if found is None:
-                raise NotFound("workspace not found")
-            account_id, tier = found
-            if tier is None:
+        with self._ctx.raw_read() as conn:
+            found = prepared.tier_of_workspace(conn, workspace_id)
+        if found is None:
+            raise NotFound("workspace not found")
+        account_id, tier = found
+        if tier is None:
+            with self._ctx.uow() as uow:
                 tier = current(uow.conn, account_id, self._ctx.config.tiers).tier
-            uow.commit()
+                uow.commit()
         return account_id, tier
 
     def _tier_of(self, caller: Caller, workspace_id: str) -> tuple[str, str, AccountTier]:

@@ -2,12 +2,12 @@
 import dataclasses
 from datetime import UTC, datetime
 
-from domain.errors import Forbidden, InvalidInput, NotFound
+from domain.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from domain.ids import looks_like
-from domain.models import Balance, BillingAccount, Caller, Page, Summary
+from domain.models import Balance, BillingAccount, Caller, KeyHolder, Page, Summary
 from domain.services import access
 from domain.services.context import Context
-from domain.store import accounts, ledger
+from domain.store import accounts, ledger, prepared
 from domain.store.uow import Connection
 
 class ReadService:
@@ -39,47 +39,62 @@ class ReadService:
             access.owned_account(uow.conn, caller, account_id)
             return self._page(uow.conn, account_id, **query)
 
-    def workspace_balance(self, caller: Caller, workspace_id: str) -> Balance:
-        with self._ctx.read() as uow:
-            return _balance(self._workspace_account(uow.conn, caller, workspace_id, None))
+    def workspace_balance(self, caller: Caller | KeyHolder, workspace_id: str) -> Balance:
+        with self._ctx.raw_read() as conn:
+            return _balance(_workspace_account(conn, caller, workspace_id, None))
 
     def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
                           until: datetime | None) -> Summary:
         with self._ctx.uow() as uow:
-            account = self._workspace_account(uow.conn, caller, workspace_id, None)
+            account = _workspace_account(uow.driver, caller, workspace_id, None)
             return _summary(uow.conn, account, since, until)
 
-    def workspace_transactions(self, caller: Caller, workspace_id: str, account_id: str | None,
+    def workspace_transactions(self, caller: Caller | KeyHolder, workspace_id: str, account_id: str | None,
                                **query) -> Page:
-        with self._ctx.read() as uow:
-            account = self._workspace_account(uow.conn, caller, workspace_id, account_id)
-            return self._page(uow.conn, account.id, **query)
+        before_id = self._before(query.pop("cursor", None))
+        with self._ctx.raw_read() as conn:
+            account = _workspace_account(conn, caller, workspace_id, account_id)
+            limit = query.pop("limit")
+            found = prepared.page(conn, account.id, limit=limit + 1, before_id=before_id, **query)
+        return self._page_of(found, limit)
 
     def _page(self, conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
               kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:
-        """Newest first; entries and the cursor carry public ids (domain.public_ids), never the numbers."""
-        ids = self._ctx.ids
-        before_id = ids.entry_of_cursor(cursor) if cursor else None
+        found = ledger.page(conn, account_id, limit=limit + 1, before_id=self._before(cursor), kind=kind,
+                            since=since, until=until)
+        return self._page_of(found, limit)
+
+    def _before(self, cursor: str | None) -> int | None:
+        before_id = self._ctx.ids.entry_of_cursor(cursor) if cursor else None
         if cursor and before_id is None:
             raise InvalidInput("the cursor is not one this service issued", field="cursor")
-        found = ledger.page(conn, account_id, limit=limit + 1, before_id=before_id, kind=kind,
-                            since=since, until=until)
+        return before_id
+
+    def _page_of(self, found: list, limit: int) -> Page:
+        """Newest first; entries and the cursor carry public ids (domain.public_ids), never the numbers."""
+        ids = self._ctx.ids
         entries = [dataclasses.replace(e, public_id=ids.transaction(e.id)) for e in found[:limit]]
         return Page(items=entries, next_cursor=ids.cursor(entries[-1].id) if len(found) > limit else None)
 
-    @staticmethod
-    def _workspace_account(conn: Connection, caller: Caller, workspace_id: str,
-                           account_id: str | None) -> BillingAccount:
-        """The workspace's default account, or another account linked to it (one statement)."""
-        if account_id is not None and not looks_like("ba", account_id):
-            account_id = ""  # links nothing
-        found = accounts.of_workspace(conn, workspace_id, caller.user_id, account_id) \
-            if looks_like("ws", workspace_id) else None
-        if found is None or not (caller.is_operator or found.role):
-            raise NotFound("workspace not found")
-        if found.account is None:
-            raise NotFound("billing account not linked to this workspace")
-        return found.account
+
+def _workspace_account(conn, caller: Caller | KeyHolder, workspace_id: str, account_id: str | None) -> BillingAccount:
+    """The workspace's default account, or another account linked to it: one prepared statement, which also
+    checks a KeyHolder's key."""
+    if account_id is not None and not looks_like("ba", account_id):
+        account_id = ""  # links nothing
+    if not looks_like("ws", workspace_id):
+        workspace_id = ""  # names nothing, but a KeyHolder's key is still checked
+    if isinstance(caller, KeyHolder):
+        found = prepared.workspace_account(conn, workspace_id, account_id, key_hash=caller.key_hash)
+        if found is None:
+            raise Unauthenticated("the key is unknown or revoked")
+    else:
+        found = prepared.workspace_account(conn, workspace_id, account_id, user_id=caller.user_id)
+    if not found.workspace_found or not (found.user_id is None or found.role):
+        raise NotFound("workspace not found")
+    if found.account is None:
+        raise NotFound("billing account not linked to this workspace")
+    return found.account
 
 
 def _balance(account: BillingAccount) -> Balance:

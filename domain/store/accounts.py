@@ -1,7 +1,6 @@
 """Billing account and workspace-link SQL."""
-from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.models import BillingAccount, LinkedAccount
@@ -79,32 +78,3 @@ def unlink(conn: Connection, workspace_id: str, account_id: str) -> bool:
 def is_linked(conn: Connection, workspace_id: str, account_id: str) -> bool:
     return conn.execute(select(_l.workspace_id).where(
         _l.workspace_id == workspace_id, _l.billing_account_id == account_id)).first() is not None
-
-
-@dataclass(frozen=True)
-class WorkspaceAccount:
-    role: str | None  # the user's role in the workspace; None: not a member
-    account: BillingAccount | None  # None: that account is not linked to the workspace
-
-
-# A workspace read in one statement: the user's role, and the account (the default, or the one named)
-# when it is linked. No row: no such workspace.
-_WORKSPACE_ACCOUNT = text("""
-SELECT m.role, a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at
-FROM workspaces w
-LEFT JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = :user_id
-LEFT JOIN workspace_billing_accounts l
-       ON l.workspace_id = w.id AND l.billing_account_id = COALESCE(:account_id, w.default_billing_account_id)
-LEFT JOIN billing_accounts a ON a.id = l.billing_account_id
-WHERE w.id = :workspace_id
-""")
-
-
-def of_workspace(conn: Connection, workspace_id: str, user_id: str | None,
-                 account_id: str | None) -> WorkspaceAccount | None:
-    """The user's role in the workspace and its default (or the named, linked) account; None: no workspace."""
-    row = conn.execute(_WORKSPACE_ACCOUNT, {"workspace_id": workspace_id, "user_id": user_id,
-                                            "account_id": account_id}).mappings().first()
-    if row is None:
-        return None
-    return WorkspaceAccount(role=row["role"], account=_account(row) if row["id"] is not None else None)

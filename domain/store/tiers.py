@@ -18,10 +18,6 @@ SELECT a.balance_cents,
 FROM billing_accounts a WHERE a.id = :account_id
 """)
 
-# A decision's only SQL: the workspace's default account at this moment and that account's stored tier.
-_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspaces w "
-                 "LEFT JOIN account_tiers t ON t.billing_account_id = w.default_billing_account_id WHERE w.id = %s")
-
 # Accounts whose tier is old, or older than their newest entry (a recompute message was lost).
 _STALE = text("""
 SELECT t.billing_account_id FROM account_tiers t
@@ -36,23 +32,6 @@ def inputs(conn: Connection, account_id: str) -> tuple[int, int, int] | None:
     """(balance, paid, newest entry id) of the account, or None when it does not exist."""
     row = conn.execute(_INPUTS, {"account_id": account_id}).first()
     return (int(row.balance_cents), int(row.paid_cents), int(row.last_entry_id)) if row else None
-
-
-def of_workspace(conn: Connection, workspace_id: str) -> tuple[str, str | None] | None:
-    """(default account id, its stored tier or None) of the workspace, or None when it does not exist.
-
-    The hot path of every decision, so one round trip and little CPU: psycopg directly (SQLAlchemy's execution
-    costs more than the query) and outside a transaction (no BEGIN and COMMIT round trips), switching the
-    connection to autocommit as SQLAlchemy's own ping does. So it must come first in its unit of work.
-    """
-    driver = conn.connection.driver_connection
-    driver.autocommit = True
-    try:  # psycopg's errors are the unit of work's to translate; its rollback drops a broken connection
-        row = driver.execute(_OF_WORKSPACE, (workspace_id,)).fetchone()
-    finally:
-        if not driver.closed:
-            driver.autocommit = False
-    return (row[0], row[1]) if row else None
 
 
 def _tier(row) -> AccountTier:

@@ -136,6 +136,11 @@ class UnitOfWork:
         if exc is not None and is_unavailable(exc):
             raise Unavailable("the database is unavailable") from exc
 
+    @property
+    def driver(self) -> psycopg.Connection:
+        """The psycopg connection under `conn`, in this transaction: for domain.store.prepared's statements."""
+        return self.conn.connection.driver_connection
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
 
@@ -149,3 +154,29 @@ class UnitOfWork:
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
+
+
+class RawRead:
+    """`with RawRead(engine) as conn:` a pooled psycopg connection for domain.store.prepared's statements.
+
+    On the read engine (autocommit) a statement goes alone: no BEGIN, no ROLLBACK, no SQLAlchemy execution.
+    On another engine the driver opens a transaction and the pool rolls it back at check-in. A connection
+    that lost the server is dropped from the pool, and the error leaves as Unavailable."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> psycopg.Connection:
+        try:
+            self._pooled = self._engine.raw_connection()
+        except DBAPIError as exc:
+            if is_unavailable(exc):
+                raise Unavailable("the database is unavailable") from exc
+            raise
+        return self._pooled.driver_connection
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and is_unavailable(exc):
+            self._pooled.invalidate()
+            raise Unavailable("the database is unavailable") from exc
+        self._pooled.close()

@@ -15,7 +15,7 @@ from api.app import create_app
 from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
-from domain.store import uow as uow_module
+from domain.store import uow as uow_module, users as users_store
 from domain.store.limiter import RedisLimiter, memory_limiter, redis_limiter
 from domain.store.uow import UnitOfWork, make_engine
 from tests.api.checks import assert_problem
@@ -223,6 +223,40 @@ def test_the_api_key_limit_adds_headers_and_answers_429_with_retry_after_past_it
     exempt = [api.operator("GET", f"/workspaces/ws_{'0' * 32}") for _ in range(8)]
     assert {e.status_code for e in exempt} == {404} and "RateLimit-Limit" not in exempt[0].headers
     assert "RateLimit-Limit" not in api.client.simulate_get("/health").headers
+
+
+def test_a_read_that_checks_its_own_key_is_one_round_trip_and_still_answers_unknown_keys_401(engine, queue,
+                                                                                             limiter):
+    """Balance and transaction reads check a user's key in their own statement (api.auth's KeyHolder): one
+    unit of work, and an unknown or revoked key is 401 before a 422 or 429, without RateLimit headers."""
+    units = []
+
+    def read():
+        units.append("read")
+        return UnitOfWork(engine)
+    services = Services(Context(uow=lambda: units.append("uow") or UnitOfWork(engine), read=read, enqueue=queue,
+                                config=Config(), limiter=limiter))
+    api = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {}, api_rate_limit=3)))
+    owner = api.new_user()
+    ws = api.new_workspace(owner)
+    balance, transactions = f"/workspaces/{ws['id']}/billing/balance", f"/workspaces/{ws['id']}/billing/transactions"
+    units.clear()
+    read_ok = api.call("GET", balance, owner.key)
+    assert read_ok.status_code == 200 and read_ok.json["balanceCents"] == 1000
+    assert units == ["read"] and read_ok.headers["RateLimit-Remaining"] == "1"
+    unknown = "bk_" + uuid.uuid4().hex
+    for _ in range(4):  # the fourth is past the unknown key's limit of 3: still 401, not 429
+        refused = api.call("GET", balance, unknown)
+        assert_problem(refused, 401)
+        assert "RateLimit-Limit" not in refused.headers and refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_problem(api.call("GET", transactions + "?limit=0", "bk_" + uuid.uuid4().hex), 401)
+    assert_problem(api.call("GET", transactions + "?cursor=nope", "bk_" + uuid.uuid4().hex), 401)
+    assert_problem(api.call("GET", transactions + "?limit=0", owner.key), 422)
+    assert_problem(api.call("GET", transactions, owner.key), 429)  # the owner's limit of 3 is spent
+    with engine.begin() as conn:
+        assert users_store.revoke_keys(conn, owner.id) == 1
+    assert_problem(api.call("GET", balance, owner.key), 401)  # past the limit, and revoked: 401 first
+    assert api.operator("GET", balance).json["balanceCents"] == 1000
 
 
 def test_a_limit_of_zero_turns_the_api_key_limit_off(rapi):

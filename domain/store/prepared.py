@@ -1,0 +1,97 @@
+"""The hottest reads (a balance, a page of transactions, a workspace's tier), on a bare psycopg connection.
+
+Each is one statement that psycopg prepares once per connection (`prepare=True`): no SQLAlchemy execution
+around it, and PostgreSQL plans it once. A caller known only by its API key (domain.models.KeyHolder) is
+checked in the same statement, so such a read is one round trip to the database where the key lookup and
+the read were two. The connection comes from domain.store.uow.RawRead (autocommit, on the read engine).
+"""
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import Connection
+
+from domain.models import BillingAccount, Entry
+
+_ACCOUNT_COLUMNS = "a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at"
+_WORKSPACE_JOINS = """
+LEFT JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = {user}
+LEFT JOIN workspace_billing_accounts l
+       ON l.workspace_id = w.id AND l.billing_account_id = COALESCE(%(account_id)s, w.default_billing_account_id)
+LEFT JOIN billing_accounts a ON a.id = l.billing_account_id"""
+
+# The caller's user (from its live key), its role in the workspace, and the workspace's default (or named,
+# linked) account. No row: no live key has this hash. A null workspace id: no such workspace.
+WORKSPACE_FOR_KEY = f"""
+SELECT k.user_id, w.id, m.role, {_ACCOUNT_COLUMNS}
+FROM api_keys k
+LEFT JOIN workspaces w ON w.id = %(workspace_id)s{_WORKSPACE_JOINS.format(user="k.user_id")}
+WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL"""
+
+# The same for a caller already known (a user, or the operator: user_id null, no role). No row: no workspace.
+WORKSPACE_FOR_USER = f"""
+SELECT %(user_id)s::varchar, w.id, m.role, {_ACCOUNT_COLUMNS}
+FROM workspaces w{_WORKSPACE_JOINS.format(user="%(user_id)s")}
+WHERE w.id = %(workspace_id)s"""
+
+
+@dataclass(frozen=True)
+class WorkspaceRead:
+    user_id: str | None  # the caller's user; None for the operator
+    workspace_found: bool
+    role: str | None  # the user's role in the workspace; None: not a member
+    account: BillingAccount | None  # None: that account is not linked to the workspace
+
+
+def workspace_account(conn: Connection, workspace_id: str, account_id: str | None, *,
+                      key_hash: bytes | None = None, user_id: str | None = None) -> WorkspaceRead | None:
+    """By key_hash (None: no live key has it) or by user_id (None: the operator)."""
+    params = {"workspace_id": workspace_id, "account_id": account_id}
+    if key_hash is not None:
+        row = conn.execute(WORKSPACE_FOR_KEY, params | {"key_hash": key_hash}, prepare=True).fetchone()
+        if row is None:
+            return None
+    else:
+        row = conn.execute(WORKSPACE_FOR_USER, params | {"user_id": user_id}, prepare=True).fetchone()
+        if row is None:
+            return WorkspaceRead(user_id=user_id, workspace_found=False, role=None, account=None)
+    account = BillingAccount(*row[3:]) if row[3] is not None else None
+    return WorkspaceRead(user_id=row[0], workspace_found=row[1] is not None, role=row[2], account=account)
+
+
+_PAGE = ("SELECT id, billing_account_id, workspace_id, kind, amount_cents, balance_after_cents, description, "
+         "reference, created_at FROM ledger_entries WHERE billing_account_id = %(account_id)s{filters} "
+         "ORDER BY id DESC LIMIT %(limit)s")
+_FILTERS = (("before_id", " AND id < %(before_id)s"), ("kind", " AND kind = %(kind)s"),
+            ("since", " AND created_at >= %(since)s"), ("until", " AND created_at < %(until)s"))
+# One statement per combination of filters (16 at most), each prepared on first use: a generic plan that
+# tested "filter IS NULL OR ..." would not use the (billing_account_id, id) index as well.
+_PAGES: dict[tuple[bool, ...], str] = {}
+
+
+def page_statement(before_id: bool = False, kind: bool = False, since: bool = False, until: bool = False) -> str:
+    """The page's statement with these filters."""
+    shape = (before_id, kind, since, until)
+    sql = _PAGES.get(shape)
+    if sql is None:
+        sql = _PAGES.setdefault(shape, _PAGE.format(filters="".join(
+            clause for (_, clause), used in zip(_FILTERS, shape) if used)))
+    return sql
+
+
+def page(conn: Connection, account_id: str, *, limit: int, before_id: int | None = None, kind: str | None = None,
+         since: datetime | None = None, until: datetime | None = None) -> list[Entry]:
+    """Entries newest first, strictly older than before_id; limit+1 asks whether more exist."""
+    params = {"account_id": account_id, "limit": limit, "before_id": before_id, "kind": kind,
+              "since": since, "until": until}
+    sql = page_statement(*(params[name] is not None for name, _ in _FILTERS))
+    return [Entry(*row) for row in conn.execute(sql, params, prepare=True)]
+
+
+TIER_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspaces w "
+                      "LEFT JOIN account_tiers t ON t.billing_account_id = w.default_billing_account_id "
+                      "WHERE w.id = %s")
+
+
+def tier_of_workspace(conn: Connection, workspace_id: str) -> tuple[str, str | None] | None:
+    """(default account, its stored tier or None); None: no such workspace."""
+    return conn.execute(TIER_OF_WORKSPACE, (workspace_id,), prepare=True).fetchone()
