@@ -69,10 +69,14 @@ def parse_args() -> argparse.Namespace:
 # --- rows of the table, from each benchmark's JSON
 
 def credits_rows(r: dict) -> list[dict]:
-    ratio, applied, ceiling = r.get("ratio_to_ceiling"), r["applied"]["per_s"], r["ceiling"]["tps"]
-    figures = (f"{applied:.0f} credits applied/s", f"{ceiling:.0f} tps (pgbench)" if ceiling else "—")
-    return [row("credits", *figures, ratio, "≥ 0.5×", ratio is not None and ratio >= 0.5),
-            row("credits, through batching", *figures, ratio, "≥ 1.0×", ratio is not None and ratio >= 1.0)]
+    """Issue 14: against the two-commit ceiling (accept, then apply); issue 9's one-transaction one beside it."""
+    two, one, applied = r["two_commit_ceiling"], r["ceiling"]["tps"], r["applied"]["per_s"]
+    ratio = r["ratio_to_two_commit_ceiling"]
+    figures = (f"{applied:.0f} credits applied/s (HTTP accept → applied)",
+               f"{two['tps']:.0f} credits/s (pgbench: accept + apply, two commits, -c {two['clients']}); "
+               f"one-transaction pgbench: {one:.0f} tps")
+    return [row("credits end to end", *figures, ratio, "≥ 0.5×", ratio >= 0.5),
+            row("credits end to end, moonshot (batching)", *figures, ratio, "≥ 1.0×", ratio >= 1.0)]
 
 
 def ratelimit_rows(r: dict) -> list[dict]:
