@@ -41,6 +41,8 @@ BENCHES = [
           ["--credits", "2000", "--pgbench-seconds", "10"]),
     Bench("hot_account", "hot_account", "billing_bench_hot_account", [],
           ["--credits", "1000", "--pgbench-seconds", "10"]),
+    # issue 14: batches of 100 events from 4 clients (its defaults)
+    Bench("usage", "usage", "billing_bench_usage", [], ["--batches", "200", "--pgbench-seconds", "10"]),
     Bench("balance_read", "balance_read", "billing_bench_balance_read", [],
           ["--seconds", "10", "--pgbench-seconds", "10"]),
     Bench("transactions_page", "transactions_page", "billing_bench_transactions_page", [],
