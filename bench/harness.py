@@ -632,7 +632,10 @@ def process_memory(child: Child) -> dict[int, dict]:
     return found
 
 
-def row(name: str, project: str, ceiling: str, ratio: float | None, target: str, met: bool | None) -> dict:
-    """One line of bench/run's table."""
+def row(name: str, project: str, ceiling: str, ratio: float | None, target: str, met: bool | None, *,
+        value: float | None = None, load_before: float | None = None) -> dict:
+    """One line of bench/run's table. A row without a ratio may give the `value` its target limits (a p99 in ms,
+    a peak in MB) for the chart; `load_before`: the load average before this row's own measurement, where the
+    benchmark took several (else bench/run shows the one before the benchmark)."""
     return {"name": name, "project": project, "ceiling": ceiling, "ratio": None if ratio is None else round(ratio, 3),
-            "target": target, "met": met}
+            "target": target, "met": met, "value": value, "load_before": load_before}
