@@ -22,6 +22,7 @@ RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "logs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH = Path(sys.argv[0]).stem  # log files are named after the bench (bench/credits or bench/credits.py alike)
+LOAD_BEFORE = round(os.getloadavg()[0], 2)  # the machine's 1-minute load average as the benchmark started
 
 # n users, each with a default account holding `cents` from one stripe_topup entry, and a workspace on it.
 SEED = """
@@ -267,6 +268,8 @@ def write_result(name: str, result: dict) -> Path:
 
 
 def write_json(path: Path, result: dict) -> Path:
+    """The result, with the load average before the benchmark started (bench/run's table shows it)."""
+    result = {"load_before": LOAD_BEFORE} | result
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
