@@ -21,9 +21,10 @@ then an open-loop paced client (bench.balance_read.open_loop) measures p50 and p
 counted from when each request was due). Redis is flushed before each run, so every run starts with empty
 rate-limit windows. The 1-minute load average is recorded beside every figure.
 
-Before the servers, pgbench runs the balance read's statements (the floor's, which are the service's: key lookup,
-then workspace + role + account, each its own transaction as in autocommit; -M prepared, --pgbench-clients 4):
-the moonshot's measure (the service's best balance read >= 0.3x of it).
+Just before the balance read's cells, pgbench runs its statements (floor.STATEMENTS["balance"], which are the
+service's: today one, the live key, the workspace, the role and the default account; each its own transaction
+as in autocommit; -M prepared, --pgbench-clients 4): the moonshot's measure (the service's best balance read
+>= 0.3x of it).
 
 Prints a Markdown table per cell and the ratios (service over floor, best server each; target >= 0.8x), the p99
 at half load of the service's best cell of each path (< 10 ms; the rate-limit check < 5 ms), and writes
@@ -190,16 +191,27 @@ def run_wrk(port: int, script: Path, args, seconds: int, name: str) -> dict:
 
 # --- the moonshot's measure: pgbench of the balance read's statements
 
+# pgbench's expression for each parameter of the floor's statements, for a random user n (as harness.SEED and
+# seed_api_keys name their rows); a statement's returned user_id feeds a later one's (\gset)
+PGBENCH_PARAMS = {"key_hash": "sha256(convert_to('bk_bench_' || CAST(:n AS text), 'UTF8'))",
+                  "workspace_id": "('ws_' || md5('w' || CAST(:n AS text)))",
+                  "account_id": "CAST(NULL AS text)",  # the service passes None: the workspace's default account
+                  "user_id": ":user_id"}
+
+
 def balance_statements_script(users: int) -> str:
-    """The floor's balance read statements (bench/floor.py, the service's own) for a random user n, each its own
-    transaction as in autocommit; the key lookup's user feeds the second statement, as in the app."""
+    """The floor's balance read statements (bench/floor.py, the service's own: `same_sql` checks it), each its
+    own transaction as in autocommit, for a random user n."""
     from bench import floor
 
-    lookup = floor.KEY_LOOKUP.replace("%s", "sha256(convert_to('bk_bench_' || CAST(:n AS text), 'UTF8'))")
-    account = (floor.WORKSPACE_ACCOUNT.replace("%(user_id)s", ":user_id")
-               .replace("%(account_id)s", "CAST(NULL AS text)")  # the service passes None: the default account
-               .replace("%(workspace_id)s", "('ws_' || md5('w' || CAST(:n AS text)))"))
-    return f"\\set n random(1, {users})\n{lookup.strip()} \\gset\n{account.strip()};\n"
+    statements, lines = floor.STATEMENTS["balance"], [f"\\set n random(1, {users})"]
+    for i, sql in enumerate(statements):
+        sql = re.sub(r"%\((\w+)\)s", lambda m: PGBENCH_PARAMS[m.group(1)], sql.strip())
+        if "%s" in sql:
+            raise SetupError(f"the floor's balance statement has positional parameters pgbench cannot name: {sql}")
+        feeds = any("%(user_id)s" in later for later in statements[i + 1:])
+        lines.append(sql + (" \\gset" if feeds else ";"))
+    return "\n".join(lines) + "\n"
 
 
 def balance_pgbench(url: str, args) -> dict:
@@ -406,7 +418,6 @@ def run(args, children: list[Child]) -> int:
     client = redis.Redis.from_url(redis_url)
     sql = same_sql(env, database_url, token)
     log("the floors' statements are the service's: " + ", ".join(f"{p} {s['same']}" for p, s in sql.items()))
-    statements = balance_pgbench(database_url, args) if "balance" in args.paths and args.pgbench_seconds > 0 else None
 
     profile = None
     if args.profile_requests > 0:
@@ -426,8 +437,11 @@ def run(args, children: list[Child]) -> int:
         log("in process, CPU ms per request: " + ", ".join(f"{k} {v['cpu_ms']}" for k, v in profile["timed"].items()))
 
     cells, references = [], {}
+    statements = None
     for server in servers(args):
         port, path = free_port(), server["path"]
+        if path == "balance" and statements is None and args.pgbench_seconds > 0:  # next to the balance cells
+            statements = balance_pgbench(database_url, args)
         extra = dict(server["env"])
         metrics_dir = None
         if server["metrics_dir"]:  # as gunicorn_conf's on_starting does for `billing api`
@@ -475,7 +489,7 @@ def moonshot_row(service: dict, statements: dict) -> dict:
     ratio = service["req_per_s"] / statements["tps"] if statements["tps"] else None
     return row("balance read vs pgbench of its statements (moonshot)",
                f"{service['req_per_s']:.0f} req/s ({service['server']})",
-               f"{statements['tps']:.0f} reads/s (pgbench -M prepared -c {statements['clients']}, the same statements)",
+               f"{statements['tps']:.0f} reads/s (pgbench -M prepared -c {statements['clients']}, the same SQL)",
                ratio, f"≥ {MOONSHOT}×", ratio is not None and ratio >= MOONSHOT, load_before=service["load_before"])
 
 
