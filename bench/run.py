@@ -6,9 +6,9 @@ memory and floors (each starts its own database, Redis and servers, and writes b
 duration, audit, load average before it) in bench/results/run.json, then writes bench/results/summary.md (the
 table: project figure, ceiling measured in the same run, ratio, target, met, load average before) and
 bench/results/summary.png (the ratios against their targets, the figures with a limit against it, and the
-transactions page's cost against the ledger's size), and prints the table. Exit 1 when a benchmark's checks failed (an invariant, a lost or
-doubled write, an error answer: its exit 1, or a failed audit), 2 when one could not run; a missed target
-is reported, not an error. See bench/README.md.
+transactions page's cost against the ledger's size), and prints the table. Exit 1 when a benchmark's checks
+failed (an invariant, a lost or doubled write, an error answer: its exit 1, or a failed audit), 2 when one
+could not run; a missed target is reported, not an error. See bench/README.md.
 """
 import argparse
 import json
