@@ -22,6 +22,7 @@ RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "logs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH = Path(sys.argv[0]).stem  # log files are named after the bench (bench/credits or bench/credits.py alike)
+LOAD_BEFORE = round(os.getloadavg()[0], 2)  # the machine's 1-minute load average as the benchmark started
 
 # n users, each with a default account holding `cents` from one stripe_topup entry, and a workspace on it.
 SEED = """
@@ -267,6 +268,8 @@ def write_result(name: str, result: dict) -> Path:
 
 
 def write_json(path: Path, result: dict) -> Path:
+    """The result, with the load average before the benchmark started (bench/run's table shows it)."""
+    result = {"load_before": LOAD_BEFORE} | result
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
@@ -632,7 +635,10 @@ def process_memory(child: Child) -> dict[int, dict]:
     return found
 
 
-def row(name: str, project: str, ceiling: str, ratio: float | None, target: str, met: bool | None) -> dict:
-    """One line of bench/run's table."""
+def row(name: str, project: str, ceiling: str, ratio: float | None, target: str, met: bool | None, *,
+        value: float | None = None, load_before: float | None = None) -> dict:
+    """One line of bench/run's table. A row without a ratio may give the `value` its target limits (a p99 in ms,
+    a peak in MB) for the chart; `load_before`: the load average before this row's own measurement, where the
+    benchmark took several (else bench/run shows the one before the benchmark)."""
     return {"name": name, "project": project, "ceiling": ceiling, "ratio": None if ratio is None else round(ratio, 3),
-            "target": target, "met": met}
+            "target": target, "met": met, "value": value, "load_before": load_before}

@@ -149,9 +149,10 @@ def run(args, children: list[Child]) -> int:
               "audit": checked, "cpus": os.cpu_count(),
               "config": {k: v for k, v in vars(args).items() if k != "admin_url"},
               "summary": [row("memory, API process", f"{api_peak['hwm_mb']:.0f} MB peak RSS", "—", None,
-                              f"< {TARGET_API_MB} MB", api_peak["hwm_mb"] < TARGET_API_MB),
+                              f"< {TARGET_API_MB} MB", api_peak["hwm_mb"] < TARGET_API_MB, value=api_peak["hwm_mb"]),
                           row("memory, worker process", f"{worker_peak['hwm_mb']:.0f} MB peak RSS", "—", None,
-                              f"< {TARGET_WORKER_MB} MB", worker_peak["hwm_mb"] < TARGET_WORKER_MB)]}
+                              f"< {TARGET_WORKER_MB} MB", worker_peak["hwm_mb"] < TARGET_WORKER_MB,
+                              value=worker_peak["hwm_mb"])]}
     out = write_result("memory", result)
     for name, peak in (("api", api_peak), ("worker", worker_peak)):
         log(f"{name}: peak RSS {peak['hwm_mb']} MB ({peak['role']} process: {peak['cmd'][:60]}...); every process: "

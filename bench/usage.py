@@ -1,12 +1,12 @@
-"""bench/usage: usage events debited per second through POST .../billing/usage (batches of 1000) and the worker.
+"""bench/usage: usage events debited per second through POST .../billing/usage (batches of 100) and the worker.
 
 Creates a fresh database (workspaces with a large balance), runs the raw PostgreSQL ceiling first (pgbench:
 the same statements the ledger task runs per batch -- the workspace lock, the account lock, the lookup of
-1000 keys, one INSERT of 1000 usage entries, the hourly rollup and the balance move -- on other accounts of
-the same tables),
-then starts a private redis-server, the real API and a real worker, posts --batches batches of 1000
-events, waits until every operation succeeded, checks the ledger, and prints events/s end to end beside
-the ceiling. See bench/README.md.
+the batch's keys, one INSERT of its usage entries, the hourly rollup and the balance move, one transaction
+-- on other accounts of the same tables), then starts a private redis-server, the real API and a real
+worker, posts --batches batches of --batch-size events from --clients clients (issue 14: 100 events, 4
+clients), waits until every operation succeeded, checks the ledger, and prints events/s end to end beside
+the ceiling's. See bench/README.md.
 """
 import argparse
 import itertools
@@ -20,17 +20,17 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from bench.harness import (Child, Load, SetupError, fresh_database, log, percentile, run_pgbench, run_with_children,
-                           start_api, start_redis, workspace_id, write_result)
+from bench.harness import (Child, Load, SetupError, fresh_database, log, percentile, row, run_pgbench,
+                           run_with_children, start_api, start_redis, workspace_id, write_result)
 
-BATCH = 1000
+TARGET_RATIO = 0.5
 
 # One ledger task's SQL for one batch (domain/store/usage.py), with generated keys on ceiling accounts.
 PGBENCH_BATCH = """\\set w random({first}, {last})
 \\set r random(1, 1000000000000)
 BEGIN;
 SELECT pg_advisory_xact_lock(hashtextextended('usage:' || 'ws_' || md5('w' || :w), 0));
-SELECT balance_cents FROM billing_accounts WHERE id = 'ba_' || md5('a' || :w) FOR UPDATE;
+SELECT balance_cents FROM billing_accounts WHERE id = 'ba_' || md5('a' || :w) FOR NO KEY UPDATE;
 SELECT idempotency_key FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(
     SELECT 'ceiling:' || :client_id || ':' || :r || ':' || g FROM generate_series(1, {batch}) g));
 WITH a AS (SELECT balance_cents FROM billing_accounts WHERE id = 'ba_' || md5('a' || :w)),
@@ -71,9 +71,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--database", default="billing_bench_usage")
     p.add_argument("--workspaces", type=int, default=8)
-    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--batches", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=100, help="events per request, and per pgbench transaction")
     p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--concurrency", type=int, default=2, help="worker processes; pgbench clients alike")
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    p.add_argument("--pgbench-clients", type=int, help="clients of the ceiling (default: --clients, the batches in "
+                                                        "flight)")
     p.add_argument("--pgbench-seconds", type=int, default=15)
     p.add_argument("--api-workers", type=int, default=2)
     p.add_argument("--api-threads", type=int, default=4)
@@ -90,7 +93,7 @@ def batches(args) -> list[tuple[str, str]]:
     out = []
     for b in range(args.batches):
         events = [{"eventId": f"b{b}-e{i}", "metric": "tokens", "quantity": 100, "amountCents": 1, "occurredAt": now}
-                  for i in range(BATCH)]
+                  for i in range(args.batch_size)]
         out.append((f"/workspaces/{workspace_id(b % args.workspaces + 1)}/billing/usage",
                     json.dumps({"events": events})))
     return out
@@ -100,9 +103,10 @@ def run(args, children: list[Child]) -> int:
     w = args.workspaces
     log(f"database {args.database}: {2 * w} workspaces ({w} for the service, {w} for the ceiling)")
     database_url = fresh_database(args.admin_url, args.database, 2 * w, 10**12)
-    ceiling = run_pgbench(database_url, PGBENCH_BATCH.format(first=w + 1, last=2 * w, batch=BATCH),
-                          args.concurrency, args.pgbench_seconds, "usage-batch")
-    ceiling["events_per_s"] = round(ceiling["tps"] * BATCH, 1)
+    ceiling = run_pgbench(database_url, PGBENCH_BATCH.format(first=w + 1, last=2 * w, batch=args.batch_size),
+                          args.pgbench_clients or args.clients, args.pgbench_seconds, "usage-batch")
+    ceiling["events_per_s"] = round(ceiling["tps"] * args.batch_size, 1)
+    ceiling["batch_size"] = args.batch_size
     log(f"ceiling: {ceiling['tps']:.1f} batches/s = {ceiling['events_per_s']:.0f} events/s")
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE ledger_entries, billing_accounts")
@@ -125,7 +129,7 @@ def run(args, children: list[Child]) -> int:
         with lock:
             job = next(jobs, None)
         return None if job is None else (job[0], job[1], headers)
-    log(f"posting {args.batches} batches of {BATCH} events from {args.clients} clients; worker concurrency "
+    log(f"posting {args.batches} batches of {args.batch_size} events from {args.clients} clients; worker concurrency "
         f"{args.concurrency}")
     start_wall = datetime.now(UTC)
     load = Load(port, args.clients, next_request, time.monotonic() + 600)
@@ -143,20 +147,28 @@ def run(args, children: list[Child]) -> int:
                                "AND idempotency_key NOT LIKE 'ceiling:%'").fetchone()[0]
         broken = conn.execute(AUDIT).fetchone()[0]
     seconds = (last - start_wall).total_seconds()
-    service = {"batches": accepted, "events": args.batches * BATCH, "debited": debited, "failed": failed,
+    service = {"batches": accepted, "events": args.batches * args.batch_size, "debited": debited, "failed": failed,
                "seconds": round(seconds, 2), "events_per_s": round(debited / seconds, 1),
                "accept_seconds": round(load.finished - load.started, 2),
                "accept_p50_ms": round(percentile(load.latencies, 0.5) * 1000, 1),
                "accept_p99_ms": round(percentile(load.latencies, 0.99) * 1000, 1)}
     ratio = service["events_per_s"] / ceiling["events_per_s"]
+    ok = debited == service["events"] and not failed and not broken
+    summary = [row(f"usage (batches of {args.batch_size}, {args.clients} clients)",
+                   f"{service['events_per_s']:.0f} events debited/s",
+                   f"{ceiling['events_per_s']:.0f} events/s (pgbench: the task's SQL per batch, "
+                   f"-c {ceiling['clients']})",
+                   ratio, f"≥ {TARGET_RATIO}×", ratio >= TARGET_RATIO and ok)]
     path = write_result("usage", {"service": service, "ceiling": ceiling, "ratio": round(ratio, 4),
-                                  "cpus": os.cpu_count(), "accounts_out_of_balance": broken})
+                                  "target_ratio": TARGET_RATIO, "cpus": os.cpu_count(),
+                                  "accounts_out_of_balance": broken, "summary": summary,
+                                  "config": {k: v for k, v in vars(args).items() if k != "admin_url"}})
     log(f"service: {debited} of {service['events']} events debited in {seconds:.1f} s = {service['events_per_s']:.0f} "
         f"events/s ({failed} failed operations); accept p50 {service['accept_p50_ms']} ms, p99 "
         f"{service['accept_p99_ms']} ms per batch")
     log(f"ceiling: {ceiling['events_per_s']:.0f} events/s; ratio {ratio:.3f}x; accounts out of balance: {broken}; "
         f"written to {path}")
-    return 0 if debited == service["events"] and not failed and not broken else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
