@@ -1,4 +1,6 @@
-"""Balances, summaries and transaction pages, per account and per workspace."""
+"""Balances, summaries and transaction pages, per account and per workspace.
+
+Summaries and pages may lag the primary (Context.lagging: a read replica when configured); balances never do."""
 import dataclasses
 from datetime import UTC, datetime
 
@@ -30,14 +32,14 @@ class ReadService:
             return _balance(access.owned_account(uow.conn, caller, account_id))
 
     def summary(self, caller: Caller, account_id: str, since: datetime | None, until: datetime | None) -> Summary:
-        with self._ctx.uow() as uow:
-            account = access.owned_account(uow.conn, caller, account_id)
-            return _summary(uow.conn, account, since, until)
+        return self._ctx.lagging(lambda conn: _summary(conn, access.owned_account(conn, caller, account_id),
+                                                       since, until))
 
     def transactions(self, caller: Caller, account_id: str, **query) -> Page:
-        with self._ctx.read() as uow:
-            access.owned_account(uow.conn, caller, account_id)
-            return self._page(uow.conn, account_id, **query)
+        def read(conn: Connection) -> Page:
+            access.owned_account(conn, caller, account_id)
+            return self._page(conn, account_id, **query)
+        return self._ctx.lagging(read)
 
     def workspace_balance(self, caller: Caller, workspace_id: str) -> Balance:
         with self._ctx.read() as uow:
@@ -45,15 +47,14 @@ class ReadService:
 
     def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
                           until: datetime | None) -> Summary:
-        with self._ctx.uow() as uow:
-            account = self._workspace_account(uow.conn, caller, workspace_id, None)
-            return _summary(uow.conn, account, since, until)
+        return self._ctx.lagging(lambda conn: _summary(
+            conn, self._workspace_account(conn, caller, workspace_id, None), since, until))
 
     def workspace_transactions(self, caller: Caller, workspace_id: str, account_id: str | None,
                                **query) -> Page:
-        with self._ctx.read() as uow:
-            account = self._workspace_account(uow.conn, caller, workspace_id, account_id)
-            return self._page(uow.conn, account.id, **query)
+        def read(conn: Connection) -> Page:
+            return self._page(conn, self._workspace_account(conn, caller, workspace_id, account_id).id, **query)
+        return self._ctx.lagging(read)
 
     def _page(self, conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
               kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:

@@ -52,9 +52,10 @@ class UsageService:
         if until - since > MAX_WINDOW[granularity]:
             raise InvalidInput(f"a window of granularity {granularity} spans at most "
                                f"{MAX_WINDOW[granularity].days} days", field="from")
-        with self._ctx.uow() as uow:
-            workspace = access.workspace(uow.conn, caller, workspace_id).workspace
-            series, metrics = store.overview(uow.conn, workspace.id, since, until, granularity)
+        def read(conn: Connection):
+            found = access.workspace(conn, caller, workspace_id).workspace
+            return found, store.overview(conn, found.id, since, until, granularity)
+        workspace, (series, metrics) = self._ctx.lagging(read)  # may lag: a read replica when configured
         return UsageOverview(workspace_id=workspace.id, billing_account_id=workspace.default_billing_account_id,
                              since=since, until=until, granularity=granularity,
                              series=[UsagePeriod(*row) for row in series],
