@@ -66,7 +66,8 @@ def apply_batch(conn: Connection, op: Operation, public_ids: PublicIds) -> dict:
     """Debit one batch in the caller's transaction: every eventId at most once, never below zero."""
     events = [_event(e) for e in op.payload["events"]]
     balance = store.lock_for_batch(conn, op.workspace_id, op.billing_account_id)
-    found = store.prior(conn, [store.key(op.workspace_id, e.event_id) for e in events])
+    found = store.prior(conn, op.workspace_id, op.billing_account_id,
+                        [store.key(op.workspace_id, e.event_id) for e in events])
     prior_ids = {k.split(":", 2)[2]: entry_id for k, (entry_id, *_rest) in found.items()}
     outcomes = usage.plan(balance, events, {k.split(":", 2)[2]: tuple(v[1:]) for k, v in found.items()})
     debits = [o for o in outcomes if o.status == usage.DEBITED]

@@ -126,17 +126,24 @@ def test_lists_and_summaries_come_from_the_replica_and_the_balance_from_the_prim
 
 def test_a_replica_lagging_past_the_limit_is_skipped_for_the_primary(service, admin):
     max_lag_ms = 200
-    api, services = service(max_lag_ms)
-    owner, ws = world(api, admin)
-    assert read_all(api, owner, ws)["summary"]["totalCreditedCents"] == 1000
+    owner, ws = world(service(max_lag_ms)[0], admin)
     with ReplayPaused(admin):
-        post(services, ws["defaultBillingAccountId"], 2500)
+        post_and_receive(service(max_lag_ms)[1], ws, admin)
         wait_until(lambda: measure_lag(admin) > max_lag_ms, 30, "the paused replica to lag past the limit")
+        api, _ = service(max_lag_ms)  # measures afresh: no measurement from before the write arrived
         before = served("primary")
         seen = read_all(api, owner, ws)
         assert len(seen["transactions"]["data"]) == len(seen["account-transactions"]["data"]) == 2
         assert seen["summary"]["totalCreditedCents"] == seen["account-summary"]["totalCreditedCents"] == 3500
         assert served("primary") - before == 5
+
+
+def post_and_receive(services, ws, admin) -> None:
+    """A credit on the primary, its WAL received by the (paused) replica."""
+    post(services, ws["defaultBillingAccountId"], 2500)
+    written = scalar(admin[0], "SELECT pg_current_wal_lsn()")
+    wait_until(lambda: scalar(admin[1], f"SELECT pg_last_wal_receive_lsn() >= '{written}'"), 30,
+               "the replica to receive the write")
 
 
 def measure_lag(admin) -> float:
@@ -146,11 +153,11 @@ def measure_lag(admin) -> float:
 
 def test_a_caught_up_replica_of_an_idle_primary_serves_though_its_last_replay_is_old(service, admin):
     max_lag_ms = 200
-    api, _ = service(max_lag_ms)
-    owner, ws = world(api, admin)
+    owner, ws = world(service(max_lag_ms)[0], admin)
     wait_until(lambda: scalar(admin[1], "SELECT clock_timestamp() - pg_last_xact_replay_timestamp() "
                                         f"> interval '{max_lag_ms} milliseconds'"), 30, "the last replay to age")
     assert measure_lag(admin) == 0
+    api, _ = service(max_lag_ms)
     before = served("replica1")
     read_all(api, owner, ws)
     assert served("replica1") - before == 5
