@@ -47,8 +47,9 @@ class Replica:
 
     def lag_bound_ms(self, now: float, remeasure_s: float, retry_down_s: float,
                      on_lag: Callable[[str, float], None] | None) -> float:
-        """An upper bound of the lag now: the last measurement plus the time since it was taken (lag grows at
-        most as fast as the clock). A thread finding it stale measures; others meanwhile use the old one."""
+        """The lag now, at most: the last measurement plus the time since it was taken (lag grows at most as
+        fast as the clock; WAL the replica has not received yet is not counted, see docs/scaling.md). A thread
+        finding it stale measures; others meanwhile use the old one."""
         due = retry_down_s if math.isinf(self.lag_ms) else remeasure_s
         if now - self.measured_at >= due and self._measuring.acquire(blocking=False):
             try:
