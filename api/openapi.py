@@ -65,6 +65,11 @@ default, `BILLING_HTTP_KEEPALIVE_SECONDS`).
 Workspace transaction and summary routes show every entry of the billing account, including entries
 made through other workspaces bound to the same account, so that they add up to its balance.
 
+Reads that may lag: with read replicas configured (`DATABASE_READ_URL`), transaction pages, summaries and
+the usage overview may lag the primary by up to `BILLING_READ_MAX_LAG_MS` (default 1000 ms): an entry just
+posted may show there a moment after the balance or its Operation shows it. A summary's `balanceCents` is
+then the balance as of the same moment as its totals. Balances, operations and checkouts are always current.
+
 The API's own rate limit: `BILLING_API_RATE_LIMIT` requests per minute per API key (default 1200, 0 turns
 it off; the operator key is exempt and gets no RateLimit headers). Every other authenticated answer carries
 `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the oldest counted request

@@ -141,7 +141,8 @@ USAGE_MAX_BODY_BYTES = 512 * 1024  # 1000 events of the largest size fit
 class UsageEvent(Body):
     event_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
                                    description="Printable ASCII without spaces; the event is debited once "
-                                               "per workspace and eventId.")]
+                                               "per workspace and eventId (also after the workspace's default "
+                                               "account changed, among the accounts linked to it).")]
     metric: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
     quantity: Annotated[int, Field(ge=0, le=10**12)]
     amount_cents: MovementCents

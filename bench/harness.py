@@ -417,7 +417,7 @@ WITH inserted AS (
     FROM ceiling.billing_accounts a
     WHERE a.id = 'ba_' || md5('a' || CAST(:aid AS text)) AND (false OR a.balance_cents + CAST(:amount AS bigint) >= 0)
     FOR UPDATE
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
     RETURNING *
 )
 UPDATE ceiling.billing_accounts SET balance_cents = inserted.balance_after_cents

@@ -31,7 +31,10 @@ PGBENCH_BATCH = """\\set w random({first}, {last})
 BEGIN;
 SELECT pg_advisory_xact_lock(hashtextextended('usage:' || 'ws_' || md5('w' || :w), 0));
 SELECT balance_cents FROM billing_accounts WHERE id = 'ba_' || md5('a' || :w) FOR NO KEY UPDATE;
-SELECT idempotency_key FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(
+SELECT idempotency_key FROM ledger_entries
+WHERE billing_account_id = ANY(ARRAY(SELECT billing_account_id FROM workspace_billing_accounts
+                                     WHERE workspace_id = 'ws_' || md5('w' || :w) UNION SELECT 'ba_' || md5('a' || :w)))
+  AND idempotency_key = ANY(ARRAY(
     SELECT 'ceiling:' || :client_id || ':' || :r || ':' || g FROM generate_series(1, {batch}) g));
 WITH a AS (SELECT balance_cents FROM billing_accounts WHERE id = 'ba_' || md5('a' || :w)),
 inserted AS (
@@ -42,11 +45,12 @@ inserted AS (
     FROM a, generate_series(1, {batch}) g ORDER BY g
     RETURNING amount_cents, metric, quantity, occurred_at
 ), rolled AS (
-    INSERT INTO usage_rollups AS r (workspace_id, hour, metric, usage_cents, quantity, events)
-    SELECT 'ws_' || md5('w' || :w), date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', metric,
+    INSERT INTO usage_rollups AS r (billing_account_id, workspace_id, hour, metric, usage_cents, quantity, events)
+    SELECT 'ba_' || md5('a' || :w), 'ws_' || md5('w' || :w),
+           date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', metric,
            -SUM(amount_cents), SUM(quantity), COUNT(*)
-    FROM inserted GROUP BY 2, 3
-    ON CONFLICT (workspace_id, hour, metric) DO UPDATE SET usage_cents = r.usage_cents + EXCLUDED.usage_cents,
+    FROM inserted GROUP BY 3, 4
+    ON CONFLICT (billing_account_id, workspace_id, hour, metric) DO UPDATE SET usage_cents = r.usage_cents + EXCLUDED.usage_cents,
         quantity = r.quantity + EXCLUDED.quantity, events = r.events + EXCLUDED.events
 ), moved AS (
     UPDATE billing_accounts SET balance_cents = balance_cents + (SELECT SUM(amount_cents) FROM inserted)

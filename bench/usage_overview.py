@@ -36,10 +36,10 @@ FROM generate_series(%(first)s::bigint, %(last)s::bigint) g,
 ORDER BY g
 """.format(opening=OPENING_CENTS)
 ROLLUPS = """
-INSERT INTO usage_rollups (workspace_id, hour, metric, usage_cents, quantity, events)
-SELECT workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', metric,
-       -SUM(amount_cents), SUM(quantity), COUNT(*)
-FROM ledger_entries WHERE kind = 'usage' GROUP BY 1, 2, 3
+INSERT INTO usage_rollups (billing_account_id, workspace_id, hour, metric, usage_cents, quantity, events)
+SELECT billing_account_id, workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+       metric, -SUM(amount_cents), SUM(quantity), COUNT(*)
+FROM ledger_entries WHERE kind = 'usage' GROUP BY 1, 2, 3, 4
 """
 
 

@@ -1,4 +1,5 @@
-"""A private PostgreSQL server for fault tests: its own cluster on a free port, to stop and restart at will.
+"""A private PostgreSQL server for fault tests: its own cluster on a free port, to stop and restart at will
+(and a streaming replica of one, StandbyServer).
 
 initdb and the migrations run once per session into a template cluster; each server starts on a copy
 of it (`cp -a` of a cleanly stopped cluster), so a fresh migrated database costs about a second.
@@ -93,6 +94,27 @@ class PostgresServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self._root, ignore_errors=True)
+
+
+class StandbyServer(PostgresServer):
+    """A streaming replica of `primary`: pg_basebackup -R of its cluster, served read-only on a free port."""
+
+    def __init__(self, primary: PostgresServer, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        self._root = _scratch_dir("billing-pg-standby-")
+        self.data_dir = self._root / "data"
+        subprocess.run([_bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                        "-D", str(self.data_dir), "-R", "-X", "stream", "--no-sync"],
+                       check=True, capture_output=True, user=_server_user())
+        self._log_dir = log_dir
+        self.process = None
+        self.start()
+
+    def start(self) -> None:
+        argv = [_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        self.process = Process("postgres-standby", argv, dict(os.environ), self._log_dir, user=_server_user())
+        self.process.wait_for_output("database system is ready to accept read-only connections", timeout=30)
 
 
 def build_template(log_dir: Path) -> Path:

@@ -9,6 +9,7 @@ from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.limiter import memory_limiter, redis_limiter
+from domain.store.replicas import ReadRouter, Replica
 from domain.store.uow import RawRead, UnitOfWork, make_engine
 from worker import metrics, payments, settings as settings_module, tracing
 from worker.wakeups import MergedSends
@@ -29,6 +30,7 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings,
                                          on_failed=metrics.observe_failed), enqueue=enqueue,
                   read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),
+                  lagging=lagging(settings, lambda: UnitOfWork(reads), pool_size),
                   config=Config(intro_credit_cents=settings.intro_credit_cents, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds,
                                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
@@ -37,6 +39,17 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                   limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000),
                   trace_parent=tracing.trace_parent, resume_trace=tracing.resume)
     return Services(ctx)
+
+
+def lagging(settings: settings_module.Settings, primary, pool_size: int):
+    """Reads that may lag go to the replicas of DATABASE_READ_URL; None (the primary's `read`) without any."""
+    if not settings.database_read_urls:
+        return None
+    replicas = [Replica(f"replica{i}", make_engine(url, pool_size, autocommit=True, connect_timeout_s=2,
+                                                   statement_timeout_ms=settings.db_statement_timeout_ms))
+                for i, url in enumerate(settings.database_read_urls, start=1)]
+    return ReadRouter(primary, replicas, settings.read_max_lag_ms, on_served=metrics.observe_read,
+                      on_lag=metrics.observe_replica_lag).run
 
 
 def limiter(settings: settings_module.Settings) -> FailurePolicy:

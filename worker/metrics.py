@@ -8,8 +8,8 @@ from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest,
-                               make_wsgi_app)
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, make_wsgi_app)
 from prometheus_client.core import GaugeMetricFamily
 
 from domain.errors import Unavailable
@@ -26,6 +26,10 @@ POSTED_CENTS = Counter("billing_ledger_posted_cents_total", "Cents moved by comm
                        ["kind", "direction"])
 RATE_LIMIT_DECISIONS = Counter("billing_rate_limit_decisions_total", "Rate-limit decisions (checks and API keys)",
                                ["decision", "store"])  # allowed|denied; ok|unavailable
+DB_READS = Counter("billing_db_reads_total", "Reads that may lag, by the database that served them",
+                   ["database"])  # primary|replica1|replica2...
+REPLICA_LAG = Gauge("billing_db_replica_lag_seconds", "A read replica's replay lag, last measured (+Inf: unreachable)",
+                    ["database"], multiprocess_mode="livemax")
 OPERATIONS_FAILED = Counter("billing_operations_failed_total", "Operations that ended failed (a business refusal)",
                             ["kind"])
 
@@ -120,6 +124,14 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
             client.close()
         found["billing_dependency_up"].append(({"dependency": "broker"}, broker_up))
     return found
+
+
+def observe_read(database: str) -> None:
+    DB_READS.labels(database).inc()
+
+
+def observe_replica_lag(database: str, lag_ms: float) -> None:
+    REPLICA_LAG.labels(database).set(lag_ms / 1000)
 
 
 def observe_failed(kinds: list[str]) -> None:

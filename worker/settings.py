@@ -44,6 +44,8 @@ class Settings:
     db_lock_timeout_ms: int = 500  # BILLING_DB_LOCK_TIMEOUT_MS: longest wait for a row lock
     db_statement_timeout_ms: int = 30000  # BILLING_DB_STATEMENT_TIMEOUT_MS: below the tasks' time limit
     otlp_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there (worker.tracing)
+    database_read_urls: tuple[str, ...] = ()  # DATABASE_READ_URL: read replicas, comma-separated
+    read_max_lag_ms: int = 1000  # BILLING_READ_MAX_LAG_MS: a replica lagging more is skipped
 
 
 
@@ -110,7 +112,19 @@ def load(env: dict | None = None) -> Settings:
         # a statement may not run into the tasks' soft time limit (tasks.RETRY), where it would be cut off
         db_statement_timeout_ms=_int(env, "BILLING_DB_STATEMENT_TIMEOUT_MS", 30000, low=100, high=50_000),
         otlp_endpoint=_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https")),
+        database_read_urls=_read_urls(env, database_url),
+        read_max_lag_ms=_int(env, "BILLING_READ_MAX_LAG_MS", 1000, low=1, high=3_600_000),
     )
+
+
+def _read_urls(env: dict, database_url: str | None) -> tuple[str, ...]:
+    """DATABASE_READ_URL: one or more PostgreSQL URLs, comma-separated; they need DATABASE_URL (the primary)."""
+    urls = tuple(url.strip() for url in env.get("DATABASE_READ_URL", "").split(",") if url.strip())
+    for url in urls:
+        _url({"DATABASE_READ_URL": url}, "DATABASE_READ_URL", ("postgresql", "postgres", "psycopg"))
+    if urls and database_url is None:
+        raise SettingsError("DATABASE_READ_URL needs DATABASE_URL: the replicas' primary serves every write")
+    return urls
 
 
 def _tiers(env: dict) -> TierTable:

@@ -228,7 +228,7 @@ class UsageEvent(Model):
         str,
         Field(
             alias="eventId",
-            description="Printable ASCII without spaces; the event is debited once per workspace and eventId.",
+            description="Printable ASCII without spaces; the event is debited once per workspace and eventId (also after the workspace's default account changed, among the accounts linked to it).",
             max_length=200,
             min_length=1,
             pattern="^[\\x21-\\x7e]+$",

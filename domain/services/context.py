@@ -2,13 +2,14 @@
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from domain.public_ids import PublicIds
 from domain.store import keys
-from domain.store.uow import UnitOfWork
+from domain.store.uow import Connection, UnitOfWork
 from domain.tiers import DEFAULT_TABLE, TierTable
 
+T = TypeVar("T")
 Enqueue = Callable[..., bool]  # enqueue(task_name, **kwargs) -> sent?; never raises: the outbox covers a miss
 
 
@@ -47,6 +48,10 @@ class Context:
     # A unit of work for a read that is one statement (or statements that need no common snapshot): in
     # autocommit, without BEGIN and ROLLBACK round trips. None: `uow`.
     read: Callable[[], UnitOfWork] | None = None
+    # lagging(read) runs read(conn) for an answer that may lag the primary by up to BILLING_READ_MAX_LAG_MS
+    # (lists, summaries, usage): on a read replica when one is current enough (domain.store.replicas), else
+    # as `read`. Never for what a caller reads right after its own write (balance, operations, checkouts).
+    lagging: Callable[[Callable[[Connection], T]], T] | None = None
     # A bare psycopg connection for domain.store.prepared's statements (domain.store.uow.RawRead on the read
     # engine). None: the driver connection of a `read` unit of work.
     raw_read: Callable[[], AbstractContextManager[Any]] | None = None
@@ -56,8 +61,19 @@ class Context:
             object.__setattr__(self, "ids", PublicIds(lambda: _public_ids_key(self.uow)))
         if self.read is None:
             object.__setattr__(self, "read", self.uow)
+        object.__setattr__(self, "routes_reads", self.lagging is not None)  # replicas serve `lagging`
+        if self.lagging is None:
+            object.__setattr__(self, "lagging", run_in(self.read))
         if self.raw_read is None:
             object.__setattr__(self, "raw_read", lambda: _driver_of(self.read))
+
+
+def run_in(unit: Callable[[], UnitOfWork]) -> Callable[[Callable[[Connection], T]], T]:
+    """lagging without replicas: the read in a unit of work of `unit`."""
+    def run(read: Callable[[Connection], T]) -> T:
+        with unit() as uow:
+            return read(uow.conn)
+    return run
 
 
 @contextmanager

@@ -1,4 +1,6 @@
-"""Balances, summaries and transaction pages, per account and per workspace."""
+"""Balances, summaries and transaction pages, per account and per workspace.
+
+Summaries and pages may lag the primary (Context.lagging: a read replica when configured); balances never do."""
 import dataclasses
 from datetime import UTC, datetime
 
@@ -8,7 +10,7 @@ from domain.models import Balance, BillingAccount, Caller, KeyHolder, Page, Summ
 from domain.services import access
 from domain.services.context import Context
 from domain.store import accounts, ledger, prepared
-from domain.store.uow import Connection
+from domain.store.uow import Connection, driver_of
 
 class ReadService:
     def __init__(self, ctx: Context) -> None:
@@ -30,14 +32,14 @@ class ReadService:
             return _balance(access.owned_account(uow.conn, caller, account_id))
 
     def summary(self, caller: Caller, account_id: str, since: datetime | None, until: datetime | None) -> Summary:
-        with self._ctx.uow() as uow:
-            account = access.owned_account(uow.conn, caller, account_id)
-            return _summary(uow.conn, account, since, until)
+        return self._ctx.lagging(lambda conn: _summary(conn, access.owned_account(conn, caller, account_id),
+                                                       since, until))
 
     def transactions(self, caller: Caller, account_id: str, **query) -> Page:
-        with self._ctx.read() as uow:
-            access.owned_account(uow.conn, caller, account_id)
-            return self._page(uow.conn, account_id, **query)
+        def read(conn: Connection) -> Page:
+            access.owned_account(conn, caller, account_id)
+            return self._page(conn, account_id, **query)
+        return self._ctx.lagging(read)
 
     def workspace_balance(self, caller: Caller | KeyHolder, workspace_id: str) -> Balance:
         with self._ctx.raw_read() as conn:
@@ -45,18 +47,29 @@ class ReadService:
 
     def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
                           until: datetime | None) -> Summary:
-        with self._ctx.uow() as uow:
-            account = _workspace_account(uow.driver, caller, workspace_id, None)
-            return _summary(uow.conn, account, since, until)
+        return self._ctx.lagging(lambda conn: _summary(
+            conn, _workspace_account(driver_of(conn), caller, workspace_id, None), since, until))
 
     def workspace_transactions(self, caller: Caller | KeyHolder, workspace_id: str, account_id: str | None,
                                **query) -> Page:
-        before_id = self._before(query.pop("cursor", None))
-        with self._ctx.raw_read() as conn:
+        before_id, limit = self._before(query.pop("cursor", None)), query.pop("limit")
+
+        def read(conn) -> list:  # a psycopg connection
             account = _workspace_account(conn, caller, workspace_id, account_id)
-            limit = query.pop("limit")
-            found = prepared.page(conn, account.id, limit=limit + 1, before_id=before_id, **query)
-        return self._page_of(found, limit)
+            return prepared.page(conn, account.id, limit=limit + 1, before_id=before_id, **query)
+        if self._ctx.routes_reads:
+            if isinstance(caller, KeyHolder):  # checked on the primary: a replica may not have seen a revocation
+                caller = self._caller(caller)
+            return self._page_of(self._ctx.lagging(lambda conn: read(driver_of(conn))), limit)
+        with self._ctx.raw_read() as conn:  # no replica: one round trip, the key checked by the same statement
+            return self._page_of(read(conn), limit)
+
+    def _caller(self, holder: KeyHolder) -> Caller:
+        with self._ctx.raw_read() as conn:
+            user_id = prepared.user_of_key(conn, holder.key_hash)
+        if user_id is None:
+            raise Unauthenticated("the key is unknown or revoked")
+        return Caller(user_id=user_id)
 
     def _page(self, conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
               kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:

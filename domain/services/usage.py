@@ -52,9 +52,10 @@ class UsageService:
         if until - since > MAX_WINDOW[granularity]:
             raise InvalidInput(f"a window of granularity {granularity} spans at most "
                                f"{MAX_WINDOW[granularity].days} days", field="from")
-        with self._ctx.uow() as uow:
-            workspace = access.workspace(uow.conn, caller, workspace_id).workspace
-            series, metrics = store.overview(uow.conn, workspace.id, since, until, granularity)
+        def read(conn: Connection):
+            found = access.workspace(conn, caller, workspace_id).workspace
+            return found, store.overview(conn, found.id, since, until, granularity)
+        workspace, (series, metrics) = self._ctx.lagging(read)  # may lag: a read replica when configured
         return UsageOverview(workspace_id=workspace.id, billing_account_id=workspace.default_billing_account_id,
                              since=since, until=until, granularity=granularity,
                              series=[UsagePeriod(*row) for row in series],
@@ -65,7 +66,8 @@ def apply_batch(conn: Connection, op: Operation, public_ids: PublicIds) -> dict:
     """Debit one batch in the caller's transaction: every eventId at most once, never below zero."""
     events = [_event(e) for e in op.payload["events"]]
     balance = store.lock_for_batch(conn, op.workspace_id, op.billing_account_id)
-    found = store.prior(conn, [store.key(op.workspace_id, e.event_id) for e in events])
+    found = store.prior(conn, op.workspace_id, op.billing_account_id,
+                        [store.key(op.workspace_id, e.event_id) for e in events])
     prior_ids = {k.split(":", 2)[2]: entry_id for k, (entry_id, *_rest) in found.items()}
     outcomes = usage.plan(balance, events, {k.split(":", 2)[2]: tuple(v[1:]) for k, v in found.items()})
     debits = [o for o in outcomes if o.status == usage.DEBITED]

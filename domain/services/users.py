@@ -3,7 +3,7 @@ import hashlib
 import secrets
 
 from domain.errors import Conflict, Forbidden, NotFound
-from domain.ids import new_id
+from domain.ids import default_account_id, new_id
 from domain.models import BillingAccount, Caller, User
 from domain.names import EntryKind, Task
 from domain.services.context import Context
@@ -20,7 +20,7 @@ def hash_key(api_key: str) -> bytes:
 def provision_default_account(conn: Connection, user_id: str, intro_credit_cents: int) -> BillingAccount:
     """Ensure the user's default account and its one intro credit; safe to run any number of times."""
     account = accounts.user_default(conn, user_id) or accounts.insert_account(
-        conn, new_id("ba"), user_id, DEFAULT_ACCOUNT_NAME, is_user_default=True)
+        conn, default_account_id(user_id), user_id, DEFAULT_ACCOUNT_NAME, is_user_default=True)
     if account is None:  # a concurrent run created it first
         account = accounts.user_default(conn, user_id)
     if intro_credit_cents > 0:

@@ -18,12 +18,11 @@ def _account(row) -> BillingAccount:
 
 def insert_account(conn: Connection, account_id: str, owner_user_id: str, name: str, *,
                    is_user_default: bool = False) -> BillingAccount | None:
-    """Insert an account; for a user default, None when the user already has one."""
+    """Insert an account; for a user default (whose id is made from the user's), None when it exists."""
     stmt = pg_insert(billing_accounts).values(id=account_id, owner_user_id=owner_user_id, name=name,
                                               is_user_default=is_user_default)
     if is_user_default:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["owner_user_id"],
-                                           index_where=_a.is_user_default)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["id"])
     row = conn.execute(stmt.returning(billing_accounts)).mappings().first()
     return _account(row) if row else None
 

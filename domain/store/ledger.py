@@ -21,7 +21,7 @@ WITH inserted AS (
     FROM billing_accounts a
     WHERE a.id = :account_id AND (:allow_negative OR a.balance_cents + :amount >= 0)
     FOR NO KEY UPDATE
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
     RETURNING *
 )
 UPDATE billing_accounts SET balance_cents = inserted.balance_after_cents
@@ -48,7 +48,8 @@ def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key
     if row is not None:
         note_postings(conn, [(kind, amount_cents)])
         return Posting(_entry(row), created=True)
-    existing = conn.execute(select(ledger_entries).where(ledger_entries.c.idempotency_key == key)).mappings().first()
+    existing = conn.execute(select(ledger_entries).where(ledger_entries.c.billing_account_id == account_id,
+                                                         ledger_entries.c.idempotency_key == key)).mappings().first()
     if existing is not None:
         return Posting(_entry(existing), created=False)
     balance = conn.execute(select(billing_accounts.c.balance_cents)
@@ -71,7 +72,8 @@ WITH v AS (
 ), fresh AS (
     SELECT v.*, a.balance_cents + SUM(v.amount) OVER (PARTITION BY v.account_id ORDER BY v.ord) AS balance_after
     FROM v JOIN billing_accounts a ON a.id = v.account_id
-    WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.idempotency_key = v.key)
+    WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.billing_account_id = v.account_id
+                                                         AND e.idempotency_key = v.key)
 ), inserted AS (
     INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents, balance_after_cents,
                                 description, reference, idempotency_key)

@@ -95,3 +95,11 @@ TIER_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspace
 def tier_of_workspace(conn: Connection, workspace_id: str) -> tuple[str, str | None] | None:
     """(default account, its stored tier or None); None: no such workspace."""
     return conn.execute(TIER_OF_WORKSPACE, (workspace_id,), prepare=True).fetchone()
+
+
+_USER_OF_KEY = "SELECT user_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL"
+
+
+def user_of_key(conn: Connection, key_hash: bytes) -> str | None:
+    row = conn.execute(_USER_OF_KEY, (key_hash,), prepare=True).fetchone()
+    return row[0] if row else None

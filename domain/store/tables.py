@@ -41,31 +41,31 @@ billing_accounts = Table(
     Column("name", Text, nullable=False),
     Column("currency", Text, nullable=False, server_default="usd"),
     Column("balance_cents", BigInteger, nullable=False, server_default="0"),
+    # One per user: its id is made from the user's (domain.ids.default_account_id), so the key holds the rule.
     Column("is_user_default", Boolean, nullable=False, server_default="false"),
     _now(),
-    Index("billing_accounts_one_default_per_user", "owner_user_id", unique=True,
-          postgresql_where=text("is_user_default")),
     Index("billing_accounts_owner", "owner_user_id", "created_at"),
 )
 
 ledger_entries = Table(
     "ledger_entries", metadata,
+    # Keys lead with the account: the ledger can be distributed by it (docs/scaling.md).
+    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), primary_key=True),
     Column("id", BigInteger, Identity(always=True), primary_key=True),
-    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), nullable=False),
     Column("workspace_id", Text),
     Column("kind", Text, nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("balance_after_cents", BigInteger, nullable=False),
     Column("description", Text, nullable=False, server_default=""),
     Column("reference", Text),
-    Column("idempotency_key", Text, nullable=False, unique=True),
+    Column("idempotency_key", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()),
     Column("metric", Text),  # usage entries: what was used, how much, and when
     Column("quantity", BigInteger),
     Column("occurred_at", DateTime(timezone=True)),
     CheckConstraint("amount_cents <> 0", name="ledger_entries_amount_nonzero"),
     CheckConstraint("kind IN (%s)" % ", ".join(f"'{k}'" for k in ENTRY_KINDS), name="ledger_entries_kind"),
-    Index("ledger_entries_account_id", "billing_account_id", text("id DESC")),
+    UniqueConstraint("billing_account_id", "idempotency_key", name="ledger_entries_account_key"),
     Index("ledger_entries_account_kind_id", "billing_account_id", "kind", text("id DESC")),
     Index("ledger_entries_usage_overview", "workspace_id", "occurred_at",
           postgresql_include=["amount_cents", "quantity", "metric"], postgresql_where=text("kind = 'usage'")),
@@ -197,6 +197,7 @@ service_keys = Table(
 
 usage_rollups = Table(
     "usage_rollups", metadata,
+    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), primary_key=True),
     Column("workspace_id", Text, primary_key=True),
     Column("hour", DateTime(timezone=True), primary_key=True),  # the UTC hour's start
     Column("metric", Text, primary_key=True),

@@ -31,7 +31,8 @@ IDLE_PING_SECONDS = 5.0  # a pooled connection unused for longer is pinged befor
 
 
 def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = None,
-                statement_timeout_ms: int | None = None, autocommit: bool = False) -> Engine:
+                statement_timeout_ms: int | None = None, autocommit: bool = False,
+                connect_timeout_s: int | None = None) -> Engine:
     """An engine for psycopg 3; plain postgresql:// URLs are accepted.
 
     lock_timeout bounds every wait for a row lock (another transaction holding an account): the unit of
@@ -43,13 +44,19 @@ def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = N
     while in steady use fails its unit of work as unavailable (503 in the API, a retry in the worker).
 
     With autocommit (the engine of single-statement reads) a unit of work sends its statement alone: no
-    BEGIN before it, no ROLLBACK after, one round trip where a transaction costs three."""
+    BEGIN before it, no ROLLBACK after, one round trip where a transaction costs three.
+
+    connect_timeout_s bounds a connection attempt (a read replica's: a host gone quiet costs a read that
+    long once, then it is skipped)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     options = " ".join(f"-c {name}={ms}" for name, ms in (("lock_timeout", lock_timeout_ms),
                                                              ("statement_timeout", statement_timeout_ms)) if ms)
+    connect_args = {"options": options} if options else {}
+    if connect_timeout_s:
+        connect_args["connect_timeout"] = connect_timeout_s
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
-                           connect_args={"options": options} if options else {},
+                           connect_args=connect_args,
                            **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     _ping_when_idle(engine)
     return engine
@@ -96,6 +103,11 @@ def transient_cause(exc: BaseException) -> str:
     return f"an unexpected error ({type(exc).__name__}); logged for the operators"
 
 
+def driver_of(conn: Connection) -> psycopg.Connection:
+    """The psycopg connection under a SQLAlchemy one (in its transaction, if any)."""
+    return conn.connection.driver_connection
+
+
 class UnitOfWork:
     """`with uow_factory() as uow: ...; uow.commit()`. Leaving without commit rolls back.
 
@@ -139,7 +151,7 @@ class UnitOfWork:
     @property
     def driver(self) -> psycopg.Connection:
         """The psycopg connection under `conn`, in this transaction: for domain.store.prepared's statements."""
-        return self.conn.connection.driver_connection
+        return driver_of(self.conn)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)

@@ -12,9 +12,15 @@ from domain.store.uow import note_postings
 # account row is locked: the same order everywhere, so two batches cannot deadlock.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:workspace_id AS text), 0))")
 _ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
+# An eventId is looked for on the account debited and on every account linked to the workspace: one sent
+# again after the workspace changed its default account is still a duplicate. Each lookup is by
+# (billing_account_id, idempotency_key), the ledger's unique key; the workspace lock above serializes them.
 _PRIOR = text("""
 SELECT idempotency_key, id, metric, quantity, -amount_cents AS amount_cents
-FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements_text(CAST(:keys AS json))))
+FROM ledger_entries
+WHERE billing_account_id = ANY(ARRAY(SELECT billing_account_id FROM workspace_billing_accounts
+                                     WHERE workspace_id = :workspace_id UNION SELECT :account_id))
+  AND idempotency_key = ANY(ARRAY(SELECT json_array_elements_text(CAST(:keys AS json))))
 """)
 
 # Every planned entry in one INSERT from one JSON document (ids follow the batch order, so the balance
@@ -32,11 +38,11 @@ WITH inserted AS (
     ORDER BY u.ord
     RETURNING id, idempotency_key, amount_cents, metric, quantity, occurred_at
 ), rolled AS (
-    INSERT INTO usage_rollups AS r (workspace_id, hour, metric, usage_cents, quantity, events)
-    SELECT :workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', metric,
-           -SUM(amount_cents), SUM(quantity), COUNT(*)
-    FROM inserted GROUP BY 2, 3
-    ON CONFLICT (workspace_id, hour, metric) DO UPDATE SET usage_cents = r.usage_cents + EXCLUDED.usage_cents,
+    INSERT INTO usage_rollups AS r (billing_account_id, workspace_id, hour, metric, usage_cents, quantity, events)
+    SELECT :account_id, :workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           metric, -SUM(amount_cents), SUM(quantity), COUNT(*)
+    FROM inserted GROUP BY 3, 4
+    ON CONFLICT (billing_account_id, workspace_id, hour, metric) DO UPDATE SET usage_cents = r.usage_cents + EXCLUDED.usage_cents,
         quantity = r.quantity + EXCLUDED.quantity, events = r.events + EXCLUDED.events
 ), moved AS (
     UPDATE billing_accounts SET balance_cents = balance_cents + (SELECT SUM(amount_cents) FROM inserted)
@@ -63,9 +69,11 @@ def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> int:
     return int(balance)
 
 
-def prior(conn: Connection, keys: list[str]) -> dict[str, tuple[int, str, int, int]]:
-    """key -> (entry id, metric, quantity, amountCents) for keys already in the ledger."""
-    rows = conn.execute(_PRIOR, {"keys": json.dumps(keys)})
+def prior(conn: Connection, workspace_id: str, account_id: str,
+          keys: list[str]) -> dict[str, tuple[int, str, int, int]]:
+    """key -> (entry id, metric, quantity, amountCents) for keys already in the ledger of the account or of
+    another account linked to the workspace."""
+    rows = conn.execute(_PRIOR, {"workspace_id": workspace_id, "account_id": account_id, "keys": json.dumps(keys)})
     return {r.idempotency_key: (r.id, r.metric, r.quantity, r.amount_cents) for r in rows}
 
 

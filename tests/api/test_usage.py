@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from api import responses
 from tests.api.checks import assert_problem, ledger_problems
-from tests.factories import post
+from tests.factories import new_linked_account, post
 
 
 @pytest.fixture
@@ -62,6 +62,19 @@ def test_a_batch_debits_each_event_once_and_reports_every_outcome(api, services,
     summary = api.call("GET", f"/workspaces/{ws['id']}/billing/summary", owner.key).json
     assert summary["byKind"]["usage"] == {"count": 3, "amountCents": -600}
     assert ledger_problems(services, ws["defaultBillingAccountId"]) == []
+
+
+def test_an_event_sent_again_after_the_default_account_changed_is_still_a_duplicate(api, services, world, engine):
+    owner, ws = world
+    first = record(api, services, ws, [ev("moved", 100)])
+    other = new_linked_account(api, owner, ws["id"])["id"]
+    post(services, other, 5000)
+    made_default = api.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{other}/default", owner.key)
+    assert made_default.status_code == 200, made_default.text
+    again = record(api, services, ws, [ev("moved", 100), ev("new", 30)])
+    assert [e["status"] for e in again["result"]["events"]] == ["duplicate", "debited"]
+    assert again["result"]["events"][0]["transactionId"] == first["result"]["events"][0]["transactionId"]
+    assert usage_entries(engine, ws["id"]) == {"moved": 1, "new": 1}
 
 
 def test_a_resent_batch_and_one_event_in_two_batches_debit_once(api, services, world, engine):
