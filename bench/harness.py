@@ -555,13 +555,16 @@ def pgbench_script(transactions: list[dict], replace: dict[str, str] | None = No
     expression (e.g. "('ws_' || md5('w' || CAST(:n AS text)))") so that every run may pick another row."""
     lines = [header.rstrip("\n")] if header else []
     for t in transactions:
-        lines.append("BEGIN;")
+        autocommit = t["end"] == "AUTOCOMMIT"  # one statement, its own transaction: no BEGIN, no end
+        if not autocommit:
+            lines.append("BEGIN;")
         for statement in t["statements"]:
             statement = _pgbench_safe(statement.strip().rstrip(";"))
             for literal, expression in (replace or {}).items():
                 statement = statement.replace(literal, expression)
             lines.append(statement + ";")
-        lines.append(f"{t['end'] or 'ROLLBACK'};")
+        if not autocommit:
+            lines.append(f"{t['end'] or 'ROLLBACK'};")
     return "\n".join(lines) + "\n"
 
 
