@@ -185,3 +185,18 @@ def test_a_replica_that_stops_is_skipped_and_the_primary_answers(servers, servic
     finally:
         standby.start()
     replayed_everything(admin)
+
+
+def test_a_key_revoked_while_the_replica_lags_reads_no_page_from_it(service, admin):
+    """A page may lag; who may read it may not: a user's key is checked on the primary, so a revocation the
+    replica has not replayed yet already answers 401."""
+    api, _ = service(max_lag_ms=600_000)
+    owner, ws = world(api, admin)
+    page = f"/workspaces/{ws['id']}/billing/transactions"
+    assert api.call("GET", page, owner.key).status_code == 200
+    with ReplayPaused(admin):
+        with admin[0].connect() as conn:
+            conn.execute(text("UPDATE api_keys SET revoked_at = now() WHERE user_id = :u"), {"u": owner.id})
+        assert scalar(admin[1], "SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL "
+                      f"AND user_id = '{owner.id}'") == 0  # the replica still holds the key as live
+        assert api.call("GET", page, owner.key).status_code == 401
