@@ -179,9 +179,9 @@ class RawRead:
         self._engine = engine
 
     def __enter__(self) -> psycopg.Connection:
-        try:
+        try:  # a new connection that fails raises the driver's own error here, not SQLAlchemy's
             self._pooled = self._engine.raw_connection()
-        except DBAPIError as exc:
+        except Exception as exc:
             if is_unavailable(exc):
                 raise Unavailable("the database is unavailable") from exc
             raise
