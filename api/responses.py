@@ -4,7 +4,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.money import CURRENCY
-from domain.names import CHECKOUT_STATUSES, ENTRY_KINDS, OPERATION_STATUSES
+from domain.names import (CHECKOUT_STATUSES, ENTRY_KINDS, GRANT_CATEGORIES, GRANT_SOURCES, GRANT_STATUSES,
+                          OPERATION_STATUSES)
 
 
 class Shape(BaseModel):
@@ -86,6 +87,25 @@ class TransactionShape(Shape):
     description: str
     reference: str | None
     createdAt: str
+
+
+class GrantShape(Shape):
+    id: str
+    billingAccountId: str
+    source: Literal[GRANT_SOURCES]  # type: ignore[valid-type]
+    category: Literal[GRANT_CATEGORIES]  # type: ignore[valid-type]
+    amountCents: int
+    remainingCents: int = Field(description="What is left to spend; 0 once depleted or expired.")
+    priority: int = Field(description="0-100: debits draw from lower priorities first, then from the earliest "
+                                      "expiresAt (none last), then from the oldest grant.")
+    expiresAt: str | None
+    status: Literal[GRANT_STATUSES]  # type: ignore[valid-type]
+    createdAt: str
+
+
+class GrantPage(Shape):
+    data: list[GrantShape]
+    nextCursor: str | None
 
 
 class KindTotalShape(Shape):

@@ -12,7 +12,8 @@ from api.errors import invalid
 from api.json_body import read_json
 from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
-from domain.names import ENTRY_KINDS
+from domain.grants import DEFAULT_PRIORITY
+from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES
 
 
 class Body(BaseModel):
@@ -100,10 +101,18 @@ class LinkBillingAccount(Body):
 
 
 class AddCredits(Body):
-    model_config = examples({"amountCents": 2500, "description": "Goodwill credit"})
+    model_config = examples({"amountCents": 2500, "description": "Goodwill credit"},
+                            {"amountCents": 5000, "description": "Launch promotion", "category": "promotional",
+                             "priority": 10, "expiresAt": "2099-12-31T00:00:00Z"})
 
     amount_cents: MovementCents
     description: Annotated[str, Field(max_length=500)] = ""
+    category: Literal[GRANT_CATEGORIES] = Field("promotional", description=(  # type: ignore[valid-type]
+        "The grant's category: `paid` or `promotional` (default)."))
+    priority: Annotated[int, Field(ge=0, le=100, description=(
+        "0-100, default 50: debits draw from lower priorities first."))] = DEFAULT_PRIORITY
+    expires_at: Annotated[Timestamp | None, Field(strict=False, description=(
+        "RFC 3339, in the future: what is left of the grant then is debited as `expiry`. Default: never."))] = None
 
 
 HttpUrl = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s/?#]+[^\s]*$",
@@ -132,6 +141,11 @@ class PageQuery(Query):
 
 class TransactionsQuery(Window, PageQuery):
     kind: Literal[ENTRY_KINDS] | None = None  # type: ignore[valid-type]
+    billing_account_id: Id | None = Field(None, alias="billingAccountId")
+
+
+class GrantsQuery(PageQuery):
+    status: Literal[GRANT_STATUSES] | None = None  # type: ignore[valid-type]
     billing_account_id: Id | None = Field(None, alias="billingAccountId")
 
 

@@ -1,7 +1,7 @@
 """Domain objects as the contract's JSON."""
 from domain import times
-from domain.models import (Balance, BillingAccount, Checkout, Entry, LinkedAccount, Operation, Page, Summary,
-                           UsageOverview, User, Workspace)
+from domain.models import (Balance, BillingAccount, Checkout, Entry, Grant, LinkedAccount, Operation, Page,
+                           Summary, UsageOverview, User, Workspace)
 from domain.ratelimit import Decision
 from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
 
@@ -39,6 +39,12 @@ def transaction(e: Entry) -> dict:
     return {"id": e.public_id, "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
             "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
             "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
+
+
+def grant(g: Grant) -> dict:
+    return {"id": g.id, "billingAccountId": g.billing_account_id, "source": g.source, "category": g.category,
+            "amountCents": g.amount_cents, "remainingCents": g.remaining_cents, "priority": g.priority,
+            "expiresAt": ts(g.expires_at), "status": g.status, "createdAt": ts(g.created_at)}
 
 
 def page(p: Page, render) -> dict:

@@ -204,3 +204,20 @@ class UsageOverview:
     @property
     def total_usage_cents(self) -> int:
         return sum(period.usage_cents for period in self.series)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A credit as a lot: what is left of it, and when and in which order it is spent."""
+
+    id: str
+    billing_account_id: str
+    source: str
+    category: str
+    amount_cents: int
+    remaining_cents: int
+    priority: int
+    expires_at: datetime | None
+    status: str
+    created_at: datetime
+    entry_id: int  # the credit's ledger entry: grants are paged by it

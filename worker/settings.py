@@ -44,6 +44,7 @@ class Settings:
     db_lock_timeout_ms: int = 500  # BILLING_DB_LOCK_TIMEOUT_MS: longest wait for a row lock
     db_statement_timeout_ms: int = 30000  # BILLING_DB_STATEMENT_TIMEOUT_MS: below the tasks' time limit
     otlp_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there (worker.tracing)
+    intro_credit_ttl_days: int | None = None  # BILLING_INTRO_CREDIT_TTL_DAYS; None: the intro credit never expires
 
 
 
@@ -85,6 +86,7 @@ def load(env: dict | None = None) -> Settings:
         operator_token=env.get("BILLING_OPERATOR_TOKEN", "").strip() or None,
         metrics_token=env.get("BILLING_METRICS_TOKEN", "").strip() or None,
         intro_credit_cents=_int(env, "BILLING_INTRO_CREDIT_CENTS", 1000, high=100_000_000),
+        intro_credit_ttl_days=_int(env, "BILLING_INTRO_CREDIT_TTL_DAYS", 0, low=1, high=36500) or None,
         api_rate_limit=_int(env, "BILLING_API_RATE_LIMIT", 1200),
         port=_int(env, "PORT", 8000, low=1, high=65535),
         stripe_api_key=env.get("STRIPE_API_KEY") or None,

@@ -44,3 +44,16 @@ def owned_account(conn: Connection, caller: Caller, account_id: str) -> BillingA
     if found is None or not (caller.is_operator or found.owner_user_id == caller.user_id):
         raise NotFound("billing account not found")
     return found
+
+
+def workspace_account(conn: Connection, caller: Caller, workspace_id: str, account_id: str | None) -> BillingAccount:
+    """The workspace's default account, or another account linked to it, for a member (one statement)."""
+    if account_id is not None and not looks_like("ba", account_id):
+        account_id = ""  # links nothing
+    found = accounts.of_workspace(conn, workspace_id, caller.user_id, account_id) \
+        if looks_like("ws", workspace_id) else None
+    if found is None or not (caller.is_operator or found.role):
+        raise NotFound("workspace not found")
+    if found.account is None:
+        raise NotFound("billing account not linked to this workspace")
+    return found.account

@@ -2,8 +2,7 @@
 import dataclasses
 from datetime import UTC, datetime
 
-from domain.errors import Forbidden, InvalidInput, NotFound
-from domain.ids import looks_like
+from domain.errors import Forbidden, InvalidInput
 from domain.models import Balance, BillingAccount, Caller, Page, Summary
 from domain.services import access
 from domain.services.context import Context
@@ -70,16 +69,7 @@ class ReadService:
     @staticmethod
     def _workspace_account(conn: Connection, caller: Caller, workspace_id: str,
                            account_id: str | None) -> BillingAccount:
-        """The workspace's default account, or another account linked to it (one statement)."""
-        if account_id is not None and not looks_like("ba", account_id):
-            account_id = ""  # links nothing
-        found = accounts.of_workspace(conn, workspace_id, caller.user_id, account_id) \
-            if looks_like("ws", workspace_id) else None
-        if found is None or not (caller.is_operator or found.role):
-            raise NotFound("workspace not found")
-        if found.account is None:
-            raise NotFound("billing account not linked to this workspace")
-        return found.account
+        return access.workspace_account(conn, caller, workspace_id, account_id)
 
 
 def _balance(account: BillingAccount) -> Balance:

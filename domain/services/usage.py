@@ -8,7 +8,7 @@ from domain.ids import new_id
 from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
 from domain.names import Task
 from domain.public_ids import PublicIds
-from domain.services import access
+from domain.services import access, grants
 from domain.services.context import Context
 from domain.store import operations, usage as store
 from domain.store.uow import Connection
@@ -71,6 +71,7 @@ def apply_batch(conn: Connection, op: Operation, public_ids: PublicIds) -> dict:
     debits = [o for o in outcomes if o.status == usage.DEBITED]
     ids, balance = store.insert(conn, op.billing_account_id, op.workspace_id, [
         _row(op.workspace_id, o) for o in debits]) if debits else ({}, balance)
+    grants.drawn(conn, op.billing_account_id, sum(o.event.amount_cents for o in debits), max(ids.values(), default=0))
     entry_of = prior_ids | {o.event.event_id: ids[store.key(op.workspace_id, o.event.event_id)] for o in debits}
     return {"billingAccountId": op.billing_account_id, "workspaceId": op.workspace_id,
             "debited": len(debits), "debitedCents": sum(o.event.amount_cents for o in debits),

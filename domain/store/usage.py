@@ -19,13 +19,16 @@ FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements
 
 # Every planned entry in one INSERT from one JSON document (ids follow the batch order, so the balance
 # chain holds), and the cached balance moved by exactly what went in. A key inserted meanwhile fails the
-# whole statement: the transaction rolls back and the task's retry sees it as a duplicate.
+# whole statement: the transaction rolls back and the task's retry sees it as a duplicate. The entries of a
+# batch share one created_at, as the batch draws from the grants once: a balance as of an instant sees the
+# whole batch or none of it.
 _INSERT = text("""
 WITH inserted AS (
     INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents, balance_after_cents,
-                                description, reference, idempotency_key, metric, quantity, occurred_at)
+                                description, reference, idempotency_key, metric, quantity, occurred_at,
+                                created_at)
     SELECT :account_id, :workspace_id, 'usage', -u.amount, u.balance_after, u.description, u.event_id,
-           u.key, u.metric, u.quantity, u.occurred_at
+           u.key, u.metric, u.quantity, u.occurred_at, statement_timestamp()
     FROM json_to_recordset(CAST(:rows AS json))
          AS u(ord int, amount bigint, balance_after bigint, description text, event_id text, key text,
               metric text, quantity bigint, occurred_at timestamptz)
