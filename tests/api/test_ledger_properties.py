@@ -1,10 +1,11 @@
-"""Random interleavings of credits, usage, links, unlinks, default switches and a worker that reorders and
-redelivers its messages keep every ledger invariant after every step (a hypothesis state machine)."""
+"""Random interleavings of credits (with grant terms), usage, grant expiries, links, unlinks, default switches and
+a worker that reorders and redelivers its messages keep every ledger invariant after every step (a hypothesis state
+machine): balance = entries = the remaining amounts of the active grants, each drawn in the contract's order."""
 import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, Phase, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
@@ -25,12 +26,30 @@ EVENT = st.tuples(st.integers(0, 5), st.integers(1, 700), st.sampled_from(["toke
 DELIVERIES = st.lists(st.integers(0, 10_000), max_size=2)  # messages the worker applies meanwhile
 BAD_AMOUNTS = [0, -5, 100_000_001, 12.5, "100", True, None]
 FAR_AWAY = timedelta(days=1)  # the audit's "stuck" line: nothing here is stuck, however slow the run
+TERMS = st.fixed_dictionaries({}, optional={"priority": st.sampled_from([0, 50, 90]),
+                                            "expiresAt": st.sampled_from([1, 2, 3]),
+                                            "category": st.sampled_from(["paid", "promotional"])})
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 _ENTRIES = text("SELECT billing_account_id, amount_cents, balance_after_cents, idempotency_key FROM ledger_entries "
                 "WHERE billing_account_id = ANY(:ids) ORDER BY id")
 _ENTRIES_BY_ID = text("SELECT * FROM ledger_entries WHERE id = ANY(:ids)")
 _BALANCES = text("SELECT id, balance_cents FROM billing_accounts WHERE id = ANY(:ids)")
 _OPERATIONS = text("SELECT id, status FROM operations WHERE workspace_id = ANY(:ids)")
+_GRANTS = text("SELECT e.idempotency_key, g.remaining_cents, g.status, g.category FROM grants g "
+               "JOIN ledger_entries e ON e.id = g.entry_id WHERE g.billing_account_id = ANY(:ids)")
+_EXPIRE_NOW = text("UPDATE grants g SET expires_at = now() - interval '1 second' FROM ledger_entries e "
+                   "WHERE e.id = g.entry_id AND e.idempotency_key = :key AND g.billing_account_id = :account")
+
+
+@dataclass
+class ModelGrant:
+    key: str  # the credit's ledger key
+    order: tuple  # (priority, expiresAt, entry id): debits draw in this order
+    remaining: int
+    category: str
+    status: str = "active"
+    expires: bool = False
 
 
 @dataclass
@@ -70,6 +89,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ops: dict[str, Queued] = {}
         self.unfinished: set[str] = set()
         self.keys: dict[str, tuple[str, str, str]] = {}  # Idempotency-Key -> (path, body, operation id)
+        self.grants: dict[str, list[ModelGrant]] = {}  # billing account -> its grants
         self.first_message = len(queue.sent)
 
     # -- picking among what exists -------------------------------------------------------------------------
@@ -137,6 +157,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.users.append(user)
         self.owner_of[user.default_account_id] = user.id
         self.postings[user.default_account_id] = [1000]
+        self.grants[user.default_account_id] = [ModelGrant(f"intro:{user.id}", (50, NEVER, 0), 1000, "promotional")]
         return user
 
     def _new_workspace(self, user: UserKey, account: str | None) -> Workspace | None:
@@ -175,7 +196,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if change == "create":
                 account = result.json["id"]
                 assert (result.json["balanceCents"], result.json["ownerUserId"]) == (0, user.id)
-                self.owner_of[account], self.postings[account] = user.id, []
+                self.owner_of[account], self.postings[account], self.grants[account] = user.id, [], []
             ws.linked = ws.linked - {account} if change == "unlink" else ws.linked | {account}
             ws.default = account if change == "default" else ws.default
         owner = next(u for u in self.users if u.id == ws.owner)
@@ -232,15 +253,30 @@ class LedgerMachine(RuleBasedStateMachine):
         if key:
             self.keys[key] = (*request, result.json["id"])
 
-    @rule(ws=PICK, credits=st.lists(st.tuples(st.integers(1, 3000) | st.sampled_from(BAD_AMOUNTS), KEY),
+    @rule(ws=PICK, credits=st.lists(st.tuples(st.integers(1, 3000) | st.sampled_from(BAD_AMOUNTS), KEY, TERMS),
                                     min_size=1, max_size=3), then=DELIVERIES)
     def credit(self, ws: int, credits: list[tuple], then: list[int]) -> None:
-        """Credits (several, so that a batch holds more than one of an account); meanwhile the worker may
-        deliver some messages."""
-        for cents, key in credits:
+        """Credits (several, so that a batch holds more than one of an account), some with a priority, an
+        expiresAt (years ahead) or a category; meanwhile the worker may deliver some messages."""
+        for cents, key, terms in credits:
             valid = type(cents) is int and 1 <= cents <= 100_000_000
-            self._accept("credit", self._ws(ws), {"amountCents": cents}, key, valid=valid)
+            if "expiresAt" in terms:
+                terms = terms | {"expiresAt": f"{datetime.now(UTC).year + terms['expiresAt']}-06-01T00:00:00Z"}
+            self._accept("credit", self._ws(ws), {"amountCents": cents} | terms, key, valid=valid)
         self._deliver(then)
+
+    @precondition(lambda self: any(g.expires and g.status == "active" for gs in self.grants.values() for g in gs))
+    @rule(pick=PICK)
+    def a_grant_expires(self, pick: int) -> None:
+        """Time passes a grant's expiresAt: the beat job debits what is left of it, once however often it runs."""
+        due = [(account, g) for account, gs in self.grants.items() for g in gs if g.expires and g.status == "active"]
+        account, grant = due[pick % len(due)]
+        with self.engine.begin() as conn:
+            conn.execute(_EXPIRE_NOW, {"key": grant.key, "account": account})
+        self.services.grants.expire_due()
+        self.services.grants.expire_due()
+        self.postings[account].append(-grant.remaining)
+        grant.remaining, grant.status = 0, "expired"
 
     @rule(ws=PICK, events=st.lists(EVENT, min_size=1, max_size=4), key=KEY, then=DELIVERIES)
     def record_usage(self, ws: int, events: list[tuple], key: int | None, then: list[int]) -> None:
@@ -319,6 +355,19 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result["balanceAfterCents"] == entry.balance_after_cents == sum(self.postings[op.account]) + \
             op.body["amountCents"]
         self.postings[op.account].append(op.body["amountCents"])
+        expires = op.body.get("expiresAt")
+        order = (op.body.get("priority", 50), datetime.fromisoformat(expires) if expires else NEVER, entry.id)
+        self.grants[op.account].append(ModelGrant(f"op:{op.id}", order, op.body["amountCents"],
+                                                  op.body.get("category", "promotional"), expires=bool(expires)))
+
+    def _draw(self, account: str, cents: int) -> None:
+        """The model's draw: the active grants in the contract's order."""
+        for grant in sorted((g for g in self.grants[account] if g.status == "active"), key=lambda g: g.order):
+            take = min(cents, grant.remaining)
+            grant.remaining, cents = grant.remaining - take, cents - take
+            grant.status = "active" if grant.remaining else "depleted"
+            if cents == 0:
+                return
 
     def _take_in_usage(self, op: Queued, found: dict, predicted: list, entries: dict) -> None:
         assert found["status"] == "succeeded", found
@@ -340,6 +389,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 op.workspace.consumed[event["eventId"]] = (
                     event["metric"], event["quantity"], event["amountCents"], outcome["transactionId"])
                 self.postings[op.account].append(-event["amountCents"])
+                self._draw(op.account, event["amountCents"])
             else:
                 first = op.workspace.consumed[event["eventId"]]
                 assert outcome["transactionId"] == first[3]
@@ -379,6 +429,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self._every_accepted_request_is_one_operation_of_ours()
         self._the_audit_finds_nothing_wrong_with_our_accounts()
         self._each_workspace_reads_its_default_account()
+        self._each_grant_holds_what_the_model_drew_from_it()
 
     def _each_ledger_is_the_model_and_chains_and_never_goes_below_zero(self) -> None:
         accounts = list(self.owner_of)
@@ -418,6 +469,14 @@ class LedgerMachine(RuleBasedStateMachine):
             assert (balance["billingAccountId"], balance["balanceCents"]) == (ws.default,
                                                                               sum(self.postings[ws.default]))
 
+    def _each_grant_holds_what_the_model_drew_from_it(self) -> None:
+        with self.engine.connect() as conn:
+            found = {row.idempotency_key: (row.remaining_cents, row.status, row.category)
+                     for row in conn.execute(_GRANTS, {"ids": list(self.owner_of)})}
+        assert found == {g.key: (g.remaining, g.status, g.category) for gs in self.grants.values() for g in gs}
+        for account, grants in self.grants.items():
+            assert sum(g.remaining for g in grants if g.status == "active") == sum(self.postings[account])
+
     def teardown(self) -> None:
         """Apply what is still queued, so no credit of ours is left to the tests that follow."""
         for operation_id in [i for i in self.ops if i in self.unfinished]:
@@ -444,7 +503,22 @@ def test_a_redelivered_usage_message_applies_the_credits_queued_before_it_after_
     only, and its redelivery is a wake-up that applies the credit queued before the batch."""
     machine = LedgerMachine(api, services, queue, engine)
     replay(machine, ("a_small_company", {}),
-           ("credit", {"ws": 0, "credits": [(219, None)], "then": []}),
+           ("credit", {"ws": 0, "credits": [(219, None, {})], "then": []}),
            ("record_usage", {"ws": 0, "events": [(2, 386, "tokens", 2)], "key": None, "then": []}),
            ("the_worker_delivers", {"picks": [1, 1]}))
     assert machine.postings[machine.workspaces[0].default] == [1000, -386, 219]
+
+
+def test_grants_are_drawn_by_priority_and_what_is_left_of_one_expires_once(api, services, queue, engine):
+    """The machine's rules for grant terms and expiries, in one sequence that surely takes them."""
+    machine = LedgerMachine(api, services, queue, engine)
+    replay(machine, ("a_small_company", {}),
+           ("credit", {"ws": 0, "credits": [(300, None, {"priority": 90}),
+                                            (500, None, {"priority": 10, "expiresAt": 1})], "then": [0]}),
+           ("record_usage", {"ws": 0, "events": [(1, 300, "tokens", 1)], "key": None, "then": [2]}),
+           ("a_grant_expires", {"pick": 0}),
+           ("record_usage", {"ws": 0, "events": [(2, 1200, "tokens", 1)], "key": None, "then": [3]}))
+    account = machine.workspaces[0].default
+    assert machine.postings[account] == [1000, 300, 500, -300, -200, -1200]
+    assert [(g.remaining, g.status) for g in machine.grants[account]] == [(0, "depleted"), (100, "active"),
+                                                                         (0, "expired")]
