@@ -69,12 +69,25 @@ class MemberShape(Shape):
     role: Literal["admin", "member"]
 
 
+class NextExpiryShape(Shape):
+    amountCents: int = Field(description="What the grants expiring then still hold.")
+    expiresAt: str
+
+
 class BalanceShape(Shape):
     billingAccountId: str
     workspaceId: str | None = None
     balanceCents: int
+    availableCents: int = Field(description="The balance less what active holds reserve: what a usage event or a "
+                                            "new hold may spend.")
+    paidCents: int = Field(description="What active paid grants (Stripe, x402, paid operator credits) hold.")
+    promotionalCents: int = Field(description="What active promotional grants hold. While the balance is at least "
+                                              "0, paidCents + promotionalCents = balanceCents; below 0 both are 0.")
+    nextExpiry: NextExpiryShape | None = Field(description="The soonest expiresAt of an active grant and what the "
+                                                           "grants expiring then hold; null when none expires.")
     currency: Literal[CURRENCY]  # type: ignore[valid-type]
-    asOf: str
+    asOf: str = Field(description="The instant described: now, or the asOf asked for (one still to come reads "
+                                  "as now).")
 
 
 class TransactionShape(Shape):

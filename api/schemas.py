@@ -134,6 +134,12 @@ class Window(Query):
     until: Timestamp | None = Field(None, alias="to", description="RFC 3339, 1970 to 9999 in UTC; exclusive.")
 
 
+class BalanceQuery(Query):
+    as_of: Timestamp | None = Field(None, alias="asOf", description=(
+        "RFC 3339, 1970 to 9999 in UTC: the balance right after the last transaction created at or before this "
+        "instant (an instant still to come reads as now; before the account existed: 404)."))
+
+
 class PageQuery(Query):
     limit: int = Field(50, ge=1, le=200)
     cursor: Annotated[str, Field(max_length=200)] | None = None

@@ -30,8 +30,10 @@ def workspace(w: Workspace) -> dict:
 
 
 def balance(b: Balance, workspace_id: str | None = None) -> dict:
+    next_expiry = {"amountCents": b.next_expiry_cents, "expiresAt": ts(b.next_expiry_at)} if b.next_expiry_at else None
     body = {"billingAccountId": b.billing_account_id, "balanceCents": b.balance_cents,
-            "currency": b.currency, "asOf": ts(b.as_of)}
+            "availableCents": b.available_cents, "paidCents": b.paid_cents, "promotionalCents": b.promotional_cents,
+            "nextExpiry": next_expiry, "currency": b.currency, "asOf": ts(b.as_of)}
     return body | {"workspaceId": workspace_id} if workspace_id else body
 
 

@@ -110,6 +110,11 @@ class Balance:
     currency: str
     balance_cents: int
     as_of: datetime
+    available_cents: int = 0  # the balance less what active holds reserve
+    paid_cents: int = 0  # what active paid grants hold
+    promotional_cents: int = 0
+    next_expiry_cents: int = 0
+    next_expiry_at: datetime | None = None  # the soonest expiresAt of an active grant
 
 
 @dataclass(frozen=True)

@@ -68,10 +68,13 @@ class Balance:
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 
-    @doc("Balance of the workspace's default billing account", who="member", response=r.BalanceShape,
-         errors=(401, 404))
+    @doc("Balance of the workspace's default billing account, now or as of an instant", who="member",
+         query=schemas.BalanceQuery, response=r.BalanceShape, errors=(401, 404, 422),
+         notes="The default account is the one at the moment of the request, read as of the instant asked for.")
     def on_get(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
-        resp.media = views.balance(self._reads.workspace_balance(req.context.caller, workspace_id), workspace_id)
+        as_of = schemas.query(schemas.BalanceQuery, req).as_of if req.query_string else None
+        resp.media = views.balance(self._reads.workspace_balance(req.context.caller, workspace_id, as_of),
+                                   workspace_id)
 
 
 class Transactions:

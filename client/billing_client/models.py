@@ -104,12 +104,56 @@ class BillingAccountDetail(Model):
     linked_workspace_ids: Annotated[list[str], Field(alias="linkedWorkspaceIds")]
 
 
+class NextExpiry(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents", description="What the grants expiring then still hold."
+        ),
+    ]
+    expires_at: Annotated[str, Field(alias="expiresAt")]
+
+
 class Balance(Model):
     billing_account_id: Annotated[str, Field(alias="billingAccountId")]
     workspace_id: Annotated[str | None, Field(alias="workspaceId")] = None
     balance_cents: Annotated[int, Field(alias="balanceCents")]
+    available_cents: Annotated[
+        int,
+        Field(
+            alias="availableCents",
+            description="The balance less what active holds reserve: what a usage event or a new hold may spend.",
+        ),
+    ]
+    paid_cents: Annotated[
+        int,
+        Field(
+            alias="paidCents",
+            description="What active paid grants (Stripe, x402, paid operator credits) hold.",
+        ),
+    ]
+    promotional_cents: Annotated[
+        int,
+        Field(
+            alias="promotionalCents",
+            description="What active promotional grants hold. While the balance is at least 0, paidCents + promotionalCents = balanceCents; below 0 both are 0.",
+        ),
+    ]
+    next_expiry: Annotated[
+        NextExpiry | None,
+        Field(
+            alias="nextExpiry",
+            description="The soonest expiresAt of an active grant and what the grants expiring then hold; null when none expires.",
+        ),
+    ]
     currency: Literal["usd"]
-    as_of: Annotated[str, Field(alias="asOf")]
+    as_of: Annotated[
+        str,
+        Field(
+            alias="asOf",
+            description="The instant described: now, or the asOf asked for (one still to come reads as now).",
+        ),
+    ]
 
 
 class KindTotal(Model):
@@ -141,6 +185,7 @@ class Transaction(Model):
         "usage",
         "refund",
         "adjustment",
+        "expiry",
     ]
     amount_cents: Annotated[int, Field(alias="amountCents")]
     balance_after_cents: Annotated[int, Field(alias="balanceAfterCents")]
@@ -151,6 +196,35 @@ class Transaction(Model):
 
 class TransactionPage(Model):
     data: list[Transaction]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class Grant(Model):
+    id: str
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    source: Literal["intro", "operator", "stripe", "x402"]
+    category: Literal["paid", "promotional"]
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+    remaining_cents: Annotated[
+        int,
+        Field(
+            alias="remainingCents",
+            description="What is left to spend; 0 once depleted or expired.",
+        ),
+    ]
+    priority: Annotated[
+        int,
+        Field(
+            description="0-100: debits draw from lower priorities first, then from the earliest expiresAt (none last), then from the oldest grant."
+        ),
+    ]
+    expires_at: Annotated[str | None, Field(alias="expiresAt")]
+    status: Literal["active", "depleted", "expired"]
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class GrantPage(Model):
+    data: list[Grant]
     next_cursor: Annotated[str | None, Field(alias="nextCursor")]
 
 
@@ -191,6 +265,25 @@ class AddCredits(Model):
         ),
     ]
     description: Annotated[str | None, Field(max_length=500)] = ""
+    category: Annotated[
+        Literal["paid", "promotional"] | None,
+        Field(description="The grant's category: `paid` or `promotional` (default)."),
+    ] = "promotional"
+    priority: Annotated[
+        int | None,
+        Field(
+            description="0-100, default 50: debits draw from lower priorities first.",
+            ge=0,
+            le=100,
+        ),
+    ] = 50
+    expires_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            alias="expiresAt",
+            description="RFC 3339, in the future: what is left of the grant then is debited as `expiry`. Default: never.",
+        ),
+    ] = None
 
 
 class Operation(Model):

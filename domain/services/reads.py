@@ -2,11 +2,12 @@
 import dataclasses
 from datetime import UTC, datetime
 
-from domain.errors import Forbidden, InvalidInput
+from domain.errors import Forbidden, InvalidInput, NotFound
+from domain.ids import looks_like
 from domain.models import Balance, BillingAccount, Caller, Page, Summary
 from domain.services import access
 from domain.services.context import Context
-from domain.store import accounts, ledger
+from domain.store import accounts, balances, ledger
 from domain.store.uow import Connection
 
 class ReadService:
@@ -24,9 +25,15 @@ class ReadService:
             account = access.owned_account(uow.conn, caller, account_id)
             return account, accounts.linked_workspace_ids(uow.conn, account_id)
 
-    def balance(self, caller: Caller, account_id: str) -> Balance:
+    def balance(self, caller: Caller, account_id: str, as_of: datetime | None = None) -> Balance:
+        """The balance now (one statement), or as of an instant (the balance chain, read by an index)."""
         with self._ctx.read() as uow:
-            return _balance(access.owned_account(uow.conn, caller, account_id))
+            if as_of is not None:
+                return _balance_as_of(uow.conn, access.owned_account(uow.conn, caller, account_id), as_of)
+            found = balances.of_account(uow.conn, account_id) if looks_like("ba", account_id) else None
+        if found is None or not (caller.is_operator or found.account.owner_user_id == caller.user_id):
+            raise NotFound("billing account not found")
+        return _balance(found)
 
     def summary(self, caller: Caller, account_id: str, since: datetime | None, until: datetime | None) -> Summary:
         with self._ctx.uow() as uow:
@@ -38,9 +45,19 @@ class ReadService:
             access.owned_account(uow.conn, caller, account_id)
             return self._page(uow.conn, account_id, **query)
 
-    def workspace_balance(self, caller: Caller, workspace_id: str) -> Balance:
+    def workspace_balance(self, caller: Caller, workspace_id: str, as_of: datetime | None = None) -> Balance:
+        """The balance of the workspace's default account now (one statement), or as of an instant."""
         with self._ctx.read() as uow:
-            return _balance(self._workspace_account(uow.conn, caller, workspace_id, None))
+            if as_of is not None:
+                account = self._workspace_account(uow.conn, caller, workspace_id, None)
+                return _balance_as_of(uow.conn, account, as_of)
+            found = balances.of_workspace(uow.conn, workspace_id, caller.user_id, None) \
+                if looks_like("ws", workspace_id) else None
+        if found is None or not (caller.is_operator or found.role):
+            raise NotFound("workspace not found")
+        if found.current is None:
+            raise NotFound("billing account not linked to this workspace")
+        return _balance(found.current)
 
     def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
                           until: datetime | None) -> Summary:
@@ -72,9 +89,25 @@ class ReadService:
         return access.workspace_account(conn, caller, workspace_id, account_id)
 
 
-def _balance(account: BillingAccount) -> Balance:
-    return Balance(billing_account_id=account.id, currency=account.currency,
-                   balance_cents=account.balance_cents, as_of=datetime.now(UTC))
+def _balance(current: balances.Current) -> Balance:
+    account = current.account
+    return _with_grants(account, account.balance_cents, current.grants, datetime.now(UTC))
+
+
+def _balance_as_of(conn: Connection, account: BillingAccount, instant: datetime) -> Balance:
+    """Right after the last entry at or before `instant`; an instant still to come reads as now."""
+    instant = min(instant, datetime.now(UTC))
+    if instant < account.created_at:
+        raise NotFound("the billing account did not exist at that instant")
+    balance, grants = balances.as_of(conn, account.id, instant)
+    return _with_grants(account, balance, grants, instant)
+
+
+def _with_grants(account: BillingAccount, balance: int, grants: balances.Grants, instant: datetime) -> Balance:
+    return Balance(billing_account_id=account.id, currency=account.currency, balance_cents=balance, as_of=instant,
+                   available_cents=balance, paid_cents=grants.paid_cents,
+                   promotional_cents=grants.promotional_cents, next_expiry_cents=grants.next_expiry_cents,
+                   next_expiry_at=grants.next_expiry_at)
 
 
 def _summary(conn: Connection, account: BillingAccount, since: datetime | None,

@@ -468,6 +468,9 @@ class LedgerMachine(RuleBasedStateMachine):
             balance = self.api.call("GET", f"/workspaces/{ws.id}/billing/balance", owner.key).json
             assert (balance["billingAccountId"], balance["balanceCents"]) == (ws.default,
                                                                               sum(self.postings[ws.default]))
+            active = [g for g in self.grants[ws.default] if g.status == "active"]
+            assert (balance["paidCents"], balance["promotionalCents"]) == tuple(
+                sum(g.remaining for g in active if g.category == c) for c in ("paid", "promotional"))
 
     def _each_grant_holds_what_the_model_drew_from_it(self) -> None:
         with self.engine.connect() as conn:
