@@ -11,7 +11,7 @@ from api.metrics import NO_METRICS, Metrics, MetricsPort, RequestMetrics
 from api.ratelimit import ApiRateLimit
 from api.resources import rate_limits, usage
 from api.request_log import RequestLog
-from api.resources import (billing_accounts, checkouts, grants, operations, service, stripe, users,
+from api.resources import (billing_accounts, checkouts, grants, holds, operations, service, stripe, users,
                            workspace_billing, workspaces, x402)
 from domain.services.registry import Services
 
@@ -41,6 +41,10 @@ def routes(s: Services, checks: dict[str, Callable[[], None]],
         (WS + "/billing/transactions", workspace_billing.Transactions(s.reads)),
         (WS + "/billing/summary", workspace_billing.Summary(s.reads)),
         (WS + "/billing/grants", grants.WorkspaceGrants(s.grants)),
+        (WS + "/billing/holds", holds.Holds(s.holds)),
+        (WS + "/billing/holds/{hold_id}", holds.HoldItem(s.holds)),
+        (WS + "/billing/holds/{hold_id}/capture", holds.HoldCapture(s.holds)),
+        (WS + "/billing/holds/{hold_id}/release", holds.HoldRelease(s.holds)),
         (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
         (WS + "/billing/usage", usage.Usage(s.usage)),
         (WS + "/billing/usage-overview", usage.UsageOverview(s.usage)),

@@ -3,7 +3,7 @@ from api import docs_page, responses
 from api.doc import EndpointDoc
 
 PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
-               "operation_id": "operationId", "checkout_id": "checkoutId"}
+               "operation_id": "operationId", "checkout_id": "checkoutId", "hold_id": "holdId"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 CONVENTIONS = """\

@@ -5,7 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.money import CURRENCY
 from domain.names import (CHECKOUT_STATUSES, ENTRY_KINDS, GRANT_CATEGORIES, GRANT_SOURCES, GRANT_STATUSES,
-                          OPERATION_STATUSES)
+                          HOLD_STATUSES, OPERATION_STATUSES)
 
 
 class Shape(BaseModel):
@@ -118,6 +118,27 @@ class GrantShape(Shape):
 
 class GrantPage(Shape):
     data: list[GrantShape]
+    nextCursor: str | None
+
+
+class HoldShape(Shape):
+    id: str
+    workspaceId: str
+    billingAccountId: str
+    amountCents: int
+    capturedCents: int
+    status: Literal[HOLD_STATUSES]  # type: ignore[valid-type]
+    description: str
+    expiresAt: str
+    reference: str | None
+    createdAt: str
+    settledAt: str | None = Field(description="When it stopped reserving: released, expired, or its capture "
+                                              "applied; null while it reserves.")
+    captureOperationId: str | None = Field(description="The operation that applies its capture, once captured.")
+
+
+class HoldPage(Shape):
+    data: list[HoldShape]
     nextCursor: str | None
 
 

@@ -13,7 +13,7 @@ from api.json_body import read_json
 from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
 from domain.grants import DEFAULT_PRIORITY
-from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES
+from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES
 
 
 class Body(BaseModel):
@@ -148,6 +148,28 @@ class PageQuery(Query):
 class TransactionsQuery(Window, PageQuery):
     kind: Literal[ENTRY_KINDS] | None = None  # type: ignore[valid-type]
     billing_account_id: Id | None = Field(None, alias="billingAccountId")
+
+
+class CreateHold(Body):
+    model_config = examples({"amountCents": 500, "description": "agent run 42", "reference": "run-42",
+                             "expiresInSeconds": 900}, {"amountCents": 2000})
+
+    amount_cents: MovementCents
+    description: Annotated[str, Field(max_length=500)] = ""
+    reference: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    expires_in_seconds: Annotated[int, Field(ge=60, le=604800, description=(
+        "60 to 604800 (a week), default 3600: after it the hold stops reserving (a beat job releases it)."))] = 3600
+
+
+class CaptureHold(Body):
+    model_config = examples({"amountCents": 320}, {"amountCents": 0})
+
+    amount_cents: Annotated[int, Field(ge=0, le=MAX_MOVEMENT_CENTS, description=(
+        "0 to the hold's amount: debited as usage once; the rest is released. 0 releases it all."))]
+
+
+class HoldsQuery(PageQuery):
+    status: Literal[HOLD_STATUSES] | None = None  # type: ignore[valid-type]
 
 
 class GrantsQuery(PageQuery):

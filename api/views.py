@@ -1,6 +1,6 @@
 """Domain objects as the contract's JSON."""
 from domain import times
-from domain.models import (Balance, BillingAccount, Checkout, Entry, Grant, LinkedAccount, Operation, Page,
+from domain.models import (Balance, BillingAccount, Checkout, Entry, Grant, Hold, LinkedAccount, Operation, Page,
                            Summary, UsageOverview, User, Workspace)
 from domain.ratelimit import Decision
 from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
@@ -47,6 +47,13 @@ def grant(g: Grant) -> dict:
     return {"id": g.id, "billingAccountId": g.billing_account_id, "source": g.source, "category": g.category,
             "amountCents": g.amount_cents, "remainingCents": g.remaining_cents, "priority": g.priority,
             "expiresAt": ts(g.expires_at), "status": g.status, "createdAt": ts(g.created_at)}
+
+
+def hold(h: Hold) -> dict:
+    return {"id": h.id, "workspaceId": h.workspace_id, "billingAccountId": h.billing_account_id,
+            "amountCents": h.amount_cents, "capturedCents": h.captured_cents, "status": h.status,
+            "description": h.description, "expiresAt": ts(h.expires_at), "reference": h.reference,
+            "createdAt": ts(h.created_at), "settledAt": ts(h.settled_at), "captureOperationId": h.capture_operation_id}
 
 
 def page(p: Page, render) -> dict:

@@ -226,3 +226,21 @@ class Grant:
     status: str
     created_at: datetime
     entry_id: int  # the credit's ledger entry: grants are paged by it
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Money reserved on an account for work whose cost is known afterwards; it moves no money itself."""
+
+    id: str
+    workspace_id: str
+    billing_account_id: str
+    amount_cents: int
+    captured_cents: int
+    status: str
+    description: str
+    reference: str | None
+    expires_at: datetime
+    created_at: datetime
+    settled_at: datetime | None
+    capture_operation_id: str | None

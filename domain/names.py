@@ -72,6 +72,16 @@ class GrantCategory(StrEnum):
 GRANT_CATEGORIES = tuple(category.value for category in GrantCategory)
 
 
+class HoldStatus(StrEnum):
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+HOLD_STATUSES = tuple(status.value for status in HoldStatus)
+
+
 class Task(StrEnum):
     """Celery task names: the domain sends them, tasks/ registers them, beat_schedule.py schedules them
     (tests/unit/test_task_names.py checks each is registered and none is spelled anywhere else)."""
@@ -86,5 +96,6 @@ class Task(StrEnum):
     SETTLE_X402 = "payments.settle_x402"
     RECONCILE_X402 = "payments.reconcile_x402"
     EXPIRE_GRANTS = "ledger.expire_grants"
+    EXPIRE_HOLDS = "ledger.expire_holds"
     RELAY_OUTBOX = "maintenance.relay_outbox"
     PURGE_IDEMPOTENCY_KEYS = "maintenance.purge_idempotency_keys"

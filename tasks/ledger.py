@@ -68,3 +68,9 @@ def expire_grants() -> int:
     """Expire what is left of every grant past its expiresAt. Safe to run twice: the expiry's ledger key is the
     grant's, and the grant is closed in the same transaction."""
     return services().grants.expire_due()
+
+
+@app.task(name=Task.EXPIRE_HOLDS, **RETRY)
+def expire_holds() -> int:
+    """Release every active hold past its expiresAt. Safe to run twice: a hold stops reserving once."""
+    return services().holds.expire_due()

@@ -254,7 +254,39 @@ class LinkBillingAccount(Model):
     ]
 
 
-class AddCredits(Model):
+class Hold(Model):
+    id: str
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+    captured_cents: Annotated[int, Field(alias="capturedCents")]
+    status: Literal["active", "captured", "released", "expired"]
+    description: str
+    expires_at: Annotated[str, Field(alias="expiresAt")]
+    reference: str | None
+    created_at: Annotated[str, Field(alias="createdAt")]
+    settled_at: Annotated[
+        str | None,
+        Field(
+            alias="settledAt",
+            description="When it stopped reserving: released, expired, or its capture applied; null while it reserves.",
+        ),
+    ]
+    capture_operation_id: Annotated[
+        str | None,
+        Field(
+            alias="captureOperationId",
+            description="The operation that applies its capture, once captured.",
+        ),
+    ]
+
+
+class HoldPage(Model):
+    data: list[Hold]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class CreateHold(Model):
     amount_cents: Annotated[
         int,
         Field(
@@ -265,25 +297,30 @@ class AddCredits(Model):
         ),
     ]
     description: Annotated[str | None, Field(max_length=500)] = ""
-    category: Annotated[
-        Literal["paid", "promotional"] | None,
-        Field(description="The grant's category: `paid` or `promotional` (default)."),
-    ] = "promotional"
-    priority: Annotated[
+    reference: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200)] | None
+    ) = None
+    expires_in_seconds: Annotated[
         int | None,
         Field(
-            description="0-100, default 50: debits draw from lower priorities first.",
-            ge=0,
-            le=100,
+            alias="expiresInSeconds",
+            description="60 to 604800 (a week), default 3600: after it the hold stops reserving (a beat job releases it).",
+            ge=60,
+            le=604800,
         ),
-    ] = 50
-    expires_at: Annotated[
-        AwareDatetime | None,
+    ] = 3600
+
+
+class CaptureHold(Model):
+    amount_cents: Annotated[
+        int,
         Field(
-            alias="expiresAt",
-            description="RFC 3339, in the future: what is left of the grant then is debited as `expiry`. Default: never.",
+            alias="amountCents",
+            description="0 to the hold's amount: debited as usage once; the rest is released. 0 releases it all.",
+            ge=0,
+            le=100000000,
         ),
-    ] = None
+    ]
 
 
 class Operation(Model):
@@ -314,6 +351,38 @@ class Operation(Model):
     ]
     created_at: Annotated[str, Field(alias="createdAt")]
     updated_at: Annotated[str, Field(alias="updatedAt")]
+
+
+class AddCredits(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="Integer cents, 1 to 100,000,000.",
+            gt=0,
+            le=100000000,
+        ),
+    ]
+    description: Annotated[str | None, Field(max_length=500)] = ""
+    category: Annotated[
+        Literal["paid", "promotional"] | None,
+        Field(description="The grant's category: `paid` or `promotional` (default)."),
+    ] = "promotional"
+    priority: Annotated[
+        int | None,
+        Field(
+            description="0-100, default 50: debits draw from lower priorities first.",
+            ge=0,
+            le=100,
+        ),
+    ] = 50
+    expires_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            alias="expiresAt",
+            description="RFC 3339, in the future: what is left of the grant then is debited as `expiry`. Default: never.",
+        ),
+    ] = None
 
 
 class UsageEvent(Model):

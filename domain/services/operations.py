@@ -14,7 +14,7 @@ from domain.grants import Terms
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
 from domain.names import FINISHED, GrantSource, OperationStatus, Task
-from domain.services import access, grants, rate_limits, usage
+from domain.services import access, grants, holds, rate_limits, usage
 from domain.services.context import Context
 from domain.services.credit_batches import BATCHED_KINDS, CreditBatches
 from domain.services.idempotency import Claim, IdempotencyService, Replay
@@ -23,7 +23,7 @@ from domain.store.uow import StoreError, transient_cause
 
 log = logging.getLogger(__name__)
 
-MOVES_MONEY = ("credit", "usage")  # kinds after which the account's rate-limit tier is recomputed
+MOVES_MONEY = ("credit", "usage", holds.CAPTURE)  # kinds after which the account's rate-limit tier is recomputed
 RETRY_BASE_SECONDS = 1.0  # an attempt stopped by a transient cause is retried after 1, 2, 4, ... seconds
 RETRY_MAX_SECONDS = 300.0
 
@@ -137,6 +137,8 @@ class OperationService:
         """Dispatch by kind."""
         if op.kind == "usage":
             return usage.apply_batch(conn, op, self._ctx.ids)
+        if op.kind == holds.CAPTURE:
+            return holds.apply_capture(conn, op, self._ctx.ids)
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":

@@ -91,7 +91,7 @@ class ReadService:
 
 def _balance(current: balances.Current) -> Balance:
     account = current.account
-    return _with_grants(account, account.balance_cents, current.grants, datetime.now(UTC))
+    return _with_grants(account, account.balance_cents, current.held_cents, current.grants, datetime.now(UTC))
 
 
 def _balance_as_of(conn: Connection, account: BillingAccount, instant: datetime) -> Balance:
@@ -100,12 +100,13 @@ def _balance_as_of(conn: Connection, account: BillingAccount, instant: datetime)
     if instant < account.created_at:
         raise NotFound("the billing account did not exist at that instant")
     balance, grants = balances.as_of(conn, account.id, instant)
-    return _with_grants(account, balance, grants, instant)
+    return _with_grants(account, balance, balances.held_as_of(conn, account.id, instant), grants, instant)
 
 
-def _with_grants(account: BillingAccount, balance: int, grants: balances.Grants, instant: datetime) -> Balance:
+def _with_grants(account: BillingAccount, balance: int, held: int, grants: balances.Grants,
+                 instant: datetime) -> Balance:
     return Balance(billing_account_id=account.id, currency=account.currency, balance_cents=balance, as_of=instant,
-                   available_cents=balance, paid_cents=grants.paid_cents,
+                   available_cents=balance - held, paid_cents=grants.paid_cents,
                    promotional_cents=grants.promotional_cents, next_expiry_cents=grants.next_expiry_cents,
                    next_expiry_at=grants.next_expiry_at)
 

@@ -4,6 +4,7 @@ from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
 from domain.services.credit_batches import CreditBatches
 from domain.services.grants import GrantService
+from domain.services.holds import HoldService
 from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
 from domain.services.rate_limits import RateLimitService
@@ -24,6 +25,7 @@ class Services:
         self.workspaces = WorkspaceService(ctx)
         self.reads = ReadService(ctx)
         self.grants = GrantService(ctx)
+        self.holds = HoldService(ctx)
         self.idempotency = IdempotencyService(ctx)
         self.operations = OperationService(ctx, self.idempotency, CreditBatches(ctx))
         self.relay = OutboxRelay(ctx)

@@ -48,6 +48,24 @@ WHERE g.remaining_cents <> g.opened_cents - COALESCE(d.drawn, 0)
 ORDER BY g.billing_account_id, g.id
 """)
 
+# What an account's holds reserve is what its unsettled holds hold; a settled capture debited exactly its amount.
+_HELD_MISMATCH = text("""
+SELECT a.id, a.held_cents, COALESCE(h.total, 0) AS reserved
+FROM billing_accounts a
+LEFT JOIN (SELECT billing_account_id, SUM(amount_cents) AS total FROM holds WHERE settled_at IS NULL
+           GROUP BY billing_account_id) h ON h.billing_account_id = a.id
+WHERE a.held_cents <> COALESCE(h.total, 0)
+ORDER BY a.id
+""")
+
+_CAPTURE_MISMATCH = text("""
+SELECT h.billing_account_id, h.id FROM holds h
+WHERE h.settled_at IS NOT NULL AND h.captured_cents > 0 AND NOT EXISTS (
+    SELECT 1 FROM ledger_entries e WHERE e.billing_account_id = h.billing_account_id
+    AND e.idempotency_key = 'hold:' || h.id AND e.amount_cents = -h.captured_cents)
+ORDER BY h.billing_account_id, h.id
+""")
+
 
 def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
     """One line per broken invariant; empty when the ledger is sound."""
@@ -61,6 +79,10 @@ def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
               for row in conn.execute(_CREDIT_WITHOUT_GRANT)]
     found += [f"grant {row.id} of account {row.billing_account_id}: remaining != opened - drawn"
               for row in conn.execute(_DRAWS_MISMATCH)]
+    found += [f"account {row.id}: holds reserve {row.reserved} but held_cents is {row.held_cents}"
+              for row in conn.execute(_HELD_MISMATCH)]
+    found += [f"hold {row.id} of account {row.billing_account_id}: captured without its usage entry"
+              for row in conn.execute(_CAPTURE_MISMATCH)]
     found += [f"operation {op_id}: unfinished for more than {stuck_after}"
               for op_id in operations.stuck(conn, older_than=stuck_after)]
     return found

@@ -22,7 +22,7 @@ LEFT JOIN LATERAL (
 ) x ON true
 """
 _ACCOUNT_COLUMNS = ("a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at, "
-                    "s.paid_cents, s.promotional_cents, x.next_expiry_at, x.next_expiry_cents")
+                    "a.held_cents, s.paid_cents, s.promotional_cents, x.next_expiry_at, x.next_expiry_cents")
 _OF_ACCOUNT = text(f"SELECT {_ACCOUNT_COLUMNS} FROM billing_accounts a {_SPLIT} WHERE a.id = :account_id")
 # As accounts.of_workspace, with the account's grants: the user's role and the default (or named, linked)
 # account, one statement. No row: no such workspace.
@@ -51,6 +51,7 @@ class Grants:
 class Current:
     account: BillingAccount
     grants: Grants
+    held_cents: int  # what the account's unsettled holds reserve
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _current(row) -> Current:
                              is_user_default=row["is_user_default"], currency=row["currency"],
                              balance_cents=row["balance_cents"], created_at=row["created_at"])
     return Current(account, Grants(int(row["paid_cents"]), int(row["promotional_cents"]), row["next_expiry_at"],
-                                   int(row["next_expiry_cents"] or 0)))
+                                   int(row["next_expiry_cents"] or 0)), int(row["held_cents"]))
 
 
 def of_account(conn: Connection, account_id: str) -> Current | None:
@@ -82,7 +83,15 @@ def of_workspace(conn: Connection, workspace_id: str, user_id: str | None, accou
 
 # The last entry at or before the instant (ledger_entries_account_created, one index probe), and the grants
 # open then: made by an entry up to it and not closed by one up to it, each with what its last draw up to that
-# entry left (or what it opened with).
+# entry left (or what it opened with). Holds reserving then: made by then and not settled by then; a hold lives
+# at most HOLD_MAX_SECONDS before the beat job settles it (within a minute, while beat runs).
+HOLD_MAX_SECONDS = 604800 + 86400
+_HELD_AS_OF = text("""
+SELECT COALESCE(SUM(amount_cents), 0) FROM holds
+WHERE billing_account_id = :account_id AND created_at <= :as_of
+  AND created_at > CAST(:as_of AS timestamptz) - make_interval(secs => :window)
+  AND (settled_at IS NULL OR settled_at > :as_of)
+""")
 _AS_OF = text("""
 WITH last AS (
     SELECT id, balance_after_cents FROM ledger_entries
@@ -114,3 +123,9 @@ def as_of(conn: Connection, account_id: str, instant: datetime) -> tuple[int, Gr
         return 0, Grants()
     return int(row["balance_after_cents"]), Grants(int(row["paid_cents"]), int(row["promotional_cents"]),
                                                    row["next_expiry_at"], int(row["next_expiry_cents"] or 0))
+
+
+def held_as_of(conn: Connection, account_id: str, instant: datetime) -> int:
+    """What the account's holds reserved at `instant`."""
+    return int(conn.execute(_HELD_AS_OF, {"account_id": account_id, "as_of": instant,
+                                          "window": HOLD_MAX_SECONDS}).scalar())

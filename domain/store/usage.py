@@ -11,7 +11,7 @@ from domain.store.uow import note_postings
 # Usage batches of one workspace run one at a time (their eventIds share a key space), then the
 # account row is locked: the same order everywhere, so two batches cannot deadlock.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:workspace_id AS text), 0))")
-_ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
+_ACCOUNT = text("SELECT balance_cents, held_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
 _PRIOR = text("""
 SELECT idempotency_key, id, metric, quantity, -amount_cents AS amount_cents
 FROM ledger_entries WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements_text(CAST(:keys AS json))))
@@ -57,13 +57,18 @@ def key(workspace_id: str, event_id: str) -> str:
     return f"usage:{workspace_id}:{event_id}"
 
 
-def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> int:
-    """Serialize the workspace's usage batches, lock the account; its balance."""
+def lock_workspace(conn: Connection, workspace_id: str) -> None:
+    """Serialize what the workspace spends: usage batches, new holds and captures (store.spend)."""
     conn.execute(_LOCK, {"workspace_id": workspace_id})
-    balance = conn.execute(_ACCOUNT, {"account_id": account_id}).scalar()
-    if balance is None:
+
+
+def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> tuple[int, int]:
+    """Serialize the workspace's usage batches, lock the account; its balance and what its holds reserve."""
+    lock_workspace(conn, workspace_id)
+    row = conn.execute(_ACCOUNT, {"account_id": account_id}).first()
+    if row is None:
         raise NotFound("billing account not found")
-    return int(balance)
+    return int(row.balance_cents), int(row.held_cents)
 
 
 def prior(conn: Connection, keys: list[str]) -> dict[str, tuple[int, str, int, int]]:
