@@ -142,6 +142,25 @@ class HoldPage(Shape):
     nextCursor: str | None
 
 
+class SpendAlertShape(Shape):
+    percent: int
+    limitCents: int
+    spentCents: int = Field(description="The month's spending once the movement that crossed the step was applied.")
+    crossedAt: str
+
+
+class SpendLimitShape(Shape):
+    workspaceId: str
+    monthlyLimitCents: int | None
+    spentCents: int = Field(description="Usage and captures debited this UTC month.")
+    reservedCents: int = Field(description="What the workspace's unsettled holds reserve; it counts against the "
+                                           "limit as well.")
+    periodStart: str
+    periodEnd: str = Field(description="The next month's start (exclusive).")
+    alertPercents: list[int]
+    alerts: list[SpendAlertShape] = Field(description="The steps crossed this month, lowest first.")
+
+
 class KindTotalShape(Shape):
     count: int
     amountCents: int

@@ -168,6 +168,16 @@ class CaptureHold(Body):
         "0 to the hold's amount: debited as usage once; the rest is released. 0 releases it all."))]
 
 
+class PutSpendLimit(Body):
+    model_config = examples({"monthlyLimitCents": 50000, "alertPercents": [50, 80, 100]}, {"monthlyLimitCents": None})
+
+    monthly_limit_cents: Annotated[int | None, Field(ge=0, le=10**12, description=(
+        "What usage and captures may spend per UTC calendar month, in cents; null lifts the limit."))]
+    alert_percents: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(max_length=10, description=(
+        "Steps (1-100, percent of the limit) whose crossing is recorded once a month; default [50, 80, 100]."))
+    ] | None = None
+
+
 class HoldsQuery(PageQuery):
     status: Literal[HOLD_STATUSES] | None = None  # type: ignore[valid-type]
 

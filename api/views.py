@@ -56,6 +56,14 @@ def hold(h: Hold) -> dict:
             "createdAt": ts(h.created_at), "settledAt": ts(h.settled_at), "captureOperationId": h.capture_operation_id}
 
 
+def spend_limit(s) -> dict:
+    return {"workspaceId": s.workspace_id, "monthlyLimitCents": s.monthly_limit_cents, "spentCents": s.spent_cents,
+            "reservedCents": s.reserved_cents, "periodStart": ts(s.period_start), "periodEnd": ts(s.period_end),
+            "alertPercents": s.alert_percents,
+            "alerts": [{"percent": a.percent, "limitCents": a.limit_cents, "spentCents": a.spent_cents,
+                        "crossedAt": ts(a.crossed_at)} for a in s.alerts]}
+
+
 def page(p: Page, render) -> dict:
     return {"data": [render(item) for item in p.items], "nextCursor": p.next_cursor}
 

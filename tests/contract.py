@@ -3,13 +3,10 @@ import re
 from pathlib import Path
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "API.md"
-# Sections of the contract not built yet, each an open issue: 16 (grants, holds, spend limits, as-of
-# balances) and 17 (outbound webhooks, auto top-up). tests/api/test_authorization_matrix.py checks that
-# none of their endpoints is served, so whoever builds one must take its section off this list.
-NOT_YET_SERVED = ("Wave 2: grants, holds, spend limits, balance as of", "Wave 2: notifications and auto top-up")
-# Endpoints of a not-yet-served section that are built already (issue 16 lands step by step).
-SERVED_AHEAD = ("GET /billing-accounts/{id}/grants", "GET /workspaces/{workspaceId}/billing/grants",
-                "POST /workspaces/{workspaceId}/billing/holds")
+# Sections of the contract not built yet, each an open issue: 17 (outbound webhooks, auto top-up).
+# tests/api/test_authorization_matrix.py checks that none of their endpoints is served, so whoever builds one
+# must take its section off this list.
+NOT_YET_SERVED = ("Wave 2: notifications and auto top-up",)
 ENDPOINT = re.compile(r"`((?:GET|POST|PUT|PATCH|DELETE) /[^`?\s]*)")
 
 
@@ -22,6 +19,5 @@ def _sections() -> dict[str, str]:
 def endpoints(*, served: bool = True) -> list[str]:
     """`METHOD /path` of every endpoint the contract names: those that must be served, or (served=False)
     those of the sections not built yet. Empty where the contract is not beside the checkout."""
-    chosen = [(title.strip() in NOT_YET_SERVED, text) for title, text in _sections().items()]
-    return [found for ahead, text in chosen for found in ENDPOINT.findall(text)
-            if (ahead and found not in SERVED_AHEAD) != served]
+    chosen = [text for title, text in _sections().items() if (title.strip() in NOT_YET_SERVED) != served]
+    return [found for text in chosen for found in ENDPOINT.findall(text)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from billing_client._base import Model
-from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, ConfigDict, Field, RootModel, StringConstraints
 
 
 class FieldError(Model):
@@ -351,6 +351,82 @@ class Operation(Model):
     ]
     created_at: Annotated[str, Field(alias="createdAt")]
     updated_at: Annotated[str, Field(alias="updatedAt")]
+
+
+class SpendAlert(Model):
+    percent: int
+    limit_cents: Annotated[int, Field(alias="limitCents")]
+    spent_cents: Annotated[
+        int,
+        Field(
+            alias="spentCents",
+            description="The month's spending once the movement that crossed the step was applied.",
+        ),
+    ]
+    crossed_at: Annotated[str, Field(alias="crossedAt")]
+
+
+class SpendLimit(Model):
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    monthly_limit_cents: Annotated[int | None, Field(alias="monthlyLimitCents")]
+    spent_cents: Annotated[
+        int,
+        Field(
+            alias="spentCents", description="Usage and captures debited this UTC month."
+        ),
+    ]
+    reserved_cents: Annotated[
+        int,
+        Field(
+            alias="reservedCents",
+            description="What the workspace's unsettled holds reserve; it counts against the limit as well.",
+        ),
+    ]
+    period_start: Annotated[str, Field(alias="periodStart")]
+    period_end: Annotated[
+        str, Field(alias="periodEnd", description="The next month's start (exclusive).")
+    ]
+    alert_percents: Annotated[list[int], Field(alias="alertPercents")]
+    alerts: Annotated[
+        list[SpendAlert],
+        Field(description="The steps crossed this month, lowest first."),
+    ]
+
+
+class MonthlyLimitCents(RootModel[int]):
+    root: Annotated[
+        int,
+        Field(
+            description="What usage and captures may spend per UTC calendar month, in cents; null lifts the limit.",
+            ge=0,
+            le=1000000000000,
+        ),
+    ]
+
+
+class AlertPercent(RootModel[int]):
+    root: Annotated[int, Field(ge=1, le=100)]
+
+
+class AlertPercents(RootModel[list[AlertPercent]]):
+    root: Annotated[
+        list[AlertPercent],
+        Field(
+            description="Steps (1-100, percent of the limit) whose crossing is recorded once a month; default [50, 80, 100].",
+            max_length=10,
+        ),
+    ] = None
+
+
+class PutSpendLimit(Model):
+    monthly_limit_cents: Annotated[
+        MonthlyLimitCents | None,
+        Field(
+            alias="monthlyLimitCents",
+            description="What usage and captures may spend per UTC calendar month, in cents; null lifts the limit.",
+        ),
+    ]
+    alert_percents: Annotated[AlertPercents | None, Field(alias="alertPercents")] = None
 
 
 class AddCredits(Model):

@@ -10,6 +10,7 @@ from domain.services.operations import OperationService
 from domain.services.rate_limits import RateLimitService
 from domain.services.reads import ReadService
 from domain.services.relay import OutboxRelay
+from domain.services.spend_limits import SpendLimitService
 from domain.services.stats import StatsService
 from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.usage import UsageService
@@ -26,6 +27,7 @@ class Services:
         self.reads = ReadService(ctx)
         self.grants = GrantService(ctx)
         self.holds = HoldService(ctx)
+        self.spend_limits = SpendLimitService(ctx)
         self.idempotency = IdempotencyService(ctx)
         self.operations = OperationService(ctx, self.idempotency, CreditBatches(ctx))
         self.relay = OutboxRelay(ctx)
