@@ -52,7 +52,9 @@ class HoldCapture:
                "spending; the rest is released when the operation is applied. Capturing again answers the first "
                "capture's operation, with or without an Idempotency-Key and whatever its amount. More than the hold: "
                "422. A hold released, expired, or past its expiresAt: 409. The reservation covered the capture, so "
-               "it is debited even where a grant that expired meanwhile took the balance below it.")
+               "it is debited even where a grant that expired meanwhile took the balance below it. A capture is "
+               "a transaction of kind `usage` (reference: the hold's, else its id) without a metric: the usage "
+               "overview, which shows metered events, leaves it out.")
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str, hold_id: str) -> None:
         body = schemas.load(schemas.CaptureHold, req)
         op = self._holds.capture(req.context.caller, workspace_id, hold_id, body.amount_cents)
