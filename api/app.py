@@ -11,8 +11,8 @@ from api.metrics import NO_METRICS, Metrics, MetricsPort, RequestMetrics
 from api.ratelimit import ApiRateLimit
 from api.resources import rate_limits, usage
 from api.request_log import RequestLog
-from api.resources import (billing_accounts, checkouts, operations, service, stripe, users, workspace_billing,
-                           workspaces, x402)
+from api.resources import (billing_accounts, checkouts, grants, holds, operations, service, spend_limits, stripe,
+                           users, workspace_billing, workspaces, x402)
 from domain.services.registry import Services
 
 WS = "/workspaces/{workspace_id}"
@@ -32,6 +32,7 @@ def routes(s: Services, checks: dict[str, Callable[[], None]],
         ("/billing-accounts/{account_id}/balance", billing_accounts.AccountBalance(s.reads)),
         ("/billing-accounts/{account_id}/summary", billing_accounts.AccountSummary(s.reads)),
         ("/billing-accounts/{account_id}/transactions", billing_accounts.AccountTransactions(s.reads)),
+        ("/billing-accounts/{account_id}/grants", grants.AccountGrants(s.grants)),
         (WS + "/billing/accounts", workspace_billing.LinkedAccounts(s.workspaces)),
         (WS + "/billing/accounts/link", workspace_billing.LinkAccount(s.workspaces)),
         (WS + "/billing/accounts/{account_id}/default", workspace_billing.DefaultAccount(s.workspaces)),
@@ -39,6 +40,12 @@ def routes(s: Services, checks: dict[str, Callable[[], None]],
         (WS + "/billing/balance", workspace_billing.Balance(s.reads)),
         (WS + "/billing/transactions", workspace_billing.Transactions(s.reads)),
         (WS + "/billing/summary", workspace_billing.Summary(s.reads)),
+        (WS + "/billing/grants", grants.WorkspaceGrants(s.grants)),
+        (WS + "/billing/holds", holds.Holds(s.holds)),
+        (WS + "/billing/holds/{hold_id}", holds.HoldItem(s.holds)),
+        (WS + "/billing/holds/{hold_id}/capture", holds.HoldCapture(s.holds)),
+        (WS + "/billing/holds/{hold_id}/release", holds.HoldRelease(s.holds)),
+        (WS + "/billing/spend-limit", spend_limits.SpendLimit(s.spend_limits)),
         (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
         (WS + "/billing/usage", usage.Usage(s.usage)),
         (WS + "/billing/usage-overview", usage.UsageOverview(s.usage)),

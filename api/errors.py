@@ -15,6 +15,7 @@ STATUS = {
     errors.Forbidden: (403, "Forbidden"),
     errors.Conflict: (409, "Conflict"),
     errors.InsufficientFunds: (409, "Insufficient Funds"),
+    errors.NotAffordable: (402, "Payment Required"),
     errors.InvalidInput: (422, "Unprocessable Content"),
     errors.Malformed: (400, "Bad Request"),
     errors.Unavailable: (503, "Service Unavailable"),
@@ -28,13 +29,14 @@ class Problem(falcon.HTTPError):
     """An HTTP error with a problem+json body."""
 
     def __init__(self, status: int, title: str, detail: str, *, errors: list[dict] | None = None,
-                 headers: dict | None = None) -> None:
+                 headers: dict | None = None, type: str = "about:blank") -> None:
         super().__init__(falcon.code_to_http_status(status), title=title, description=detail,
                          headers=headers)
         self.field_errors = errors
+        self.type = type
 
     def to_dict(self, obj_type=dict):
-        body = {"type": "about:blank", "title": self.title, "status": self.status_code,
+        body = {"type": self.type, "title": self.title, "status": self.status_code,
                 "detail": self.description or self.title}
         if self.field_errors is not None:
             body["errors"] = self.field_errors
@@ -43,6 +45,8 @@ class Problem(falcon.HTTPError):
 
 BEARER_CHALLENGE = 'Bearer realm="billing"'
 RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+# Problem types of our own (a hold refused with 402): relative references, resolved against the service's address.
+PROBLEM_TYPES = "/problems/"
 
 _FALCON_DETAIL = {404: "no endpoint has this path (see /openapi.json)",
                   405: "this endpoint does not take this method (the Allow header lists those it takes)"}
@@ -61,7 +65,9 @@ def _domain_error(req, resp, exc: errors.DomainError, params) -> None:
         headers = {"WWW-Authenticate": BEARER_CHALLENGE}
         for name in RATE_LIMIT_HEADERS:  # counted before the key was known; they describe no caller
             resp.delete_header(name)
-    _http_error(req, resp, Problem(status, title, exc.detail, errors=field_errors, headers=headers), params)
+    problem = exc.extra.get("problem")
+    _http_error(req, resp, Problem(status, title, exc.detail, errors=field_errors, headers=headers,
+                                   type=PROBLEM_TYPES + problem if problem else "about:blank"), params)
 
 
 def _http_error(req, resp, exc: falcon.HTTPError, params) -> None:

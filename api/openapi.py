@@ -3,7 +3,7 @@ from api import docs_page, responses
 from api.doc import EndpointDoc
 
 PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
-               "operation_id": "operationId", "checkout_id": "checkoutId"}
+               "operation_id": "operationId", "checkout_id": "checkoutId", "hold_id": "holdId"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 CONVENTIONS = """\
@@ -77,6 +77,17 @@ leaves the moving 60-second window); past the limit: 429 with `Retry-After`. If 
 unreachable, `BILLING_RATE_LIMIT_FAILURE_MODE` decides: `open` (default) lets requests through, `closed`
 answers 503 with `Retry-After`; either way it is logged and counted, never a 500. The same setting governs
 `POST .../rate-limits/check` (`closed` answers `allowed: false`).
+
+Grants, holds and spend limits: every credit is a grant, and debits (usage, captures, refunds, expiries) draw
+from the account's active grants in a fixed order (lower `priority`, then the earliest `expiresAt`, none last,
+then the oldest; a refund from its payment's grant first). A grant past its `expiresAt` stays active, and is
+drawn first, until the beat job debits its rest as `expiry` (within a minute). While a balance is at least 0 it
+is what the active grants hold; a debit allowed below zero (a refund, a capture a hold had covered) leaves
+the grants at 0. Holds lower `availableCents`, which usage events and new holds see. Refusals of a hold are 402
+problems whose `type` names the reason: `/problems/insufficient-funds` or `/problems/spend-limit` (relative
+references, resolved against the service's address); every other problem is `about:blank`. Balances `asOf` an
+instant: right after the last transaction created at or before it (the entries of one usage batch share an
+instant), with the grants and holds as they stood then.
 """
 
 

@@ -4,7 +4,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.money import CURRENCY
-from domain.names import CHECKOUT_STATUSES, ENTRY_KINDS, OPERATION_STATUSES
+from domain.names import (CHECKOUT_STATUSES, ENTRY_KINDS, GRANT_CATEGORIES, GRANT_SOURCES, GRANT_STATUSES,
+                          HOLD_STATUSES, OPERATION_STATUSES)
 
 
 class Shape(BaseModel):
@@ -68,12 +69,25 @@ class MemberShape(Shape):
     role: Literal["admin", "member"]
 
 
+class NextExpiryShape(Shape):
+    amountCents: int = Field(description="What the grants expiring then still hold.")
+    expiresAt: str
+
+
 class BalanceShape(Shape):
     billingAccountId: str
     workspaceId: str | None = None
     balanceCents: int
+    availableCents: int = Field(description="The balance less what active holds reserve: what a usage event or a "
+                                            "new hold may spend.")
+    paidCents: int = Field(description="What active paid grants (Stripe, x402, paid operator credits) hold.")
+    promotionalCents: int = Field(description="What active promotional grants hold. While the balance is at least "
+                                              "0, paidCents + promotionalCents = balanceCents; below 0 both are 0.")
+    nextExpiry: NextExpiryShape | None = Field(description="The soonest expiresAt of an active grant and what the "
+                                                           "grants expiring then hold; null when none expires.")
     currency: Literal[CURRENCY]  # type: ignore[valid-type]
-    asOf: str
+    asOf: str = Field(description="The instant described: now, or the asOf asked for (one still to come reads "
+                                  "as now).")
 
 
 class TransactionShape(Shape):
@@ -86,6 +100,65 @@ class TransactionShape(Shape):
     description: str
     reference: str | None
     createdAt: str
+
+
+class GrantShape(Shape):
+    id: str
+    billingAccountId: str
+    source: Literal[GRANT_SOURCES]  # type: ignore[valid-type]
+    category: Literal[GRANT_CATEGORIES]  # type: ignore[valid-type]
+    amountCents: int
+    remainingCents: int = Field(description="What is left to spend; 0 once depleted or expired.")
+    priority: int = Field(description="0-100: debits draw from lower priorities first, then from the earliest "
+                                      "expiresAt (none last), then from the oldest grant.")
+    expiresAt: str | None
+    status: Literal[GRANT_STATUSES]  # type: ignore[valid-type]
+    createdAt: str
+
+
+class GrantPage(Shape):
+    data: list[GrantShape]
+    nextCursor: str | None
+
+
+class HoldShape(Shape):
+    id: str
+    workspaceId: str
+    billingAccountId: str
+    amountCents: int
+    capturedCents: int
+    status: Literal[HOLD_STATUSES]  # type: ignore[valid-type]
+    description: str
+    expiresAt: str
+    reference: str | None
+    createdAt: str
+    settledAt: str | None = Field(description="When it stopped reserving: released, expired, or its capture "
+                                              "applied; null while it reserves.")
+    captureOperationId: str | None = Field(description="The operation that applies its capture, once captured.")
+
+
+class HoldPage(Shape):
+    data: list[HoldShape]
+    nextCursor: str | None
+
+
+class SpendAlertShape(Shape):
+    percent: int
+    limitCents: int
+    spentCents: int = Field(description="The month's spending once the movement that crossed the step was applied.")
+    crossedAt: str
+
+
+class SpendLimitShape(Shape):
+    workspaceId: str
+    monthlyLimitCents: int | None
+    spentCents: int = Field(description="Usage and captures debited this UTC month.")
+    reservedCents: int = Field(description="What the workspace's unsettled holds reserve; it counts against the "
+                                           "limit as well.")
+    periodStart: str
+    periodEnd: str = Field(description="The next month's start (exclusive).")
+    alertPercents: list[int]
+    alerts: list[SpendAlertShape] = Field(description="The steps crossed this month, lowest first.")
 
 
 class KindTotalShape(Shape):

@@ -12,7 +12,8 @@ from api.errors import invalid
 from api.json_body import read_json
 from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
-from domain.names import ENTRY_KINDS
+from domain.grants import DEFAULT_PRIORITY
+from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES
 
 
 class Body(BaseModel):
@@ -100,10 +101,18 @@ class LinkBillingAccount(Body):
 
 
 class AddCredits(Body):
-    model_config = examples({"amountCents": 2500, "description": "Goodwill credit"})
+    model_config = examples({"amountCents": 2500, "description": "Goodwill credit"},
+                            {"amountCents": 5000, "description": "Launch promotion", "category": "promotional",
+                             "priority": 10, "expiresAt": "2099-12-31T00:00:00Z"})
 
     amount_cents: MovementCents
     description: Annotated[str, Field(max_length=500)] = ""
+    category: Literal[GRANT_CATEGORIES] = Field("promotional", description=(  # type: ignore[valid-type]
+        "The grant's category: `paid` or `promotional` (default)."))
+    priority: Annotated[int, Field(ge=0, le=100, description=(
+        "0-100, default 50: debits draw from lower priorities first."))] = DEFAULT_PRIORITY
+    expires_at: Annotated[Timestamp | None, Field(strict=False, description=(
+        "RFC 3339, in the future: what is left of the grant then is debited as `expiry`. Default: never."))] = None
 
 
 HttpUrl = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s/?#]+[^\s]*$",
@@ -125,6 +134,12 @@ class Window(Query):
     until: Timestamp | None = Field(None, alias="to", description="RFC 3339, 1970 to 9999 in UTC; exclusive.")
 
 
+class BalanceQuery(Query):
+    as_of: Timestamp | None = Field(None, alias="asOf", description=(
+        "RFC 3339, 1970 to 9999 in UTC: the balance right after the last transaction created at or before this "
+        "instant (an instant still to come reads as now; before the account existed: 404)."))
+
+
 class PageQuery(Query):
     limit: int = Field(50, ge=1, le=200)
     cursor: Annotated[str, Field(max_length=200)] | None = None
@@ -132,6 +147,43 @@ class PageQuery(Query):
 
 class TransactionsQuery(Window, PageQuery):
     kind: Literal[ENTRY_KINDS] | None = None  # type: ignore[valid-type]
+    billing_account_id: Id | None = Field(None, alias="billingAccountId")
+
+
+class CreateHold(Body):
+    model_config = examples({"amountCents": 500, "description": "agent run 42", "reference": "run-42",
+                             "expiresInSeconds": 900}, {"amountCents": 2000})
+
+    amount_cents: MovementCents
+    description: Annotated[str, Field(max_length=500)] = ""
+    reference: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    expires_in_seconds: Annotated[int, Field(ge=60, le=604800, description=(
+        "60 to 604800 (a week), default 3600: after it the hold stops reserving (a beat job releases it)."))] = 3600
+
+
+class CaptureHold(Body):
+    model_config = examples({"amountCents": 320}, {"amountCents": 0})
+
+    amount_cents: Annotated[int, Field(ge=0, le=MAX_MOVEMENT_CENTS, description=(
+        "0 to the hold's amount: debited as usage once; the rest is released. 0 releases it all."))]
+
+
+class PutSpendLimit(Body):
+    model_config = examples({"monthlyLimitCents": 50000, "alertPercents": [50, 80, 100]}, {"monthlyLimitCents": None})
+
+    monthly_limit_cents: Annotated[int | None, Field(ge=0, le=10**12, description=(
+        "What usage and captures may spend per UTC calendar month, in cents; null lifts the limit."))]
+    alert_percents: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(max_length=10, description=(
+        "Steps (1-100, percent of the limit) whose crossing is recorded once a month; default [50, 80, 100]."))
+    ] | None = None
+
+
+class HoldsQuery(PageQuery):
+    status: Literal[HOLD_STATUSES] | None = None  # type: ignore[valid-type]
+
+
+class GrantsQuery(PageQuery):
+    status: Literal[GRANT_STATUSES] | None = None  # type: ignore[valid-type]
     billing_account_id: Id | None = Field(None, alias="billingAccountId")
 
 

@@ -1,7 +1,7 @@
 """Domain objects as the contract's JSON."""
 from domain import times
-from domain.models import (Balance, BillingAccount, Checkout, Entry, LinkedAccount, Operation, Page, Summary,
-                           UsageOverview, User, Workspace)
+from domain.models import (Balance, BillingAccount, Checkout, Entry, Grant, Hold, LinkedAccount, Operation, Page,
+                           Summary, UsageOverview, User, Workspace)
 from domain.ratelimit import Decision
 from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
 
@@ -30,8 +30,10 @@ def workspace(w: Workspace) -> dict:
 
 
 def balance(b: Balance, workspace_id: str | None = None) -> dict:
+    next_expiry = {"amountCents": b.next_expiry_cents, "expiresAt": ts(b.next_expiry_at)} if b.next_expiry_at else None
     body = {"billingAccountId": b.billing_account_id, "balanceCents": b.balance_cents,
-            "currency": b.currency, "asOf": ts(b.as_of)}
+            "availableCents": b.available_cents, "paidCents": b.paid_cents, "promotionalCents": b.promotional_cents,
+            "nextExpiry": next_expiry, "currency": b.currency, "asOf": ts(b.as_of)}
     return body | {"workspaceId": workspace_id} if workspace_id else body
 
 
@@ -39,6 +41,27 @@ def transaction(e: Entry) -> dict:
     return {"id": e.public_id, "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
             "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
             "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
+
+
+def grant(g: Grant) -> dict:
+    return {"id": g.id, "billingAccountId": g.billing_account_id, "source": g.source, "category": g.category,
+            "amountCents": g.amount_cents, "remainingCents": g.remaining_cents, "priority": g.priority,
+            "expiresAt": ts(g.expires_at), "status": g.status, "createdAt": ts(g.created_at)}
+
+
+def hold(h: Hold) -> dict:
+    return {"id": h.id, "workspaceId": h.workspace_id, "billingAccountId": h.billing_account_id,
+            "amountCents": h.amount_cents, "capturedCents": h.captured_cents, "status": h.status,
+            "description": h.description, "expiresAt": ts(h.expires_at), "reference": h.reference,
+            "createdAt": ts(h.created_at), "settledAt": ts(h.settled_at), "captureOperationId": h.capture_operation_id}
+
+
+def spend_limit(s) -> dict:
+    return {"workspaceId": s.workspace_id, "monthlyLimitCents": s.monthly_limit_cents, "spentCents": s.spent_cents,
+            "reservedCents": s.reserved_cents, "periodStart": ts(s.period_start), "periodEnd": ts(s.period_end),
+            "alertPercents": s.alert_percents,
+            "alerts": [{"percent": a.percent, "limitCents": a.limit_cents, "spentCents": a.spent_cents,
+                        "crossedAt": ts(a.crossed_at)} for a in s.alerts]}
 
 
 def page(p: Page, render) -> dict:

@@ -49,9 +49,9 @@ import redis
 
 from bench.balance_read import open_loop
 from bench.floor import FACTORIES
-from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database, log,
-                           row, run_pgbench, run_with_children, seed_api_keys, service_env, start_redis, user_key,
-                           workspace_id, write_result)
+from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database,
+                           grant_seeded_credits, log, row, run_pgbench, run_with_children, seed_api_keys, service_env,
+                           start_redis, user_key, workspace_id, write_result)
 from bench.ratelimit import machine_busy
 
 TARGET = 0.8
@@ -406,6 +406,7 @@ def run(args, children: list[Child]) -> int:
     with psycopg.connect(database_url) as conn:
         for statement in GROW.split(";\n"):
             conn.execute(statement, {"users": args.users, "more": args.page_entries - 1})
+    grant_seeded_credits(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
     redis_url, _ = start_redis(children)

@@ -136,6 +136,33 @@ def start_redis(children: list[Child]) -> tuple[str, int]:
     return f"redis://127.0.0.1:{port}/0", port
 
 
+# Seeds write credits straight into the ledger; their grants as migration 0007 would make them (every one of
+# priority 50 and no expiry, so the oldest is drawn first): each holds what the account's debits left of it,
+# as the amount it opened with (the seeds have no history of draws to read a balance as of).
+GRANT_SEEDED_CREDITS = """
+INSERT INTO grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
+                    opened_cents, remaining_cents, status, closed_entry_id, created_at)
+SELECT c.billing_account_id, 'grt_' || md5('g' || c.id), c.id,
+       CASE c.kind WHEN 'intro_credit' THEN 'intro' WHEN 'stripe_topup' THEN 'stripe' WHEN 'x402_topup' THEN 'x402'
+                   ELSE 'operator' END,
+       CASE WHEN c.kind IN ('stripe_topup', 'x402_topup') THEN 'paid' ELSE 'promotional' END, 50, NULL,
+       c.amount_cents, r.cents, r.cents, CASE WHEN r.cents > 0 THEN 'active' ELSE 'depleted' END,
+       CASE WHEN r.cents = 0 THEN c.id END, c.created_at
+FROM (SELECT e.*, SUM(e.amount_cents) OVER (PARTITION BY e.billing_account_id ORDER BY e.id) AS credited
+      FROM ledger_entries e WHERE e.amount_cents > 0) c
+JOIN (SELECT billing_account_id, -SUM(amount_cents) FILTER (WHERE amount_cents < 0) AS debited
+      FROM ledger_entries GROUP BY billing_account_id) d USING (billing_account_id)
+CROSS JOIN LATERAL (SELECT LEAST(c.amount_cents, GREATEST(c.credited - COALESCE(d.debited, 0), 0)) AS cents) r
+WHERE NOT EXISTS (SELECT 1 FROM grants g WHERE g.billing_account_id = c.billing_account_id AND g.entry_id = c.id)
+"""
+
+
+def grant_seeded_credits(url: str) -> None:
+    """The grants of credits a seed wrote into the ledger (run once, after the seed's last credit)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(GRANT_SEEDED_CREDITS)
+
+
 def fresh_database(admin_url: str, name: str, accounts: int, cents: int, seed: str = SEED) -> str:
     """Drop and create the database, migrate it, seed it (`seed`: statements on %(n)s and %(cents)s); its URL."""
     from worker.cli import migrate
@@ -150,6 +177,7 @@ def fresh_database(admin_url: str, name: str, accounts: int, cents: int, seed: s
             conn.execute("SET CONSTRAINTS ALL DEFERRED")
             for statement in filter(str.strip, seed.split(";\n")):
                 conn.execute(statement, {"n": accounts, "cents": cents})
+            conn.execute(GRANT_SEEDED_CREDITS)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
         if conn.execute("SHOW synchronous_commit").fetchone()[0] != "on":

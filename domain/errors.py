@@ -30,6 +30,15 @@ class InsufficientFunds(DomainError):
     """A debit would take a balance below zero."""
 
 
+class NotAffordable(DomainError):
+    """A reservation refused at once: what is available, or the spend limit, does not cover it (402). `problem`
+    names the problem type: insufficient-funds or spend-limit."""
+
+    def __init__(self, detail: str, problem: str) -> None:
+        super().__init__(detail, problem=problem)
+        self.problem = problem
+
+
 class InvalidInput(DomainError):
     """A value the schema let through but the domain refuses."""
 

@@ -120,6 +120,11 @@ class Balance:
     currency: str
     balance_cents: int
     as_of: datetime
+    available_cents: int = 0  # the balance less what active holds reserve
+    paid_cents: int = 0  # what active paid grants hold
+    promotional_cents: int = 0
+    next_expiry_cents: int = 0
+    next_expiry_at: datetime | None = None  # the soonest expiresAt of an active grant
 
 
 @dataclass(frozen=True)
@@ -214,3 +219,38 @@ class UsageOverview:
     @property
     def total_usage_cents(self) -> int:
         return sum(period.usage_cents for period in self.series)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A credit as a lot: what is left of it, and when and in which order it is spent."""
+
+    id: str
+    billing_account_id: str
+    source: str
+    category: str
+    amount_cents: int
+    remaining_cents: int
+    priority: int
+    expires_at: datetime | None
+    status: str
+    created_at: datetime
+    entry_id: int  # the credit's ledger entry: grants are paged by it
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Money reserved on an account for work whose cost is known afterwards; it moves no money itself."""
+
+    id: str
+    workspace_id: str
+    billing_account_id: str
+    amount_cents: int
+    captured_cents: int
+    status: str
+    description: str
+    reference: str | None
+    expires_at: datetime
+    created_at: datetime
+    settled_at: datetime | None
+    capture_operation_id: str | None

@@ -39,9 +39,47 @@ class EntryKind(StrEnum):
     USAGE = "usage"
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
+    EXPIRY = "expiry"  # what was left of a grant at its expiresAt
 
 
 ENTRY_KINDS = tuple(kind.value for kind in EntryKind)
+
+
+class GrantStatus(StrEnum):
+    ACTIVE = "active"
+    DEPLETED = "depleted"
+    EXPIRED = "expired"
+
+
+GRANT_STATUSES = tuple(status.value for status in GrantStatus)
+
+
+class GrantSource(StrEnum):
+    INTRO = "intro"
+    OPERATOR = "operator"
+    STRIPE = "stripe"
+    X402 = "x402"
+
+
+GRANT_SOURCES = tuple(source.value for source in GrantSource)
+
+
+class GrantCategory(StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+GRANT_CATEGORIES = tuple(category.value for category in GrantCategory)
+
+
+class HoldStatus(StrEnum):
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+HOLD_STATUSES = tuple(status.value for status in HoldStatus)
 
 
 class Task(StrEnum):
@@ -57,5 +95,7 @@ class Task(StrEnum):
     RECONCILE_STRIPE = "payments.reconcile_stripe"
     SETTLE_X402 = "payments.settle_x402"
     RECONCILE_X402 = "payments.reconcile_x402"
+    EXPIRE_GRANTS = "ledger.expire_grants"
+    EXPIRE_HOLDS = "ledger.expire_holds"
     RELAY_OUTBOX = "maintenance.relay_outbox"
     PURGE_IDEMPOTENCY_KEYS = "maintenance.purge_idempotency_keys"

@@ -7,7 +7,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from domain.names import Task
 from domain.services.operations import stop_cause
-from tasks import OPERATION_RETRY
+from tasks import OPERATION_RETRY, RETRY
 from worker import tracing as traces
 from worker.celery_app import app
 from worker.container import services
@@ -61,3 +61,16 @@ def _join_the_accepting_trace(task=None, kwargs=None, **_) -> None:
 def apply_operation(operation_id: str) -> None:
     """Apply one queued operation. Safe to run twice: the ledger key is the operation id."""
     services().operations.apply(operation_id)
+
+
+@app.task(name=Task.EXPIRE_GRANTS, **RETRY)
+def expire_grants() -> int:
+    """Expire what is left of every grant past its expiresAt. Safe to run twice: the expiry's ledger key is the
+    grant's, and the grant is closed in the same transaction."""
+    return services().grants.expire_due()
+
+
+@app.task(name=Task.EXPIRE_HOLDS, **RETRY)
+def expire_holds() -> int:
+    """Release every active hold past its expiresAt. Safe to run twice: a hold stops reserving once."""
+    return services().holds.expire_due()

@@ -59,14 +59,18 @@ def new_linked_account(api: Api, owner: UserKey, workspace_id: str, name: str = 
 
 
 def post(services, account_id: str, amount_cents: int, *, key: str | None = None, kind: str | None = None,
-         allow_negative: bool = False):
-    """One ledger posting in its own transaction; credits are credit_grant, debits usage by default."""
-    from domain.store import ledger
+         allow_negative: bool = False, terms=None):
+    """One ledger posting in its own transaction, with its grant (a credit, credit_grant by default: an operator's
+    promotional grant) or drawn from the grants (a debit, usage by default)."""
+    from domain.grants import Terms
+    from domain.services import grants
 
+    key, kind = key or f"test:{uuid.uuid4().hex}", kind or ("credit_grant" if amount_cents > 0 else "usage")
     with services.ctx.uow() as uow:
-        posting = ledger.post(uow.conn, account_id, amount_cents, key=key or f"test:{uuid.uuid4().hex}",
-                              kind=kind or ("credit_grant" if amount_cents > 0 else "usage"),
-                              allow_negative=allow_negative)
+        if amount_cents > 0:
+            posting = grants.credit(uow.conn, account_id, amount_cents, terms or Terms("operator"), kind=kind, key=key)
+        else:
+            posting = grants.debit(uow.conn, account_id, amount_cents, kind=kind, key=key, allow_negative=allow_negative)
         uow.commit()
     return posting
 

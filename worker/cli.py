@@ -11,7 +11,7 @@ from pathlib import Path
 from domain.errors import DomainError
 from domain.models import OPERATOR_CALLER
 from domain.money import MAX_MOVEMENT_CENTS
-from domain.names import FINISHED, OperationStatus
+from domain.names import FINISHED, GRANT_STATUSES, HOLD_STATUSES, OperationStatus
 from worker import settings as settings_module, standalone
 from worker.processes import ALL_QUEUES, api_argv, beat_argv, flower_argv, migrate, worker_argv
 
@@ -135,7 +135,50 @@ def _cmd_credit(args, s) -> int:
     return _answer(_services().operations.get(OPERATOR_CALLER, answer["id"]), args)
 
 
-def _as_operator(s, method: str, path: str, body: dict, headers: dict) -> tuple[int, dict]:
+def _pages(s, path: str, params: dict) -> int:
+    """Print every item of a list endpoint (as the operator sees it), one JSON object a line, following cursors."""
+    query = {key: value for key, value in params.items() if value is not None} | {"limit": 200}
+    while True:
+        status, answer = _as_operator(s, "GET", path, None, {}, query)
+        if status != 200:
+            print(f"billing: {answer.get('detail') or answer}", file=sys.stderr)
+            return 1
+        for item in answer["data"]:
+            print(json.dumps(item))
+        if answer["nextCursor"] is None:
+            return 0
+        query["cursor"] = answer["nextCursor"]
+
+
+def _cmd_grants(args, s) -> int:
+    """GET .../billing/grants with the operator key: the workspace's default account's grants, newest first."""
+    return _pages(s, f"/workspaces/{args.workspace_id}/billing/grants", {"status": args.status})
+
+
+def _cmd_holds_list(args, s) -> int:
+    return _pages(s, f"/workspaces/{args.workspace_id}/billing/holds", {"status": args.status})
+
+
+def _cmd_holds_release(args, s) -> int:
+    status, answer = _as_operator(s, "POST", f"/workspaces/{args.workspace_id}/billing/holds/{args.hold_id}/release",
+                                  None, {})
+    print(json.dumps(answer) if status == 200 else f"billing: {answer.get('detail') or answer}",
+          file=sys.stdout if status == 200 else sys.stderr)
+    return 0 if status == 200 else 1
+
+
+def _cmd_holds_expire(args, s) -> int:
+    print(f"released {_services().holds.expire_due()} expired hold(s)")
+    return 0
+
+
+def _cmd_expire(args, s) -> int:
+    print(f"expired {_services().grants.expire_due()} grant(s)")
+    return _cmd_holds_expire(args, s)
+
+
+def _as_operator(s, method: str, path: str, body: dict | None, headers: dict,
+                 params: dict | None = None) -> tuple[int, dict]:
     """Send one request to the API's app in this process with the operator key: (status, JSON answer)."""
     # Falcon and the API's app are loaded only by the commands that send the app a request.
     from falcon import testing
@@ -144,7 +187,7 @@ def _as_operator(s, method: str, path: str, body: dict, headers: dict) -> tuple[
 
     token = s.operator_token or secrets.token_hex(24)  # without one configured, a key for this process only
     app = create_app(_services(), token, {})
-    result = testing.simulate_request(app, method, path, json=body,
+    result = testing.simulate_request(app, method, path, json=body, params=params,
                                       headers=headers | {"Authorization": f"Bearer {token}"})
     return result.status_code, result.json if result.content else {}
 
@@ -206,6 +249,33 @@ def _operator_commands(sub) -> None:
     which.add_argument("--all", action="store_true", help="every billing account, recomputed in this process")
     _wait_options(refresh)
     refresh.set_defaults(run=_cmd_tiers_refresh)
+    _grant_and_hold_commands(sub)
+
+
+def _grant_and_hold_commands(sub) -> None:
+    what = ("print a workspace's credit grants (its default account's), newest first, one JSON object a line, as "
+            "GET /workspaces/{id}/billing/grants shows them")
+    grants = sub.add_parser("grants", help=what, description=what)
+    grants.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    grants.add_argument("--status", choices=GRANT_STATUSES)
+    grants.set_defaults(run=_cmd_grants)
+    what = ("run the expiry jobs once (beat runs them every 30 and 15 s): debit what is left of each grant past its "
+            "expiresAt, release each hold past its expiresAt")
+    sub.add_parser("expire", help=what, description=what).set_defaults(run=_cmd_expire)
+    holds = sub.add_parser("holds", help="holds: `billing holds list|release|expire`")
+    commands = holds.add_subparsers(dest="holds_command", required=True)
+    what = "print a workspace's holds, newest first, one JSON object a line"
+    listed = commands.add_parser("list", help=what, description=what)
+    listed.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    listed.add_argument("--status", choices=HOLD_STATUSES)
+    listed.set_defaults(run=_cmd_holds_list)
+    what = "release an active hold now (as POST .../holds/{id}/release does); prints the hold"
+    release = commands.add_parser("release", help=what, description=what)
+    release.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    release.add_argument("hold_id", metavar="HOLD_ID")
+    release.set_defaults(run=_cmd_holds_release)
+    what = "release every hold past its expiresAt now (beat does this every 15 s)"
+    commands.add_parser("expire", help=what, description=what).set_defaults(run=_cmd_holds_expire)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ ALL_QUEUES = ",".join(QUEUES)
 API_GRACEFUL_SECONDS = 20  # after SIGTERM, in-flight requests get this long (compose's stop_grace_period is longer)
 
 
-def migrate(database_url: str) -> None:
+def migrate(database_url: str, revision: str = "head") -> None:
     # Alembic and the migrations package are loaded only by the commands that migrate.
     from alembic import command
     from alembic.config import Config
@@ -21,7 +21,7 @@ def migrate(database_url: str) -> None:
     url = database_url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
         "postgres://", "postgresql+psycopg://", 1)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def api_argv(port: int, workers: int, threads: int,

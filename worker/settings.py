@@ -46,6 +46,7 @@ class Settings:
     otlp_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there (worker.tracing)
     database_read_urls: tuple[str, ...] = ()  # DATABASE_READ_URL: read replicas, comma-separated
     read_max_lag_ms: int = 1000  # BILLING_READ_MAX_LAG_MS: a replica lagging more is skipped
+    intro_credit_ttl_days: int | None = None  # BILLING_INTRO_CREDIT_TTL_DAYS; None: the intro credit never expires
 
 
 
@@ -87,6 +88,7 @@ def load(env: dict | None = None) -> Settings:
         operator_token=env.get("BILLING_OPERATOR_TOKEN", "").strip() or None,
         metrics_token=env.get("BILLING_METRICS_TOKEN", "").strip() or None,
         intro_credit_cents=_int(env, "BILLING_INTRO_CREDIT_CENTS", 1000, high=100_000_000),
+        intro_credit_ttl_days=_int(env, "BILLING_INTRO_CREDIT_TTL_DAYS", 0, low=1, high=36500) or None,
         api_rate_limit=_int(env, "BILLING_API_RATE_LIMIT", 1200),
         port=_int(env, "PORT", 8000, low=1, high=65535),
         stripe_api_key=env.get("STRIPE_API_KEY") or None,

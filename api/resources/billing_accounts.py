@@ -30,9 +30,11 @@ class AccountBalance:
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 
-    @doc("A billing account's balance", response=r.BalanceShape, errors=(401, 404))
+    @doc("A billing account's balance, now or as of an instant", query=schemas.BalanceQuery,
+         response=r.BalanceShape, errors=(401, 404, 422))
     def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
-        resp.media = views.balance(self._reads.balance(req.context.caller, account_id))
+        as_of = schemas.query(schemas.BalanceQuery, req).as_of if req.query_string else None
+        resp.media = views.balance(self._reads.balance(req.context.caller, account_id, as_of))
 
 
 class AccountSummary:

@@ -3,6 +3,8 @@ import falcon
 
 from api import idempotency, responses as r, schemas, views
 from api.doc import doc
+from domain.grants import Terms
+from domain.names import GrantSource
 from domain.services.operations import OperationService
 from domain.services.reads import ReadService
 from domain.services.workspaces import WorkspaceService
@@ -68,10 +70,13 @@ class Balance:
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 
-    @doc("Balance of the workspace's default billing account", who="member", response=r.BalanceShape,
-         errors=(401, 404))
+    @doc("Balance of the workspace's default billing account, now or as of an instant", who="member",
+         query=schemas.BalanceQuery, response=r.BalanceShape, errors=(401, 404, 422),
+         notes="The default account is the one at the moment of the request, read as of the instant asked for.")
     def on_get(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
-        resp.media = views.balance(self._reads.workspace_balance(req.context.caller, workspace_id), workspace_id)
+        as_of = schemas.query(schemas.BalanceQuery, req).as_of if req.query_string else None
+        resp.media = views.balance(self._reads.workspace_balance(req.context.caller, workspace_id, as_of),
+                                   workspace_id)
 
 
 class Transactions:
@@ -112,11 +117,15 @@ class Credits:
 
     @doc("Queue a credit_grant to the workspace's default billing account", who="operator", status=202,
          body=schemas.AddCredits, response=r.OperationShape, errors=(401, 403, 404, 409, 422),
-         notes="The account is the workspace default at the moment of the request. Poll Location.")
+         notes="The account is the workspace default at the moment of the request. Poll Location. The credit "
+               "opens a grant (source `operator`) with the category, priority and expiresAt given; an expiresAt "
+               "that is not in the future is refused (422). A credit that lands on a negative balance pays that "
+               "off first: its grant holds what is left above zero.")
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         body = schemas.load(schemas.AddCredits, req)
+        terms = Terms(GrantSource.OPERATOR, body.category, body.priority, body.expires_at)
         outcome = self._operations.request_credit(req.context.caller, workspace_id, body.amount_cents,
-                                                  body.description, claim=idempotency.claim(req))
+                                                  body.description, claim=idempotency.claim(req), terms=terms)
         idempotency.respond(req, resp, outcome, self)
 
     @staticmethod

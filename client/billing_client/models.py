@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from billing_client._base import Model
-from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, ConfigDict, Field, RootModel, StringConstraints
 
 
 class FieldError(Model):
@@ -104,12 +104,56 @@ class BillingAccountDetail(Model):
     linked_workspace_ids: Annotated[list[str], Field(alias="linkedWorkspaceIds")]
 
 
+class NextExpiry(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents", description="What the grants expiring then still hold."
+        ),
+    ]
+    expires_at: Annotated[str, Field(alias="expiresAt")]
+
+
 class Balance(Model):
     billing_account_id: Annotated[str, Field(alias="billingAccountId")]
     workspace_id: Annotated[str | None, Field(alias="workspaceId")] = None
     balance_cents: Annotated[int, Field(alias="balanceCents")]
+    available_cents: Annotated[
+        int,
+        Field(
+            alias="availableCents",
+            description="The balance less what active holds reserve: what a usage event or a new hold may spend.",
+        ),
+    ]
+    paid_cents: Annotated[
+        int,
+        Field(
+            alias="paidCents",
+            description="What active paid grants (Stripe, x402, paid operator credits) hold.",
+        ),
+    ]
+    promotional_cents: Annotated[
+        int,
+        Field(
+            alias="promotionalCents",
+            description="What active promotional grants hold. While the balance is at least 0, paidCents + promotionalCents = balanceCents; below 0 both are 0.",
+        ),
+    ]
+    next_expiry: Annotated[
+        NextExpiry | None,
+        Field(
+            alias="nextExpiry",
+            description="The soonest expiresAt of an active grant and what the grants expiring then hold; null when none expires.",
+        ),
+    ]
     currency: Literal["usd"]
-    as_of: Annotated[str, Field(alias="asOf")]
+    as_of: Annotated[
+        str,
+        Field(
+            alias="asOf",
+            description="The instant described: now, or the asOf asked for (one still to come reads as now).",
+        ),
+    ]
 
 
 class KindTotal(Model):
@@ -141,6 +185,7 @@ class Transaction(Model):
         "usage",
         "refund",
         "adjustment",
+        "expiry",
     ]
     amount_cents: Annotated[int, Field(alias="amountCents")]
     balance_after_cents: Annotated[int, Field(alias="balanceAfterCents")]
@@ -151,6 +196,35 @@ class Transaction(Model):
 
 class TransactionPage(Model):
     data: list[Transaction]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class Grant(Model):
+    id: str
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    source: Literal["intro", "operator", "stripe", "x402"]
+    category: Literal["paid", "promotional"]
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+    remaining_cents: Annotated[
+        int,
+        Field(
+            alias="remainingCents",
+            description="What is left to spend; 0 once depleted or expired.",
+        ),
+    ]
+    priority: Annotated[
+        int,
+        Field(
+            description="0-100: debits draw from lower priorities first, then from the earliest expiresAt (none last), then from the oldest grant."
+        ),
+    ]
+    expires_at: Annotated[str | None, Field(alias="expiresAt")]
+    status: Literal["active", "depleted", "expired"]
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class GrantPage(Model):
+    data: list[Grant]
     next_cursor: Annotated[str | None, Field(alias="nextCursor")]
 
 
@@ -180,7 +254,39 @@ class LinkBillingAccount(Model):
     ]
 
 
-class AddCredits(Model):
+class Hold(Model):
+    id: str
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    billing_account_id: Annotated[str, Field(alias="billingAccountId")]
+    amount_cents: Annotated[int, Field(alias="amountCents")]
+    captured_cents: Annotated[int, Field(alias="capturedCents")]
+    status: Literal["active", "captured", "released", "expired"]
+    description: str
+    expires_at: Annotated[str, Field(alias="expiresAt")]
+    reference: str | None
+    created_at: Annotated[str, Field(alias="createdAt")]
+    settled_at: Annotated[
+        str | None,
+        Field(
+            alias="settledAt",
+            description="When it stopped reserving: released, expired, or its capture applied; null while it reserves.",
+        ),
+    ]
+    capture_operation_id: Annotated[
+        str | None,
+        Field(
+            alias="captureOperationId",
+            description="The operation that applies its capture, once captured.",
+        ),
+    ]
+
+
+class HoldPage(Model):
+    data: list[Hold]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class CreateHold(Model):
     amount_cents: Annotated[
         int,
         Field(
@@ -191,6 +297,30 @@ class AddCredits(Model):
         ),
     ]
     description: Annotated[str | None, Field(max_length=500)] = ""
+    reference: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200)] | None
+    ) = None
+    expires_in_seconds: Annotated[
+        int | None,
+        Field(
+            alias="expiresInSeconds",
+            description="60 to 604800 (a week), default 3600: after it the hold stops reserving (a beat job releases it).",
+            ge=60,
+            le=604800,
+        ),
+    ] = 3600
+
+
+class CaptureHold(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="0 to the hold's amount: debited as usage once; the rest is released. 0 releases it all.",
+            ge=0,
+            le=100000000,
+        ),
+    ]
 
 
 class Operation(Model):
@@ -221,6 +351,114 @@ class Operation(Model):
     ]
     created_at: Annotated[str, Field(alias="createdAt")]
     updated_at: Annotated[str, Field(alias="updatedAt")]
+
+
+class SpendAlert(Model):
+    percent: int
+    limit_cents: Annotated[int, Field(alias="limitCents")]
+    spent_cents: Annotated[
+        int,
+        Field(
+            alias="spentCents",
+            description="The month's spending once the movement that crossed the step was applied.",
+        ),
+    ]
+    crossed_at: Annotated[str, Field(alias="crossedAt")]
+
+
+class SpendLimit(Model):
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    monthly_limit_cents: Annotated[int | None, Field(alias="monthlyLimitCents")]
+    spent_cents: Annotated[
+        int,
+        Field(
+            alias="spentCents", description="Usage and captures debited this UTC month."
+        ),
+    ]
+    reserved_cents: Annotated[
+        int,
+        Field(
+            alias="reservedCents",
+            description="What the workspace's unsettled holds reserve; it counts against the limit as well.",
+        ),
+    ]
+    period_start: Annotated[str, Field(alias="periodStart")]
+    period_end: Annotated[
+        str, Field(alias="periodEnd", description="The next month's start (exclusive).")
+    ]
+    alert_percents: Annotated[list[int], Field(alias="alertPercents")]
+    alerts: Annotated[
+        list[SpendAlert],
+        Field(description="The steps crossed this month, lowest first."),
+    ]
+
+
+class MonthlyLimitCents(RootModel[int]):
+    root: Annotated[
+        int,
+        Field(
+            description="What usage and captures may spend per UTC calendar month, in cents; null lifts the limit.",
+            ge=0,
+            le=1000000000000,
+        ),
+    ]
+
+
+class AlertPercent(RootModel[int]):
+    root: Annotated[int, Field(ge=1, le=100)]
+
+
+class AlertPercents(RootModel[list[AlertPercent]]):
+    root: Annotated[
+        list[AlertPercent],
+        Field(
+            description="Steps (1-100, percent of the limit) whose crossing is recorded once a month; default [50, 80, 100].",
+            max_length=10,
+        ),
+    ] = None
+
+
+class PutSpendLimit(Model):
+    monthly_limit_cents: Annotated[
+        MonthlyLimitCents | None,
+        Field(
+            alias="monthlyLimitCents",
+            description="What usage and captures may spend per UTC calendar month, in cents; null lifts the limit.",
+        ),
+    ]
+    alert_percents: Annotated[AlertPercents | None, Field(alias="alertPercents")] = None
+
+
+class AddCredits(Model):
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="Integer cents, 1 to 100,000,000.",
+            gt=0,
+            le=100000000,
+        ),
+    ]
+    description: Annotated[str | None, Field(max_length=500)] = ""
+    category: Annotated[
+        Literal["paid", "promotional"] | None,
+        Field(description="The grant's category: `paid` or `promotional` (default)."),
+    ] = "promotional"
+    priority: Annotated[
+        int | None,
+        Field(
+            description="0-100, default 50: debits draw from lower priorities first.",
+            ge=0,
+            le=100,
+        ),
+    ] = 50
+    expires_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            alias="expiresAt",
+            description="RFC 3339, in the future: what is left of the grant then is debited as `expiry`. Default: never.",
+        ),
+    ] = None
 
 
 class UsageEvent(Model):

@@ -1,11 +1,11 @@
 """Who may see and manage what. Unknown and foreign look the same: NotFound."""
 from typing import NoReturn
 
-from domain.errors import Forbidden, NotFound
+from domain.errors import Forbidden, NotFound, Unauthenticated
 from domain.ids import looks_like
-from domain.models import BillingAccount, Caller, Membership
-from domain.store import accounts, workspaces
-from domain.store.uow import Connection
+from domain.models import BillingAccount, Caller, KeyHolder, Membership
+from domain.store import accounts, prepared, workspaces
+from domain.store.uow import Connection, driver_of
 
 
 def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bool = False,
@@ -43,4 +43,32 @@ def owned_account(conn: Connection, caller: Caller, account_id: str) -> BillingA
     found = accounts.get(conn, account_id) if looks_like("ba", account_id) else None
     if found is None or not (caller.is_operator or found.owner_user_id == caller.user_id):
         raise NotFound("billing account not found")
+    return found
+
+
+def workspace_account(conn: Connection, caller: Caller, workspace_id: str, account_id: str | None) -> BillingAccount:
+    """The workspace's default account, or another account linked to it, for a member (one statement)."""
+    return workspace_read(driver_of(conn), caller, workspace_id, account_id).account
+
+
+def workspace_read(driver, caller: Caller | KeyHolder, workspace_id: str, account_id: str | None, *,
+                   with_balance: bool = False) -> prepared.WorkspaceRead:
+    """The same on a bare psycopg connection (domain.store.prepared), checking a KeyHolder's key in the same
+    statement: Unauthenticated when no live key has it; with_balance, the account's holds and grants too."""
+    if account_id is not None and not looks_like("ba", account_id):
+        account_id = ""  # links nothing
+    if not looks_like("ws", workspace_id):
+        workspace_id = ""  # names nothing, but a KeyHolder's key is still checked
+    if isinstance(caller, KeyHolder):
+        found = prepared.workspace_account(driver, workspace_id, account_id, key_hash=caller.key_hash,
+                                           with_balance=with_balance)
+        if found is None:
+            raise Unauthenticated("the key is unknown or revoked")
+    else:
+        found = prepared.workspace_account(driver, workspace_id, account_id, user_id=caller.user_id,
+                                           with_balance=with_balance)
+    if not found.workspace_found or not (found.user_id is None or found.role):
+        raise NotFound("workspace not found")
+    if found.account is None:
+        raise NotFound("billing account not linked to this workspace")
     return found

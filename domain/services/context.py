@@ -24,6 +24,7 @@ def not_resumed(name: str, trace_parent: str | None, links: Sequence[str] = ()) 
 @dataclass(frozen=True)
 class Config:
     intro_credit_cents: int = 1000
+    intro_credit_ttl_days: int | None = None  # the intro credit's grant expires this long after it is made
     tiers: TierTable = DEFAULT_TABLE
     tier_max_age_seconds: int = 900  # the beat job recomputes tiers older than this
     idempotency_ttl_seconds: int = 86400  # an Idempotency-Key's replay window

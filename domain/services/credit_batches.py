@@ -13,11 +13,14 @@ error is applied again one credit per transaction, so a bad credit cannot hold t
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from domain import tiers
 from domain.errors import DomainError, Unavailable
+from domain.grants import DEFAULT_PRIORITY, Terms
 from domain.models import Entry, Operation
-from domain.names import EntryKind, OperationStatus, Task
+from domain.names import EntryKind, GrantCategory, GrantSource, OperationStatus, Task
+from domain.services import grants
 from domain.services.context import Context
 from domain.store import batch, ledger, operations
 from domain.store.uow import Connection, StoreError
@@ -55,6 +58,7 @@ class CreditBatches:
         locked = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
         ready = [op for op in claimed if op.billing_account_id in locked]
         posted = ledger.post_credits(conn, [_credit(op) for op in ready], kind=EntryKind.CREDIT_GRANT)
+        grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in ready if f"op:{op.id}" in posted])
         results: dict[str, dict] = {}
         refused: list[str] = []
         for op in ready:
@@ -115,9 +119,9 @@ class CreditBatches:
     def post_one(self, conn: Connection, op: Operation) -> Entry:
         """One credit on its own (the batch statement tells a key posted before from nothing posted)."""
         credit = _credit(op)
-        return ledger.post(conn, credit.account_id, credit.amount_cents, kind=EntryKind.CREDIT_GRANT,
-                           key=credit.key, workspace_id=credit.workspace_id, description=credit.description,
-                           reference=credit.reference).entry
+        return grants.credit(conn, credit.account_id, credit.amount_cents, terms_of(op), kind=EntryKind.CREDIT_GRANT,
+                             key=credit.key, workspace_id=credit.workspace_id, description=credit.description,
+                             reference=credit.reference).entry
 
     def result_of(self, op: Operation, entry: Entry) -> dict:
         """A credit operation's result."""
@@ -133,6 +137,13 @@ class CreditBatches:
             decision = tiers.decide(balance, paid, table)
             decided[account_id] = (decision.tier, decision.reason, paid, balance, last_entry_id)
         batch.save_tiers(conn, decided)
+
+
+def terms_of(op: Operation) -> Terms:
+    """An operator credit's grant terms, as its request gave them (operations queued before grants: defaults)."""
+    expires_at = op.payload.get("expiresAt")
+    return Terms(GrantSource.OPERATOR, op.payload.get("category", GrantCategory.PROMOTIONAL),
+                 op.payload.get("priority", DEFAULT_PRIORITY), datetime.fromisoformat(expires_at) if expires_at else None)
 
 
 def _credit(op: Operation) -> ledger.Credit:

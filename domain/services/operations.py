@@ -7,12 +7,14 @@ the queue with backoff (retry_later), and the relay (domain.services.relay) re-s
 """
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from domain.errors import DomainError, NotFound, Unavailable
+from domain.grants import Terms
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
-from domain.names import FINISHED, OperationStatus, Task
-from domain.services import access, rate_limits, usage
+from domain.names import FINISHED, GrantSource, OperationStatus, Task
+from domain.services import access, grants, holds, rate_limits, usage
 from domain.services.context import Context
 from domain.services.credit_batches import BATCHED_KINDS, CreditBatches
 from domain.services.idempotency import Claim, IdempotencyService, Replay
@@ -21,7 +23,7 @@ from domain.store.uow import StoreError, transient_cause
 
 log = logging.getLogger(__name__)
 
-MOVES_MONEY = ("credit", "usage")  # kinds after which the account's rate-limit tier is recomputed
+MOVES_MONEY = ("credit", "usage", holds.CAPTURE)  # kinds after which the account's rate-limit tier is recomputed
 RETRY_BASE_SECONDS = 1.0  # an attempt stopped by a transient cause is retried after 1, 2, 4, ... seconds
 RETRY_MAX_SECONDS = 300.0
 
@@ -33,8 +35,9 @@ class OperationService:
         self._batches = batches
 
     def request_credit(self, caller: Caller, workspace_id: str, amount_cents: int, description: str,
-                       *, claim: Claim | None = None) -> Operation | Replay:
-        """Record a credit to the workspace's current default account; the worker applies it.
+                       *, claim: Claim | None = None, terms: Terms | None = None) -> Operation | Replay:
+        """Record a credit to the workspace's current default account; the worker applies it, opening a grant
+        on `terms` (category, priority, expiresAt; the source is the operator's).
 
         With an Idempotency-Key `claim`, the key's answer is stored in the same transaction; when the key
         holds a first answer already, that answer comes back instead (a Replay) and nothing is recorded."""
@@ -43,11 +46,15 @@ class OperationService:
                 access.refuse_user(uow.conn, caller, workspace_id, "only the operator grants credits")
         if not looks_like("ws", workspace_id):
             raise NotFound("workspace not found")
+        terms = terms or Terms(GrantSource.OPERATOR)
+        grants.expires_in_future(terms.expires_at, datetime.now(UTC))
         with self._ctx.uow() as uow:
             op, created = operations.insert_for_workspace(
                 uow.conn, operation_id=new_id("op"), kind="credit", caller=caller.name,
                 idempotency_scope=claim.scope if claim else None, workspace_id=workspace_id,
-                payload={"amountCents": amount_cents, "description": description},
+                payload={"amountCents": amount_cents, "description": description, "category": terms.category,
+                         "priority": terms.priority,
+                         "expiresAt": terms.expires_at.astimezone(UTC).isoformat() if terms.expires_at else None},
                 trace_parent=self._ctx.trace_parent())
             if op is None:
                 raise NotFound("workspace not found")
@@ -130,6 +137,8 @@ class OperationService:
         """Dispatch by kind."""
         if op.kind == "usage":
             return usage.apply_batch(conn, op, self._ctx.ids)
+        if op.kind == holds.CAPTURE:
+            return holds.apply_capture(conn, op, self._ctx.ids)
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
         if op.kind == "credit":

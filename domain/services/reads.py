@@ -9,7 +9,7 @@ from domain.ids import looks_like
 from domain.models import Balance, BillingAccount, Caller, KeyHolder, Page, Summary
 from domain.services import access
 from domain.services.context import Context
-from domain.store import accounts, ledger, prepared
+from domain.store import accounts, balances, ledger, prepared
 from domain.store.uow import Connection, driver_of
 
 class ReadService:
@@ -27,9 +27,15 @@ class ReadService:
             account = access.owned_account(uow.conn, caller, account_id)
             return account, accounts.linked_workspace_ids(uow.conn, account_id)
 
-    def balance(self, caller: Caller, account_id: str) -> Balance:
+    def balance(self, caller: Caller, account_id: str, as_of: datetime | None = None) -> Balance:
+        """The balance now (one statement), or as of an instant (the balance chain, read by an index)."""
         with self._ctx.read() as uow:
-            return _balance(access.owned_account(uow.conn, caller, account_id))
+            if as_of is not None:
+                return _balance_as_of(uow.conn, access.owned_account(uow.conn, caller, account_id), as_of)
+            found = balances.of_account(uow.conn, account_id) if looks_like("ba", account_id) else None
+        if found is None or not (caller.is_operator or found.account.owner_user_id == caller.user_id):
+            raise NotFound("billing account not found")
+        return _balance(found)
 
     def summary(self, caller: Caller, account_id: str, since: datetime | None, until: datetime | None) -> Summary:
         return self._ctx.lagging(lambda conn: _summary(conn, access.owned_account(conn, caller, account_id),
@@ -41,21 +47,28 @@ class ReadService:
             return self._page(conn, account_id, **query)
         return self._ctx.lagging(read)
 
-    def workspace_balance(self, caller: Caller | KeyHolder, workspace_id: str) -> Balance:
+    def workspace_balance(self, caller: Caller | KeyHolder, workspace_id: str,
+                          as_of: datetime | None = None) -> Balance:
+        """The balance of the workspace's default account now (one prepared statement, which also checks a
+        KeyHolder's key), or as of an instant."""
+        if as_of is not None:
+            with self._ctx.read() as uow:
+                account = access.workspace_account(uow.conn, caller, workspace_id, None)
+                return _balance_as_of(uow.conn, account, as_of)
         with self._ctx.raw_read() as conn:
-            return _balance(_workspace_account(conn, caller, workspace_id, None))
+            return _balance(access.workspace_read(conn, caller, workspace_id, None, with_balance=True).current)
 
     def workspace_summary(self, caller: Caller, workspace_id: str, since: datetime | None,
                           until: datetime | None) -> Summary:
         return self._ctx.lagging(lambda conn: _summary(
-            conn, _workspace_account(driver_of(conn), caller, workspace_id, None), since, until))
+            conn, access.workspace_read(driver_of(conn), caller, workspace_id, None).account, since, until))
 
     def workspace_transactions(self, caller: Caller | KeyHolder, workspace_id: str, account_id: str | None,
                                **query) -> Page:
         before_id, limit = self._before(query.pop("cursor", None)), query.pop("limit")
 
         def read(conn) -> list:  # a psycopg connection
-            account = _workspace_account(conn, caller, workspace_id, account_id)
+            account = access.workspace_read(conn, caller, workspace_id, account_id).account
             return prepared.page(conn, account.id, limit=limit + 1, before_id=before_id, **query)
         if self._ctx.routes_reads:
             if isinstance(caller, KeyHolder):  # checked on the primary: a replica may not have seen a revocation
@@ -90,29 +103,27 @@ class ReadService:
         return Page(items=entries, next_cursor=ids.cursor(entries[-1].id) if len(found) > limit else None)
 
 
-def _workspace_account(conn, caller: Caller | KeyHolder, workspace_id: str, account_id: str | None) -> BillingAccount:
-    """The workspace's default account, or another account linked to it: one prepared statement, which also
-    checks a KeyHolder's key."""
-    if account_id is not None and not looks_like("ba", account_id):
-        account_id = ""  # links nothing
-    if not looks_like("ws", workspace_id):
-        workspace_id = ""  # names nothing, but a KeyHolder's key is still checked
-    if isinstance(caller, KeyHolder):
-        found = prepared.workspace_account(conn, workspace_id, account_id, key_hash=caller.key_hash)
-        if found is None:
-            raise Unauthenticated("the key is unknown or revoked")
-    else:
-        found = prepared.workspace_account(conn, workspace_id, account_id, user_id=caller.user_id)
-    if not found.workspace_found or not (found.user_id is None or found.role):
-        raise NotFound("workspace not found")
-    if found.account is None:
-        raise NotFound("billing account not linked to this workspace")
-    return found.account
+
+def _balance(current: balances.Current) -> Balance:
+    account = current.account
+    return _with_grants(account, account.balance_cents, current.held_cents, current.grants, datetime.now(UTC))
 
 
-def _balance(account: BillingAccount) -> Balance:
-    return Balance(billing_account_id=account.id, currency=account.currency,
-                   balance_cents=account.balance_cents, as_of=datetime.now(UTC))
+def _balance_as_of(conn: Connection, account: BillingAccount, instant: datetime) -> Balance:
+    """Right after the last entry at or before `instant`; an instant still to come reads as now."""
+    instant = min(instant, datetime.now(UTC))
+    if instant < account.created_at:
+        raise NotFound("the billing account did not exist at that instant")
+    balance, grants = balances.as_of(conn, account.id, instant)
+    return _with_grants(account, balance, balances.held_as_of(conn, account.id, instant), grants, instant)
+
+
+def _with_grants(account: BillingAccount, balance: int, held: int, grants: balances.Grants,
+                 instant: datetime) -> Balance:
+    return Balance(billing_account_id=account.id, currency=account.currency, balance_cents=balance, as_of=instant,
+                   available_cents=balance - held, paid_cents=grants.paid_cents,
+                   promotional_cents=grants.promotional_cents, next_expiry_cents=grants.next_expiry_cents,
+                   next_expiry_at=grants.next_expiry_at)
 
 
 def _summary(conn: Connection, account: BillingAccount, since: datetime | None,

@@ -3,11 +3,14 @@ from domain.services.audit import AuditService
 from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
 from domain.services.credit_batches import CreditBatches
+from domain.services.grants import GrantService
+from domain.services.holds import HoldService
 from domain.services.idempotency import IdempotencyService
 from domain.services.operations import OperationService
 from domain.services.rate_limits import RateLimitService
 from domain.services.reads import ReadService
 from domain.services.relay import OutboxRelay
+from domain.services.spend_limits import SpendLimitService
 from domain.services.stats import StatsService
 from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.usage import UsageService
@@ -22,6 +25,9 @@ class Services:
         self.users = UserService(ctx)
         self.workspaces = WorkspaceService(ctx)
         self.reads = ReadService(ctx)
+        self.grants = GrantService(ctx)
+        self.holds = HoldService(ctx)
+        self.spend_limits = SpendLimitService(ctx)
         self.idempotency = IdempotencyService(ctx)
         self.operations = OperationService(ctx, self.idempotency, CreditBatches(ctx))
         self.relay = OutboxRelay(ctx)

@@ -3,13 +3,14 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from domain.errors import DomainError, InvalidEvent, ProviderError, Unavailable
+from domain.grants import PAID
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Checkout
 from domain.money import CURRENCY
-from domain.names import CheckoutStatus, EntryKind, Task
+from domain.names import CheckoutStatus, EntryKind, GrantSource, Task
 from domain.providers.stripe_gateway import (SESSION_EVENTS, Event, Session, StripeGateway, check_object,
                                              session_from_event)
-from domain.services import access
+from domain.services import access, grants
 from domain.services.context import Context
 from domain.store import checkouts, ledger, stripe_events
 from domain.store.uow import Connection
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 # An event naming a checkout id that is still not there after this long names none of ours: it is closed
 # as unknown_session rather than retried by every reconcile run for ever.
 GHOST_AFTER = timedelta(minutes=10)
+
+
+def _credit_key(checkout_id: str) -> str:
+    """The ledger key of a checkout's credit: once per checkout, and its refunds draw from its grant first."""
+    return f"stripe_checkout:{checkout_id}"
 
 
 class CheckoutNotVisibleYet(Unavailable):
@@ -149,9 +155,9 @@ class StripeCheckoutService:
                              failure_reason=f"amount_mismatch: Stripe reports {session.amount_total} "
                                             f"{session.currency}, expected {checkout.amount_cents} usd")
             return "amount_mismatch"
-        ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind=EntryKind.STRIPE_TOPUP,
-                    key=f"stripe_checkout:{checkout.id}", workspace_id=checkout.workspace_id,
-                    description="Stripe top-up", reference=session.id)
+        grants.credit(conn, checkout.billing_account_id, checkout.amount_cents, PAID[GrantSource.STRIPE],
+                      kind=EntryKind.STRIPE_TOPUP, key=_credit_key(checkout.id), workspace_id=checkout.workspace_id,
+                      description="Stripe top-up", reference=session.id)
         checkouts.change(conn, checkout.id, status=CheckoutStatus.COMPLETED, provider_ref=session.id, details=details,
                          failure_reason=None)
         return "credited"
@@ -183,9 +189,10 @@ class StripeCheckoutService:
         if due == 0:
             return "refund_capped" if capped else "already_refunded"
         self._tier_changes(uow, account)
-        posting = ledger.post(conn, account, -due, kind=EntryKind.REFUND, allow_negative=True,
-                              key=f"stripe_refund:{charge_id}:{of_charge + due}", reference=charge_id,
-                              workspace_id=checkout.workspace_id, description="Stripe refund")
+        posting = grants.debit(conn, account, -due, kind=EntryKind.REFUND, allow_negative=True,
+                               key=f"stripe_refund:{charge_id}:{of_charge + due}", reference=charge_id,
+                               workspace_id=checkout.workspace_id, description="Stripe refund",
+                               first_key=_credit_key(checkout.id))
         if capped:
             return "refund_capped"
         return "refunded" if posting.entry.balance_after_cents >= 0 else "refunded_below_zero"

@@ -8,9 +8,9 @@ from domain.ids import new_id
 from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
 from domain.names import Task
 from domain.public_ids import PublicIds
-from domain.services import access
+from domain.services import access, grants
 from domain.services.context import Context
-from domain.store import operations, usage as store
+from domain.store import operations, spend, usage as store
 from domain.store.uow import Connection
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -65,14 +65,19 @@ class UsageService:
 def apply_batch(conn: Connection, op: Operation, public_ids: PublicIds) -> dict:
     """Debit one batch in the caller's transaction: every eventId at most once, never below zero."""
     events = [_event(e) for e in op.payload["events"]]
-    balance = store.lock_for_batch(conn, op.workspace_id, op.billing_account_id)
+    balance, held = store.lock_for_batch(conn, op.workspace_id, op.billing_account_id)
+    room = spend.standing(conn, op.workspace_id).room()
     found = store.prior(conn, op.workspace_id, op.billing_account_id,
                         [store.key(op.workspace_id, e.event_id) for e in events])
     prior_ids = {k.split(":", 2)[2]: entry_id for k, (entry_id, *_rest) in found.items()}
-    outcomes = usage.plan(balance, events, {k.split(":", 2)[2]: tuple(v[1:]) for k, v in found.items()})
+    outcomes = usage.plan(balance, events, {k.split(":", 2)[2]: tuple(v[1:]) for k, v in found.items()},
+                          held_cents=held, room_cents=room)
     debits = [o for o in outcomes if o.status == usage.DEBITED]
     ids, balance = store.insert(conn, op.billing_account_id, op.workspace_id, [
         _row(op.workspace_id, o) for o in debits]) if debits else ({}, balance)
+    spent = sum(o.event.amount_cents for o in debits)
+    grants.drawn(conn, op.billing_account_id, spent, max(ids.values(), default=0))
+    spend.add(conn, op.workspace_id, spent)
     entry_of = prior_ids | {o.event.event_id: ids[store.key(op.workspace_id, o.event.event_id)] for o in debits}
     return {"billingAccountId": op.billing_account_id, "workspaceId": op.workspace_id,
             "debited": len(debits), "debitedCents": sum(o.event.amount_cents for o in debits),

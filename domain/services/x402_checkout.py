@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 from datetime import timedelta
 
 from domain.errors import Conflict, ProviderError, Unavailable
+from domain.grants import PAID
 from domain.ids import new_id
 from domain.models import Caller, Checkout, Operation, Workspace
-from domain.names import CheckoutStatus, EntryKind, OperationStatus, Task
+from domain.names import CheckoutStatus, EntryKind, GrantSource, OperationStatus, Task
 from domain.providers.x402_types import FacilitatorUnavailable, Payment, PaymentRejected, Settlement
-from domain.services import access
+from domain.services import access, grants
 from domain.services.context import Context
-from domain.store import checkouts, ledger, operations, x402_payments
+from domain.store import checkouts, operations, x402_payments
 from domain.store.uow import Connection
 
 if TYPE_CHECKING:  # the x402 SDK is slow to import; only a configured gateway loads it
@@ -190,10 +191,11 @@ class X402CheckoutService:
 
     def _credit(self, conn: Connection, checkout: Checkout, transaction: str | None) -> dict:
         """x402_topup once per (network, payer, nonce), in the transaction that completes the checkout."""
-        posting = ledger.post(conn, checkout.billing_account_id, checkout.amount_cents, kind=EntryKind.X402_TOPUP,
-                              key=f"x402:{checkout.network}:{checkout.payer.lower()}:{checkout.nonce}",
-                              workspace_id=checkout.workspace_id, description="x402 top-up (USDC)",
-                              reference=checkout.id)
+        posting = grants.credit(conn, checkout.billing_account_id, checkout.amount_cents, PAID[GrantSource.X402],
+                                kind=EntryKind.X402_TOPUP,
+                                key=f"x402:{checkout.network}:{checkout.payer.lower()}:{checkout.nonce}",
+                                workspace_id=checkout.workspace_id, description="x402 top-up (USDC)",
+                                reference=checkout.id)
         if checkout.status != CheckoutStatus.COMPLETED:
             checkouts.change(conn, checkout.id, status=CheckoutStatus.COMPLETED, failure_reason=None,
                              details=checkout.details | {"transaction": transaction})

@@ -23,6 +23,49 @@ WHERE balance_after_cents <> before + amount_cents
 ORDER BY id
 """)
 
+# While the balance is >= 0 it is what the active grants hold; below zero they hold nothing.
+_GRANTS_MISMATCH = text("""
+SELECT a.id, a.balance_cents, COALESCE(g.total, 0) AS granted
+FROM billing_accounts a
+LEFT JOIN (SELECT billing_account_id, SUM(remaining_cents) AS total FROM grants WHERE status = 'active'
+           GROUP BY billing_account_id) g ON g.billing_account_id = a.id
+WHERE COALESCE(g.total, 0) <> GREATEST(a.balance_cents, 0)
+ORDER BY a.id
+""")
+
+_CREDIT_WITHOUT_GRANT = text("""
+SELECT e.id, e.billing_account_id FROM ledger_entries e
+WHERE e.amount_cents > 0 AND NOT EXISTS (
+    SELECT 1 FROM grants g WHERE g.billing_account_id = e.billing_account_id AND g.entry_id = e.id)
+ORDER BY e.id
+""")
+
+_DRAWS_MISMATCH = text("""
+SELECT g.billing_account_id, g.id FROM grants g
+LEFT JOIN (SELECT billing_account_id, grant_id, SUM(amount_cents) AS drawn FROM grant_draws
+           GROUP BY billing_account_id, grant_id) d ON d.billing_account_id = g.billing_account_id AND d.grant_id = g.id
+WHERE g.remaining_cents <> g.opened_cents - COALESCE(d.drawn, 0)
+ORDER BY g.billing_account_id, g.id
+""")
+
+# What an account's holds reserve is what its unsettled holds hold; a settled capture debited exactly its amount.
+_HELD_MISMATCH = text("""
+SELECT a.id, a.held_cents, COALESCE(h.total, 0) AS reserved
+FROM billing_accounts a
+LEFT JOIN (SELECT billing_account_id, SUM(amount_cents) AS total FROM holds WHERE settled_at IS NULL
+           GROUP BY billing_account_id) h ON h.billing_account_id = a.id
+WHERE a.held_cents <> COALESCE(h.total, 0)
+ORDER BY a.id
+""")
+
+_CAPTURE_MISMATCH = text("""
+SELECT h.billing_account_id, h.id FROM holds h
+WHERE h.settled_at IS NOT NULL AND h.captured_cents > 0 AND NOT EXISTS (
+    SELECT 1 FROM ledger_entries e WHERE e.billing_account_id = h.billing_account_id
+    AND e.idempotency_key = 'hold:' || h.id AND e.amount_cents = -h.captured_cents)
+ORDER BY h.billing_account_id, h.id
+""")
+
 
 def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
     """One line per broken invariant; empty when the ledger is sound."""
@@ -30,6 +73,16 @@ def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
              for row in conn.execute(_BALANCE_MISMATCH)]
     found += [f"entry {row.id} of account {row.billing_account_id}: balance_after does not follow the previous entry"
               for row in conn.execute(_BROKEN_CHAIN)]
+    found += [f"account {row.id}: balance {row.balance_cents} but its active grants hold {row.granted}"
+              for row in conn.execute(_GRANTS_MISMATCH)]
+    found += [f"entry {row.id} of account {row.billing_account_id}: a credit without its grant"
+              for row in conn.execute(_CREDIT_WITHOUT_GRANT)]
+    found += [f"grant {row.id} of account {row.billing_account_id}: remaining != opened - drawn"
+              for row in conn.execute(_DRAWS_MISMATCH)]
+    found += [f"account {row.id}: holds reserve {row.reserved} but held_cents is {row.held_cents}"
+              for row in conn.execute(_HELD_MISMATCH)]
+    found += [f"hold {row.id} of account {row.billing_account_id}: captured without its usage entry"
+              for row in conn.execute(_CAPTURE_MISMATCH)]
     found += [f"operation {op_id}: unfinished for more than {stuck_after}"
               for op_id in operations.stuck(conn, older_than=stuck_after)]
     return found

@@ -11,7 +11,8 @@ from domain.store.tables import billing_accounts, ledger_entries
 from domain.store.uow import note_postings
 
 # Lock the account row, insert the entry under its unique key, move the cached balance only if
-# the entry went in: all in one statement, so balance and entries cannot drift apart.
+# the entry went in: all in one statement, so balance and entries cannot drift apart. A credit always goes
+# in, also one that leaves a negative balance (after a refund) still below zero.
 _POST = text("""
 WITH inserted AS (
     INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
@@ -19,7 +20,7 @@ WITH inserted AS (
     SELECT a.id, :workspace_id, :kind, :amount, a.balance_cents + :amount, :description,
            :reference, :key
     FROM billing_accounts a
-    WHERE a.id = :account_id AND (:allow_negative OR a.balance_cents + :amount >= 0)
+    WHERE a.id = :account_id AND (:allow_negative OR :amount > 0 OR a.balance_cents + :amount >= 0)
     FOR NO KEY UPDATE
     ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
     RETURNING *
@@ -28,6 +29,14 @@ UPDATE billing_accounts SET balance_cents = inserted.balance_after_cents
 FROM inserted WHERE billing_accounts.id = inserted.billing_account_id
 RETURNING inserted.*
 """)
+
+
+_LOCK_ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
+
+
+def lock_account(conn: Connection, account_id: str) -> int | None:
+    """Lock the account row as a posting would; its balance, or None when there is no such account."""
+    return conn.execute(_LOCK_ACCOUNT, {"account_id": account_id}).scalar()
 
 
 @dataclass(frozen=True)

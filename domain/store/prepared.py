@@ -11,6 +11,7 @@ from datetime import datetime
 from psycopg import Connection
 
 from domain.models import BillingAccount, Entry
+from domain.store import balances
 
 _ACCOUNT_COLUMNS = "a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at"
 _WORKSPACE_JOINS = """
@@ -18,20 +19,28 @@ LEFT JOIN workspace_members m ON m.workspace_id = w.id AND m.user_id = {user}
 LEFT JOIN workspace_billing_accounts l
        ON l.workspace_id = w.id AND l.billing_account_id = COALESCE(%(account_id)s, w.default_billing_account_id)
 LEFT JOIN billing_accounts a ON a.id = l.billing_account_id"""
+# A balance read adds what the account's holds reserve and its active grants' split (domain.store.balances).
+_BALANCE_COLUMNS = ", a.held_cents, s.paid_cents, s.promotional_cents, x.next_expiry_at, x.next_expiry_cents"
 
-# The caller's user (from its live key), its role in the workspace, and the workspace's default (or named,
-# linked) account. No row: no live key has this hash. A null workspace id: no such workspace.
-WORKSPACE_FOR_KEY = f"""
-SELECT k.user_id, w.id, m.role, {_ACCOUNT_COLUMNS}
+
+def _statements(columns: str, joins: str) -> tuple[str, str]:
+    # The caller's user (from its live key), its role in the workspace, and the workspace's default (or named,
+    # linked) account. No row: no live key has this hash. A null workspace id: no such workspace.
+    for_key = f"""
+SELECT k.user_id, w.id, m.role, {columns}
 FROM api_keys k
-LEFT JOIN workspaces w ON w.id = %(workspace_id)s{_WORKSPACE_JOINS.format(user="k.user_id")}
+LEFT JOIN workspaces w ON w.id = %(workspace_id)s{_WORKSPACE_JOINS.format(user="k.user_id")}{joins}
 WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL"""
-
-# The same for a caller already known (a user, or the operator: user_id null, no role). No row: no workspace.
-WORKSPACE_FOR_USER = f"""
-SELECT %(user_id)s::varchar, w.id, m.role, {_ACCOUNT_COLUMNS}
-FROM workspaces w{_WORKSPACE_JOINS.format(user="%(user_id)s")}
+    # The same for a caller already known (a user, or the operator: user_id null, no role). No row: no workspace.
+    for_user = f"""
+SELECT %(user_id)s::varchar, w.id, m.role, {columns}
+FROM workspaces w{_WORKSPACE_JOINS.format(user="%(user_id)s")}{joins}
 WHERE w.id = %(workspace_id)s"""
+    return for_key, for_user
+
+
+WORKSPACE_FOR_KEY, WORKSPACE_FOR_USER = _statements(_ACCOUNT_COLUMNS, "")
+BALANCE_FOR_KEY, BALANCE_FOR_USER = _statements(_ACCOUNT_COLUMNS + _BALANCE_COLUMNS, balances.SPLIT)
 
 
 @dataclass(frozen=True)
@@ -40,22 +49,32 @@ class WorkspaceRead:
     workspace_found: bool
     role: str | None  # the user's role in the workspace; None: not a member
     account: BillingAccount | None  # None: that account is not linked to the workspace
+    current: balances.Current | None = None  # with_balance: the account's holds and grants
 
 
 def workspace_account(conn: Connection, workspace_id: str, account_id: str | None, *,
-                      key_hash: bytes | None = None, user_id: str | None = None) -> WorkspaceRead | None:
+                      key_hash: bytes | None = None, user_id: str | None = None,
+                      with_balance: bool = False) -> WorkspaceRead | None:
     """By key_hash (None: no live key has it) or by user_id (None: the operator)."""
     params = {"workspace_id": workspace_id, "account_id": account_id}
     if key_hash is not None:
-        row = conn.execute(WORKSPACE_FOR_KEY, params | {"key_hash": key_hash}, prepare=True).fetchone()
+        sql = BALANCE_FOR_KEY if with_balance else WORKSPACE_FOR_KEY
+        row = conn.execute(sql, params | {"key_hash": key_hash}, prepare=True).fetchone()
         if row is None:
             return None
     else:
-        row = conn.execute(WORKSPACE_FOR_USER, params | {"user_id": user_id}, prepare=True).fetchone()
+        sql = BALANCE_FOR_USER if with_balance else WORKSPACE_FOR_USER
+        row = conn.execute(sql, params | {"user_id": user_id}, prepare=True).fetchone()
         if row is None:
             return WorkspaceRead(user_id=user_id, workspace_found=False, role=None, account=None)
-    account = BillingAccount(*row[3:]) if row[3] is not None else None
-    return WorkspaceRead(user_id=row[0], workspace_found=row[1] is not None, role=row[2], account=account)
+    account = BillingAccount(*row[3:10]) if row[3] is not None else None
+    current = None
+    if with_balance and account is not None:
+        held, paid, promotional, expiry_at, expiry_cents = row[10:15]
+        current = balances.Current(account, balances.Grants(int(paid), int(promotional), expiry_at,
+                                                            int(expiry_cents or 0)), int(held))
+    return WorkspaceRead(user_id=row[0], workspace_found=row[1] is not None, role=row[2], account=account,
+                         current=current)
 
 
 _PAGE = ("SELECT id, billing_account_id, workspace_id, kind, amount_cents, balance_after_cents, description, "

@@ -69,6 +69,35 @@ ledger_entries = Table(
     Index("ledger_entries_account_kind_id", "billing_account_id", "kind", text("id DESC")),
     Index("ledger_entries_usage_overview", "workspace_id", "occurred_at",
           postgresql_include=["amount_cents", "quantity", "metric"], postgresql_where=text("kind = 'usage'")),
+    Index("ledger_entries_account_created", "billing_account_id", "created_at", "id",
+          postgresql_include=["balance_after_cents"]),
+)
+
+grants = Table(
+    "grants", metadata,
+    Column("billing_account_id", Text, ForeignKey("billing_accounts.id"), primary_key=True),
+    Column("id", Text, primary_key=True),
+    Column("entry_id", BigInteger, nullable=False),  # the credit that made it
+    Column("source", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("opened_cents", BigInteger, nullable=False),  # below amount when the credit paid off a debt first
+    Column("remaining_cents", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("closed_entry_id", BigInteger),  # the entry that took it to zero
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("billing_account_id", "entry_id", name="grants_one_per_entry"),
+)
+
+grant_draws = Table(
+    "grant_draws", metadata,
+    Column("billing_account_id", Text, primary_key=True),
+    Column("grant_id", Text, primary_key=True),
+    Column("entry_id", BigInteger, primary_key=True),  # the (last) entry of the movement that drew
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("remaining_after_cents", BigInteger, nullable=False),
 )
 
 workspaces = Table(

@@ -11,7 +11,7 @@ from domain.store.uow import note_postings
 # Usage batches of one workspace run one at a time (their eventIds share a key space), then the
 # account row is locked: the same order everywhere, so two batches cannot deadlock.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:workspace_id AS text), 0))")
-_ACCOUNT = text("SELECT balance_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
+_ACCOUNT = text("SELECT balance_cents, held_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
 # An eventId is looked for on the account debited and on every account linked to the workspace: one sent
 # again after the workspace changed its default account is still a duplicate. Each lookup is by
 # (billing_account_id, idempotency_key), the ledger's unique key; the workspace lock above serializes them.
@@ -25,13 +25,16 @@ WHERE billing_account_id = ANY(ARRAY(SELECT billing_account_id FROM workspace_bi
 
 # Every planned entry in one INSERT from one JSON document (ids follow the batch order, so the balance
 # chain holds), and the cached balance moved by exactly what went in. A key inserted meanwhile fails the
-# whole statement: the transaction rolls back and the task's retry sees it as a duplicate.
+# whole statement: the transaction rolls back and the task's retry sees it as a duplicate. The entries of a
+# batch share one created_at, as the batch draws from the grants once: a balance as of an instant sees the
+# whole batch or none of it.
 _INSERT = text("""
 WITH inserted AS (
     INSERT INTO ledger_entries (billing_account_id, workspace_id, kind, amount_cents, balance_after_cents,
-                                description, reference, idempotency_key, metric, quantity, occurred_at)
+                                description, reference, idempotency_key, metric, quantity, occurred_at,
+                                created_at)
     SELECT :account_id, :workspace_id, 'usage', -u.amount, u.balance_after, u.description, u.event_id,
-           u.key, u.metric, u.quantity, u.occurred_at
+           u.key, u.metric, u.quantity, u.occurred_at, statement_timestamp()
     FROM json_to_recordset(CAST(:rows AS json))
          AS u(ord int, amount bigint, balance_after bigint, description text, event_id text, key text,
               metric text, quantity bigint, occurred_at timestamptz)
@@ -60,13 +63,18 @@ def key(workspace_id: str, event_id: str) -> str:
     return f"usage:{workspace_id}:{event_id}"
 
 
-def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> int:
-    """Serialize the workspace's usage batches, lock the account; its balance."""
+def lock_workspace(conn: Connection, workspace_id: str) -> None:
+    """Serialize what the workspace spends: usage batches, new holds and captures (store.spend)."""
     conn.execute(_LOCK, {"workspace_id": workspace_id})
-    balance = conn.execute(_ACCOUNT, {"account_id": account_id}).scalar()
-    if balance is None:
+
+
+def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> tuple[int, int]:
+    """Serialize the workspace's usage batches, lock the account; its balance and what its holds reserve."""
+    lock_workspace(conn, workspace_id)
+    row = conn.execute(_ACCOUNT, {"account_id": account_id}).first()
+    if row is None:
         raise NotFound("billing account not found")
-    return int(balance)
+    return int(row.balance_cents), int(row.held_cents)
 
 
 def prior(conn: Connection, workspace_id: str, account_id: str,

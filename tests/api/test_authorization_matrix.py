@@ -28,8 +28,11 @@ from tests.standins.stripe_api import signed_event
 
 WEBHOOK_SECRET = "whsec_matrix"
 CALLERS = ("anonymous", "unknown", "revoked", "stranger", "member", "admin", "owner", "operator")
-MISSING = {"ws": "ws_" + "0" * 32, "ba": "ba_" + "0" * 32, "op": "op_" + "0" * 32, "chk": "chk_" + "0" * 32}
-WRITE_TABLES = (*TABLES, "checkouts")  # what a refused request must leave as it was
+MISSING = {"ws": "ws_" + "0" * 32, "ba": "ba_" + "0" * 32, "op": "op_" + "0" * 32, "chk": "chk_" + "0" * 32,
+           "hold": "hold_" + "0" * 32}
+# What a refused request must leave as it was: rows of these tables, and holds settled or captured.
+WRITE_TABLES = (*TABLES, "checkouts", "grants", "holds", "spend_limits", "holds WHERE settled_at IS NOT NULL",
+                "holds WHERE capture_operation_id IS NOT NULL")
 
 
 @dataclass
@@ -49,10 +52,11 @@ class World:
     spare: str  # the owner's, linked to another workspace of the owner only
     operation: str  # queued by the owner
     checkout: str  # a Stripe checkout of ws
+    holds: tuple[str, str]  # two holds on ws: one to capture, one to release
 
     def ids(self) -> dict[str, str]:
         return {"workspace_id": self.ws, "account_id": self.extra, "operation_id": self.operation,
-                "checkout_id": self.checkout}
+                "checkout_id": self.checkout, "hold_id": self.holds[0]}
 
     def own_unlinked_account(self, caller: str) -> str:
         """An account the caller owns that is not linked to ws (the operator owns none)."""
@@ -115,6 +119,7 @@ ENDPOINTS = [
     Endpoint("GET", "/billing-accounts/{account_id}/balance",          (401, 401, 401, 404, 404, 404, 200, 200)),
     Endpoint("GET", "/billing-accounts/{account_id}/summary",          (401, 401, 401, 404, 404, 404, 200, 200)),
     Endpoint("GET", "/billing-accounts/{account_id}/transactions",     (401, 401, 401, 404, 404, 404, 200, 200)),
+    Endpoint("GET", "/billing-accounts/{account_id}/grants",           (401, 401, 401, 404, 404, 404, 200, 200)),
     Endpoint("GET", WS + "/billing/accounts",                          (401, 401, 401, 404, 200, 200, 200, 200)),
     Endpoint("POST", WS + "/billing/accounts",                         (401, 401, 401, 404, 403, 201, 201, 403),
              _json({"name": "New"})),
@@ -127,6 +132,18 @@ ENDPOINTS = [
     Endpoint("GET", WS + "/billing/balance",                           (401, 401, 401, 404, 200, 200, 200, 200)),
     Endpoint("GET", WS + "/billing/transactions",                      (401, 401, 401, 404, 200, 200, 200, 200)),
     Endpoint("GET", WS + "/billing/summary",                           (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("GET", WS + "/billing/grants",                            (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("POST", WS + "/billing/holds",                            (401, 401, 401, 404, 403, 403, 403, 201),
+             _json({"amountCents": 1})),
+    Endpoint("GET", WS + "/billing/holds",                             (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("GET", WS + "/billing/holds/{hold_id}",                   (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("POST", WS + "/billing/holds/{hold_id}/capture",          (401, 401, 401, 404, 403, 403, 403, 202),
+             _json({"amountCents": 1})),
+    Endpoint("POST", WS + "/billing/holds/{hold_id}/release",          (401, 401, 401, 404, 403, 403, 403, 200),
+             ids=lambda w, caller: {"hold_id": w.holds[1]}),
+    Endpoint("GET", WS + "/billing/spend-limit",                       (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("PUT", WS + "/billing/spend-limit",                       (401, 401, 401, 404, 403, 200, 200, 403),
+             _json({"monthlyLimitCents": None})),
     Endpoint("POST", WS + "/billing/credits",                          (401, 401, 401, 404, 403, 403, 403, 202),
              _json({"amountCents": 100})),
     Endpoint("POST", WS + "/billing/usage",                            (401, 401, 401, 404, 403, 403, 403, 202),
@@ -192,6 +209,8 @@ def new_world(api: Api, services: Services) -> World:
     spare = new_linked_account(api, owner, side, "Spare")["id"]
     operation = _created(api.call("POST", f"/workspaces/{ws}/rate-limits/refresh", owner.key), 202)["id"]
     checkout = _created(api.call("POST", f"/workspaces/{ws}/billing/checkout", owner.key, json=CHECKOUT))["id"]
+    holds = tuple(_created(api.operator("POST", f"/workspaces/{ws}/billing/holds", json={"amountCents": 1}))["id"]
+                  for _ in range(2))
     assert api.call("GET", "/users/me", people["revoked"].key).status_code == 200
     with services.ctx.uow() as uow:  # no endpoint revokes keys; the store's function does
         assert user_store.revoke_keys(uow.conn, people["revoked"].id) == 1
@@ -199,7 +218,7 @@ def new_world(api: Api, services: Services) -> World:
     keys = {"anonymous": None, "unknown": "bk_" + "x" * 43, "operator": OPERATOR_TOKEN}
     keys |= {name: people[name].key for name in ("revoked", "stranger", "member", "admin", "owner")}
     return World(keys, people, ws, side, api.new_workspace(people["stranger"], "Theirs")["id"], extra,
-                 {"admin": first, "owner": second}, spare, operation, checkout)
+                 {"admin": first, "owner": second}, spare, operation, checkout, holds)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +288,8 @@ def test_another_users_object_in_the_path_answers_like_one_that_does_not_exist(a
     """The stranger names the owner's workspace, account, operation, checkout: as if there were none, or as
     if the id did not even parse."""
     foreign = call(api, world, endpoint, "stranger")
-    prefixes = {"workspace_id": "ws", "account_id": "ba", "operation_id": "op", "checkout_id": "chk"}
+    prefixes = {"workspace_id": "ws", "account_id": "ba", "operation_id": "op", "checkout_id": "chk",
+                "hold_id": "hold"}
     for name in re.findall(r"\{(\w+)\}", endpoint.path):
         for missing in (MISSING[prefixes[name]], "not-an-id"):
             _same_as_missing(foreign, call(api, world, endpoint, "stranger", **{name: missing}))

@@ -5,9 +5,10 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from domain.grants import Terms
 from domain.models import OPERATOR_CALLER
 from domain.names import Task
-from domain.services import credit_batches
+from domain.services import credit_batches, grants
 from domain.services.credit_batches import BATCH_SIZE
 from tests.api.checks import assert_problem, row_counts
 from domain.store import ledger
@@ -77,6 +78,7 @@ def test_one_statement_posts_many_credits_per_account_in_order_and_never_a_key_t
                enumerate([(a, 5), (b, 7), (a, 11), (a, 13), (b, 17)])]
     with engine.begin() as conn:
         posted = ledger.post_credits(conn, credits, kind="credit_grant")
+        grants.open_grants(conn, [(posted[c.key], Terms("operator")) for c in credits])  # as the batch does
     assert [(posted[c.key].billing_account_id, posted[c.key].balance_after_cents) for c in credits] == [
         (a, 1005), (b, 1007), (a, 1016), (a, 1029), (b, 1024)]
     ids = [posted[c.key].id for c in credits]

@@ -36,7 +36,9 @@ FACILITATOR_PATHS = {"/verify", "/settle"}  # the x402 facilitator's, which the 
 
 
 def contract_paths() -> set[str]:
-    named = {endpoint.split(" ", 1)[1] for endpoint in contract.endpoints()}
+    # The Wave 2 section writes the account's id as {id}; the document names it as everywhere else.
+    named = {endpoint.split(" ", 1)[1].replace("/billing-accounts/{id}/", "/billing-accounts/{billingAccountId}/")
+             for endpoint in contract.endpoints()}
     return CONTRACT_PATHS | (named - FACILITATOR_PATHS)
 
 

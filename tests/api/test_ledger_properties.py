@@ -1,10 +1,12 @@
-"""Random interleavings of credits, usage, links, unlinks, default switches and a worker that reorders and
-redelivers its messages keep every ledger invariant after every step (a hypothesis state machine)."""
+"""Random interleavings of credits (with grant terms), usage, grant expiries, holds placed, captured and released,
+links, unlinks, default switches and a worker that reorders and redelivers its messages keep every ledger invariant
+after every step (a hypothesis state machine): balance = entries = the remaining amounts of the active grants, each
+drawn in the contract's order, and available = balance - what unsettled holds reserve, never below zero."""
 import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, Phase, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
@@ -25,12 +27,41 @@ EVENT = st.tuples(st.integers(0, 5), st.integers(1, 700), st.sampled_from(["toke
 DELIVERIES = st.lists(st.integers(0, 10_000), max_size=2)  # messages the worker applies meanwhile
 BAD_AMOUNTS = [0, -5, 100_000_001, 12.5, "100", True, None]
 FAR_AWAY = timedelta(days=1)  # the audit's "stuck" line: nothing here is stuck, however slow the run
+TERMS = st.fixed_dictionaries({}, optional={"priority": st.sampled_from([0, 50, 90]),
+                                            "expiresAt": st.sampled_from([1, 2, 3]),
+                                            "category": st.sampled_from(["paid", "promotional"])})
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 _ENTRIES = text("SELECT billing_account_id, amount_cents, balance_after_cents, idempotency_key FROM ledger_entries "
                 "WHERE billing_account_id = ANY(:ids) ORDER BY id")
 _ENTRIES_BY_ID = text("SELECT * FROM ledger_entries WHERE id = ANY(:ids)")
 _BALANCES = text("SELECT id, balance_cents FROM billing_accounts WHERE id = ANY(:ids)")
 _OPERATIONS = text("SELECT id, status FROM operations WHERE workspace_id = ANY(:ids)")
+_GRANTS = text("SELECT e.idempotency_key, g.remaining_cents, g.status, g.category FROM grants g "
+               "JOIN ledger_entries e ON e.id = g.entry_id WHERE g.billing_account_id = ANY(:ids)")
+_EXPIRE_NOW = text("UPDATE grants g SET expires_at = now() - interval '1 second' FROM ledger_entries e "
+                   "WHERE e.id = g.entry_id AND e.idempotency_key = :key AND g.billing_account_id = :account")
+
+
+@dataclass
+class ModelHold:
+    id: str
+    workspace: "Workspace"
+    account: str
+    amount: int
+    status: str = "active"
+    reserving: bool = True
+    operation: str | None = None  # its capture's
+
+
+@dataclass
+class ModelGrant:
+    key: str  # the credit's ledger key
+    order: tuple  # (priority, expiresAt, entry id): debits draw in this order
+    remaining: int
+    category: str
+    status: str = "active"
+    expires: bool = False
 
 
 @dataclass
@@ -70,6 +101,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ops: dict[str, Queued] = {}
         self.unfinished: set[str] = set()
         self.keys: dict[str, tuple[str, str, str]] = {}  # Idempotency-Key -> (path, body, operation id)
+        self.grants: dict[str, list[ModelGrant]] = {}  # billing account -> its grants
+        self.holds: list[ModelHold] = []
         self.first_message = len(queue.sent)
 
     # -- picking among what exists -------------------------------------------------------------------------
@@ -137,6 +170,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.users.append(user)
         self.owner_of[user.default_account_id] = user.id
         self.postings[user.default_account_id] = [1000]
+        self.grants[user.default_account_id] = [ModelGrant(f"intro:{user.id}", (50, NEVER, 0), 1000, "promotional")]
         return user
 
     def _new_workspace(self, user: UserKey, account: str | None) -> Workspace | None:
@@ -175,7 +209,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if change == "create":
                 account = result.json["id"]
                 assert (result.json["balanceCents"], result.json["ownerUserId"]) == (0, user.id)
-                self.owner_of[account], self.postings[account] = user.id, []
+                self.owner_of[account], self.postings[account], self.grants[account] = user.id, [], []
             ws.linked = ws.linked - {account} if change == "unlink" else ws.linked | {account}
             ws.default = account if change == "default" else ws.default
         owner = next(u for u in self.users if u.id == ws.owner)
@@ -232,15 +266,75 @@ class LedgerMachine(RuleBasedStateMachine):
         if key:
             self.keys[key] = (*request, result.json["id"])
 
-    @rule(ws=PICK, credits=st.lists(st.tuples(st.integers(1, 3000) | st.sampled_from(BAD_AMOUNTS), KEY),
+    @rule(ws=PICK, credits=st.lists(st.tuples(st.integers(1, 3000) | st.sampled_from(BAD_AMOUNTS), KEY, TERMS),
                                     min_size=1, max_size=3), then=DELIVERIES)
     def credit(self, ws: int, credits: list[tuple], then: list[int]) -> None:
-        """Credits (several, so that a batch holds more than one of an account); meanwhile the worker may
-        deliver some messages."""
-        for cents, key in credits:
+        """Credits (several, so that a batch holds more than one of an account), some with a priority, an
+        expiresAt (years ahead) or a category; meanwhile the worker may deliver some messages."""
+        for cents, key, terms in credits:
             valid = type(cents) is int and 1 <= cents <= 100_000_000
-            self._accept("credit", self._ws(ws), {"amountCents": cents}, key, valid=valid)
+            if "expiresAt" in terms:
+                terms = terms | {"expiresAt": f"{datetime.now(UTC).year + terms['expiresAt']}-06-01T00:00:00Z"}
+            self._accept("credit", self._ws(ws), {"amountCents": cents} | terms, key, valid=valid)
         self._deliver(then)
+
+    def _held(self, account: str) -> int:
+        return sum(h.amount for h in self.holds if h.account == account and h.reserving)
+
+    def _expirable(self) -> list[tuple[str, ModelGrant]]:
+        """Active grants with an expiresAt whose expiry leaves the holds of their account covered (the machine
+        keeps balances >= 0; a capture that an expiry left uncovered is tests/api/test_holds.py's)."""
+        return [(account, g) for account, gs in self.grants.items() for g in gs if g.expires and g.status == "active"
+                and sum(self.postings[account]) - g.remaining >= self._held(account)]
+
+    @rule(ws=PICK, cents=st.integers(1, 1500), key=KEY)
+    def place_hold(self, ws: int, cents: int, key: int | None) -> None:
+        """A hold on the workspace's default account: 201 when what is available covers it, else 402."""
+        ws = self._ws(ws)
+        result = self.api.operator("POST", f"/workspaces/{ws.id}/billing/holds", json={"amountCents": cents})
+        available = sum(self.postings[ws.default]) - self._held(ws.default)
+        if self._expect(result, 201 if cents <= available else 402):
+            assert (result.json["billingAccountId"], result.json["amountCents"]) == (ws.default, cents)
+            self.holds.append(ModelHold(result.json["id"], ws, ws.default, cents))
+
+    @precondition(lambda self: self.holds)
+    @rule(pick=PICK, cents=st.integers(0, 1500), then=DELIVERIES)
+    def capture_hold(self, pick: int, cents: int, then: list[int]) -> None:
+        """Capture (queued): the first capture's operation again, 422 past the hold, 409 once it is not active."""
+        hold = self.holds[pick % len(self.holds)]
+        result = self.api.operator("POST", f"/workspaces/{hold.workspace.id}/billing/holds/{hold.id}/capture",
+                                   json={"amountCents": cents})
+        if hold.operation is not None:
+            assert result.status_code == 202 and result.json["id"] == hold.operation, result.text
+        elif self._expect(result, 422 if cents > hold.amount else 409 if hold.status != "active" else 202):
+            hold.operation, hold.status = result.json["id"], "captured" if cents else "released"
+            self.ops[hold.operation] = Queued(hold.operation, "hold_capture", hold.workspace, hold.account,
+                                              {"amountCents": cents, "holdId": hold.id})
+            self.unfinished.add(hold.operation)
+        self._deliver(then)
+
+    @precondition(lambda self: self.holds)
+    @rule(pick=PICK)
+    def release_hold(self, pick: int) -> None:
+        hold = self.holds[pick % len(self.holds)]
+        result = self.api.operator("POST", f"/workspaces/{hold.workspace.id}/billing/holds/{hold.id}/release")
+        if self._expect(result, 409 if hold.status == "captured" else 200):
+            if hold.status == "active":
+                hold.status, hold.reserving = "released", False
+            assert result.json["status"] == hold.status
+
+    @precondition(lambda self: self._expirable())
+    @rule(pick=PICK)
+    def a_grant_expires(self, pick: int) -> None:
+        """Time passes a grant's expiresAt: the beat job debits what is left of it, once however often it runs."""
+        due = self._expirable()
+        account, grant = due[pick % len(due)]
+        with self.engine.begin() as conn:
+            conn.execute(_EXPIRE_NOW, {"key": grant.key, "account": account})
+        self.services.grants.expire_due()
+        self.services.grants.expire_due()
+        self.postings[account].append(-grant.remaining)
+        grant.remaining, grant.status = 0, "expired"
 
     @rule(ws=PICK, events=st.lists(EVENT, min_size=1, max_size=4), key=KEY, then=DELIVERIES)
     def record_usage(self, ws: int, events: list[tuple], key: int | None, then: list[int]) -> None:
@@ -275,10 +369,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def _plan(self, op: Queued) -> list[tuple[str, str, int | None]]:
         """What a usage batch must do now: (eventId, debited|duplicate|refused, balance after a debit)."""
         balance, seen, planned = sum(self.postings[op.account]), set(op.workspace.consumed), []
+        held = self._held(op.account)
         for event in op.body["events"]:
             if event["eventId"] in seen:
                 planned.append((event["eventId"], "duplicate", None))
-            elif event["amountCents"] > balance:
+            elif event["amountCents"] > balance - held:
                 planned.append((event["eventId"], "refused", None))
             else:
                 balance -= event["amountCents"]
@@ -297,6 +392,8 @@ class LedgerMachine(RuleBasedStateMachine):
         txn_ids = [entry_of(r["result"]["transactionId"]) for r in results.values() if r["kind"] == "credit"]
         txn_ids += [entry_of(e["transactionId"]) for r in results.values() if r["kind"] == "usage"
                     for e in r["result"]["events"] if e["transactionId"]]
+        txn_ids += [entry_of(r["result"]["transactionId"]) for r in results.values()
+                    if r["kind"] == "hold_capture" and r["result"]["transactionId"]]
         with self.engine.connect() as conn:
             entries = {row.id: row for row in conn.execute(_ENTRIES_BY_ID, {"ids": txn_ids})}
         credits = sorted((i for i in done if self.ops[i].kind == "credit"),
@@ -306,7 +403,25 @@ class LedgerMachine(RuleBasedStateMachine):
         for operation_id in (i for i in done if self.ops[i].kind == "usage"):
             assert predicted is not None, f"usage {operation_id} applied by another operation's message"
             self._take_in_usage(self.ops[operation_id], results[operation_id], predicted, entries)
+        for operation_id in (i for i in done if self.ops[i].kind == "hold_capture"):
+            self._take_in_capture(self.ops[operation_id], results[operation_id], entries)
         self.unfinished -= set(done)
+
+    def _take_in_capture(self, op: Queued, found: dict, entries: dict) -> None:
+        assert found["status"] == "succeeded", found
+        hold, cents, result = next(h for h in self.holds if h.id == op.body["holdId"]), op.body["amountCents"], \
+            found["result"]
+        assert (result["holdId"], result["capturedCents"], result["releasedCents"]) == (hold.id, cents,
+                                                                                        hold.amount - cents)
+        if cents:
+            entry = entries[self.services.ctx.ids.entry_of(result["transactionId"])]
+            assert (entry.kind, entry.amount_cents, entry.idempotency_key) == ("usage", -cents, f"hold:{hold.id}")
+            assert entry.balance_after_cents == sum(self.postings[op.account]) - cents
+            self.postings[op.account].append(-cents)
+            self._draw(op.account, cents)
+        else:
+            assert result["transactionId"] is None
+        hold.reserving = False
 
     def _take_in_credit(self, op: Queued, found: dict, entries: dict) -> None:
         assert found["status"] == "succeeded", found
@@ -319,6 +434,19 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result["balanceAfterCents"] == entry.balance_after_cents == sum(self.postings[op.account]) + \
             op.body["amountCents"]
         self.postings[op.account].append(op.body["amountCents"])
+        expires = op.body.get("expiresAt")
+        order = (op.body.get("priority", 50), datetime.fromisoformat(expires) if expires else NEVER, entry.id)
+        self.grants[op.account].append(ModelGrant(f"op:{op.id}", order, op.body["amountCents"],
+                                                  op.body.get("category", "promotional"), expires=bool(expires)))
+
+    def _draw(self, account: str, cents: int) -> None:
+        """The model's draw: the active grants in the contract's order."""
+        for grant in sorted((g for g in self.grants[account] if g.status == "active"), key=lambda g: g.order):
+            take = min(cents, grant.remaining)
+            grant.remaining, cents = grant.remaining - take, cents - take
+            grant.status = "active" if grant.remaining else "depleted"
+            if cents == 0:
+                return
 
     def _take_in_usage(self, op: Queued, found: dict, predicted: list, entries: dict) -> None:
         assert found["status"] == "succeeded", found
@@ -340,6 +468,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 op.workspace.consumed[event["eventId"]] = (
                     event["metric"], event["quantity"], event["amountCents"], outcome["transactionId"])
                 self.postings[op.account].append(-event["amountCents"])
+                self._draw(op.account, event["amountCents"])
             else:
                 first = op.workspace.consumed[event["eventId"]]
                 assert outcome["transactionId"] == first[3]
@@ -379,6 +508,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self._every_accepted_request_is_one_operation_of_ours()
         self._the_audit_finds_nothing_wrong_with_our_accounts()
         self._each_workspace_reads_its_default_account()
+        self._each_grant_holds_what_the_model_drew_from_it()
 
     def _each_ledger_is_the_model_and_chains_and_never_goes_below_zero(self) -> None:
         accounts = list(self.owner_of)
@@ -417,6 +547,18 @@ class LedgerMachine(RuleBasedStateMachine):
             balance = self.api.call("GET", f"/workspaces/{ws.id}/billing/balance", owner.key).json
             assert (balance["billingAccountId"], balance["balanceCents"]) == (ws.default,
                                                                               sum(self.postings[ws.default]))
+            assert balance["availableCents"] == sum(self.postings[ws.default]) - self._held(ws.default) >= 0
+            active = [g for g in self.grants[ws.default] if g.status == "active"]
+            assert (balance["paidCents"], balance["promotionalCents"]) == tuple(
+                sum(g.remaining for g in active if g.category == c) for c in ("paid", "promotional"))
+
+    def _each_grant_holds_what_the_model_drew_from_it(self) -> None:
+        with self.engine.connect() as conn:
+            found = {row.idempotency_key: (row.remaining_cents, row.status, row.category)
+                     for row in conn.execute(_GRANTS, {"ids": list(self.owner_of)})}
+        assert found == {g.key: (g.remaining, g.status, g.category) for gs in self.grants.values() for g in gs}
+        for account, grants in self.grants.items():
+            assert sum(g.remaining for g in grants if g.status == "active") == sum(self.postings[account])
 
     def teardown(self) -> None:
         """Apply what is still queued, so no credit of ours is left to the tests that follow."""
@@ -444,7 +586,22 @@ def test_a_redelivered_usage_message_applies_the_credits_queued_before_it_after_
     only, and its redelivery is a wake-up that applies the credit queued before the batch."""
     machine = LedgerMachine(api, services, queue, engine)
     replay(machine, ("a_small_company", {}),
-           ("credit", {"ws": 0, "credits": [(219, None)], "then": []}),
+           ("credit", {"ws": 0, "credits": [(219, None, {})], "then": []}),
            ("record_usage", {"ws": 0, "events": [(2, 386, "tokens", 2)], "key": None, "then": []}),
            ("the_worker_delivers", {"picks": [1, 1]}))
     assert machine.postings[machine.workspaces[0].default] == [1000, -386, 219]
+
+
+def test_grants_are_drawn_by_priority_and_what_is_left_of_one_expires_once(api, services, queue, engine):
+    """The machine's rules for grant terms and expiries, in one sequence that surely takes them."""
+    machine = LedgerMachine(api, services, queue, engine)
+    replay(machine, ("a_small_company", {}),
+           ("credit", {"ws": 0, "credits": [(300, None, {"priority": 90}),
+                                            (500, None, {"priority": 10, "expiresAt": 1})], "then": [0]}),
+           ("record_usage", {"ws": 0, "events": [(1, 300, "tokens", 1)], "key": None, "then": [2]}),
+           ("a_grant_expires", {"pick": 0}),
+           ("record_usage", {"ws": 0, "events": [(2, 1200, "tokens", 1)], "key": None, "then": [3]}))
+    account = machine.workspaces[0].default
+    assert machine.postings[account] == [1000, 300, 500, -300, -200, -1200]
+    assert [(g.remaining, g.status) for g in machine.grants[account]] == [(0, "depleted"), (100, "active"),
+                                                                         (0, "expired")]

@@ -14,6 +14,12 @@ NOT_LEDGER = {
     "idempotency_keys": "keyed by (caller, Idempotency-Key): a request is claimed before its account is resolved",
     "service_keys": "a handful of service-wide secrets (the public-id key): a reference table",
     "stripe_events": "Stripe's inbox, keyed by Stripe's event id: stored on receipt, before its account is known",
+    # Workspace-side like workspaces: a workspace's month of spending crosses the accounts it was bound to over
+    # time. Not ready either: a usage debit or a hold updates workspace_spend in the transaction that moves the
+    # account's money, which on Citus spans the workspace's shard and the account's (docs/scaling.md).
+    "spend_limits": "a workspace's monthly limit and alert steps, keyed by workspace",
+    "workspace_spend": "what a workspace spent per UTC month (usage and captures), keyed by (workspace, month)",
+    "spend_limit_alerts": "the alert steps a workspace crossed per month, keyed by (workspace, month, percent)",
 }
 
 # Ledger-side tables that are not ready yet: each carries billing_account_id, but a key of theirs must stay
@@ -23,6 +29,8 @@ NOT_YET = {
                   "the caller's idempotency scope, whatever account the workspace defaults to by the retry",
     "checkouts": "an external payment is credited once however many workspaces present it: unique "
                  "(provider, provider_ref) and (network, payer, nonce) must hold across all accounts",
+    "holds": "named in the API by workspace and id (no account in the path), and claimed once per caller's "
+             "idempotency scope: unique (workspace_id, id) and (created_by, idempotency_scope) stay global",
 }
 
 # The column a ledger-side table is distributed by, where it is not billing_account_id.

@@ -17,7 +17,7 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem
-from tests.factories import OPERATOR_TOKEN, Api
+from tests.factories import OPERATOR_TOKEN, Api, post
 from tests.standins.stripe_api import charge_refunded, signed_event, stripe_signature
 from worker.cli import main as billing
 
@@ -211,9 +211,7 @@ def test_a_refund_may_take_the_balance_below_zero(sapi, stripe_api, stripe_servi
     paid = stripe_api.pay(checkout["stripeSessionId"])
     _deliver(sapi, "checkout.session.completed", paid)
     _apply_queued(stripe_services, queue)
-    with engine.begin() as conn:  # spend it all
-        from domain.store import ledger
-        ledger.post(conn, owner.default_account_id, -6000, kind="usage", key=f"spend:{owner.id}")
+    post(stripe_services, owner.default_account_id, -6000, key=f"spend:{owner.id}")  # spend it all
     _deliver(sapi, "charge.refunded", charge_refunded(paid["payment_intent"], 5000))
     assert _apply_queued(stripe_services, queue) == ["refunded_below_zero"]
     assert _balance(sapi, owner, ws) == -5000

@@ -11,6 +11,7 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
 from tests.factories import post
+from tests.processes import wait_for_operations
 
 
 def _workspace(stack):
@@ -121,3 +122,30 @@ def test_billing_reconcile_skips_an_unconfigured_stripe_unless_asked_for_it(stac
     assert lines[0] == "stripe: skipped, not configured (STRIPE_API_KEY)" and lines[1].startswith("x402: reconciled ")
     _one_line_error(stack.billing("reconcile", "--provider", "stripe"),
                     "billing: configuration error: STRIPE_API_KEY is not set")
+
+
+def test_billing_grants_and_holds_show_and_settle_what_the_api_does(stack, engine):
+    owner, workspace = _workspace(stack)
+    ws = workspace["id"]
+    credit = stack.api.operator("POST", f"/workspaces/{ws}/billing/credits", json={
+        "amountCents": 700, "priority": 5, "expiresAt": "2099-01-01T00:00:00Z"})
+    assert credit.status_code == 202
+    assert wait_for_operations(engine, [credit.json["id"]]) == {credit.json["id"]: "succeeded"}
+    listed = stack.billing("grants", ws)
+    assert listed.returncode == 0, listed.stderr
+    assert [(g["amountCents"], g["priority"], g["source"]) for g in map(json.loads, listed.stdout.splitlines())] == [
+        (700, 5, "operator"), (1000, 50, "intro")]
+    assert stack.billing("grants", ws, "--status", "expired").stdout == ""
+
+    kept, released, expiring = (stack.api.operator("POST", f"/workspaces/{ws}/billing/holds",
+                                                   json={"amountCents": 100}).json["id"] for _ in range(3))
+    done = stack.billing("holds", "release", ws, released)
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "released", done.stderr
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE holds SET expires_at = now() WHERE id = :id"), {"id": expiring})
+    expired = stack.billing("expire")
+    assert expired.returncode == 0 and "released 1 expired hold(s)" in expired.stdout, expired.stderr
+    shown = {h["id"]: h["status"] for h in map(json.loads, stack.billing("holds", "list", ws).stdout.splitlines())}
+    assert shown == {kept: "active", released: "released", expiring: "expired"}
+    _one_line_error(stack.billing("holds", "release", ws, "hold_" + "0" * 32), "billing: hold not found")
+    assert stack.billing("audit").returncode == 0

@@ -4,7 +4,8 @@ import pytest
 from worker.cli import main, parser
 from worker.processes import api_argv, flower_argv
 
-OPERATOR_COMMANDS = [["audit"], ["relay"], ["reconcile"], ["credit"], ["tiers"], ["tiers", "refresh"], ["flower"]]
+OPERATOR_COMMANDS = [["audit"], ["relay"], ["reconcile"], ["credit"], ["tiers"], ["tiers", "refresh"], ["flower"],
+                     ["grants"], ["expire"], ["holds"], ["holds", "list"], ["holds", "release"], ["holds", "expire"]]
 
 
 @pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
@@ -25,6 +26,9 @@ def test_every_operator_command_explains_itself(command, capsys):
     (["tiers", "refresh", "ws_1", "--all"], "not allowed with argument WORKSPACE_ID"),
     (["reconcile", "--provider", "paypal"], "invalid choice: 'paypal'"),
     (["reconcile", "--older-than", "-5"], "--older-than must be a whole number"),
+    (["grants", "ws_1", "--status", "open"], "invalid choice: 'open'"),
+    (["holds", "release", "ws_1"], "the following arguments are required: HOLD_ID"),
+    (["holds"], "required: holds_command"),
 ])
 def test_wrong_arguments_are_refused_with_usage_and_one_reason(argv, complaint, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -6,8 +6,8 @@ tests/api/test_shard_ready_schema.py. Rebuilding these indexes takes a write loc
 as the builds run: on a large ledger, run it in a maintenance window."""
 from alembic import op
 
-revision = "0008"
-down_revision = "0006"  # the lead re-chains it after 0007 (grants and holds) on merge
+revision = "0009"
+down_revision = "0008"
 
 DDL = """
 -- An entry's idempotency key is unique within its account: every key names something of one account (its
@@ -26,7 +26,9 @@ DELETE FROM usage_rollups;
 INSERT INTO usage_rollups (billing_account_id, workspace_id, hour, metric, usage_cents, quantity, events)
 SELECT billing_account_id, workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
        metric, -SUM(amount_cents), SUM(quantity), COUNT(*)
-FROM ledger_entries WHERE kind = 'usage' GROUP BY 1, 2, 3, 4;
+FROM ledger_entries
+WHERE kind = 'usage' AND metric IS NOT NULL AND workspace_id IS NOT NULL AND occurred_at IS NOT NULL  -- metered
+GROUP BY 1, 2, 3, 4;  -- events only: a hold's capture is usage without a metric, never rolled up
 ALTER TABLE usage_rollups ALTER COLUMN billing_account_id SET NOT NULL,
     DROP CONSTRAINT usage_rollups_pkey,
     ADD CONSTRAINT usage_rollups_pkey PRIMARY KEY (billing_account_id, workspace_id, hour, metric),

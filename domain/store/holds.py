@@ -1,0 +1,148 @@
+"""Hold SQL: reserve, capture, release, expire; billing_accounts.held_cents follows every hold that reserves.
+
+A hold reserves from its creation until it settles (settled_at): released, expired, or its capture applied.
+Statements that change what an account reserves hold its row locked, taken first (as postings do).
+"""
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+from domain.models import Hold
+from domain.store import spend
+
+_COLUMNS = ("h.billing_account_id, h.id, h.workspace_id, h.amount_cents, h.captured_cents, h.status, h.description, "
+            "h.reference, h.expires_at, h.created_at, h.settled_at, h.capture_operation_id")
+
+
+def _hold(row) -> Hold:
+    return Hold(id=row["id"], workspace_id=row["workspace_id"], billing_account_id=row["billing_account_id"],
+                amount_cents=row["amount_cents"], captured_cents=row["captured_cents"], status=row["status"],
+                description=row["description"], reference=row["reference"], expires_at=row["expires_at"],
+                created_at=row["created_at"], settled_at=row["settled_at"],
+                capture_operation_id=row["capture_operation_id"])
+
+
+# The workspace's default account reserves the amount only if what is available covers it and the month's
+# spending, what the workspace's holds reserve and this amount stay within its spend limit; the UPDATE locks the
+# account row and re-checks the balance on it, so concurrent holds never reserve more than is available.
+_RESERVE = text(f"""
+WITH reserved AS (
+    UPDATE billing_accounts a SET held_cents = a.held_cents + :amount
+    FROM workspaces w
+    WHERE w.id = :workspace_id AND a.id = w.default_billing_account_id AND a.balance_cents - a.held_cents >= :amount
+      AND ({spend.LIMIT} IS NULL OR {spend.SPENT} + {spend.RESERVED} + :amount <= {spend.LIMIT})
+    RETURNING a.id
+)
+INSERT INTO holds AS h (billing_account_id, id, workspace_id, amount_cents, description, reference, expires_at,
+                        created_by, idempotency_scope)
+SELECT reserved.id, :id, :workspace_id, :amount, :description, :reference,
+       clock_timestamp() + make_interval(secs => :seconds), :created_by, :scope
+FROM reserved
+RETURNING {_COLUMNS}
+""")
+_WHY_NOT = text("""
+SELECT a.balance_cents - a.held_cents AS available FROM workspaces w
+JOIN billing_accounts a ON a.id = w.default_billing_account_id WHERE w.id = :workspace_id
+""")
+
+
+def reserve(conn: Connection, *, hold_id: str, workspace_id: str, amount_cents: int, seconds: int, description: str,
+            reference: str | None, created_by: str, scope: str | None) -> Hold | None:
+    """A new hold on the workspace's default account; None when it was refused (see available())."""
+    row = conn.execute(_RESERVE, {"id": hold_id, "workspace_id": workspace_id, "amount": amount_cents,
+                                  "seconds": seconds, "description": description, "reference": reference,
+                                  "created_by": created_by, "scope": scope}).mappings().first()
+    return _hold(row) if row else None
+
+
+def available(conn: Connection, workspace_id: str) -> int | None:
+    """What the workspace's default account has available (balance less holds); None: no such workspace."""
+    return conn.execute(_WHY_NOT, {"workspace_id": workspace_id}).scalar()
+
+
+_BY_SCOPE = text(f"SELECT {_COLUMNS} FROM holds h WHERE h.created_by = :created_by AND h.idempotency_scope = :scope")
+_GET = {False: text(f"SELECT {_COLUMNS} FROM holds h WHERE h.workspace_id = :workspace_id AND h.id = :id"),
+        True: text(f"SELECT {_COLUMNS} FROM holds h WHERE h.workspace_id = :workspace_id AND h.id = :id FOR UPDATE")}
+_OF_ACCOUNT = text(f"SELECT {_COLUMNS} FROM holds h WHERE h.billing_account_id = :account_id AND h.id = :id "
+                   "FOR UPDATE")
+
+
+def by_scope(conn: Connection, created_by: str, scope: str) -> Hold | None:
+    row = conn.execute(_BY_SCOPE, {"created_by": created_by, "scope": scope}).mappings().first()
+    return _hold(row) if row else None
+
+
+def get(conn: Connection, workspace_id: str, hold_id: str, *, for_update: bool = False) -> Hold | None:
+    row = conn.execute(_GET[for_update], {"workspace_id": workspace_id, "id": hold_id}).mappings().first()
+    return _hold(row) if row else None
+
+
+def locked(conn: Connection, account_id: str, hold_id: str) -> Hold | None:
+    """The hold, locked, on an account this transaction holds locked."""
+    row = conn.execute(_OF_ACCOUNT, {"account_id": account_id, "id": hold_id}).mappings().first()
+    return _hold(row) if row else None
+
+
+_CAPTURING = text(f"""
+UPDATE holds h SET status = :status, captured_cents = :captured, capture_operation_id = :operation_id
+WHERE h.billing_account_id = :account_id AND h.id = :id AND h.status = 'active'
+RETURNING {_COLUMNS}
+""")
+
+
+def mark_captured(conn: Connection, hold: Hold, captured_cents: int, operation_id: str) -> Hold:
+    """Record the capture (0: a release) its operation will apply; the hold reserves until then."""
+    row = conn.execute(_CAPTURING, {"account_id": hold.billing_account_id, "id": hold.id,
+                                    "status": "captured" if captured_cents else "released",
+                                    "captured": captured_cents, "operation_id": operation_id}).mappings().one()
+    return _hold(row)
+
+
+# The hold stops reserving: its account's held_cents goes down by its amount, once.
+_SETTLE = text(f"""
+WITH settled AS (
+    UPDATE holds h SET settled_at = clock_timestamp(), status = COALESCE(CAST(:status AS text), h.status)
+    WHERE h.billing_account_id = :account_id AND h.id = :id AND h.settled_at IS NULL
+      AND (CAST(:status AS text) IS NULL OR h.status = 'active')
+    RETURNING {_COLUMNS}
+), unheld AS (
+    UPDATE billing_accounts a SET held_cents = a.held_cents - settled.amount_cents
+    FROM settled WHERE a.id = :account_id
+)
+SELECT * FROM settled
+""")
+
+
+def settle(conn: Connection, account_id: str, hold_id: str, status: str | None = None) -> Hold | None:
+    """Stop the hold reserving: an active one, moved to `status` (released, expired); without a status, one whose
+    capture is applied. None when it stopped already (or, with a status, is no longer active)."""
+    row = conn.execute(_SETTLE, {"account_id": account_id, "id": hold_id, "status": status}).mappings().first()
+    return _hold(row) if row else None
+
+
+_DUE = text("""
+SELECT billing_account_id, id FROM holds WHERE status = 'active' AND expires_at <= now()
+ORDER BY expires_at LIMIT :limit
+""")
+
+
+def due(conn: Connection, *, limit: int) -> list[tuple[str, str]]:
+    """(account, hold) of active holds past their expiresAt, soonest first."""
+    return [(row.billing_account_id, row.id) for row in conn.execute(_DUE, {"limit": limit})]
+
+
+_PAGE = text(f"""
+SELECT {_COLUMNS} FROM holds h
+WHERE h.workspace_id = :workspace_id AND (CAST(:status AS text) IS NULL OR h.status = :status)
+  AND (CAST(:before_at AS timestamptz) IS NULL OR (h.created_at, h.id) < (:before_at, :before_id))
+ORDER BY h.created_at DESC, h.id DESC LIMIT :limit
+""")
+
+
+def page(conn: Connection, workspace_id: str, *, limit: int, status: str | None,
+         before: tuple[datetime, str] | None) -> list[Hold]:
+    """The workspace's holds newest first, strictly before `before` (created_at, id)."""
+    before_at, before_id = before or (None, None)
+    rows = conn.execute(_PAGE, {"workspace_id": workspace_id, "status": status, "before_at": before_at,
+                                "before_id": before_id, "limit": limit}).mappings()
+    return [_hold(row) for row in rows]

@@ -1,0 +1,220 @@
+"""Holds: reserved at once or refused (402), captured through a queued operation exactly once, released, expired;
+what they reserve lowers availableCents for usage and new holds, also when many arrive at the same moment."""
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from domain.names import Task
+from tests.api.checks import assert_problem, ledger_problems
+
+
+def _hold(api, ws: str, cents: int, **more):
+    return api.operator("POST", f"/workspaces/{ws}/billing/holds", json={"amountCents": cents, **more})
+
+
+def _apply(services, queue) -> list[str]:
+    applied = [kw["operation_id"] for name, kw in queue.sent if name == Task.APPLY_OPERATION]
+    for operation_id in applied:
+        services.operations.apply(operation_id)
+    queue.sent.clear()
+    return applied
+
+
+def _balance(api, owner, ws: str, **params) -> dict:
+    return api.call("GET", f"/workspaces/{ws}/billing/balance", owner.key, params=params or None).json
+
+
+def _held(engine, account: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT held_cents FROM billing_accounts WHERE id = :a"), {"a": account}).scalar()
+
+
+@pytest.fixture
+def owner_ws(api):
+    owner = api.new_user()
+    return owner, api.new_workspace(owner)["id"]
+
+
+def test_a_hold_lowers_what_is_available_and_moves_no_money(api, services, owner_ws):
+    owner, ws = owner_ws
+    created = _hold(api, ws, 300, description="agent run", reference="run-1", expiresInSeconds=600)
+    assert created.status_code == 201, created.text
+    hold = created.json
+    assert (hold["status"], hold["amountCents"], hold["capturedCents"], hold["reference"], hold["settledAt"]) == (
+        "active", 300, 0, "run-1", None)
+    assert hold["billingAccountId"] == owner.default_account_id and hold["workspaceId"] == ws
+    assert timedelta(seconds=590) < datetime.fromisoformat(hold["expiresAt"]) - datetime.now(UTC) <= timedelta(
+        seconds=600)
+    balance = _balance(api, owner, ws)
+    assert (balance["balanceCents"], balance["availableCents"]) == (1000, 700)
+    assert api.call("GET", f"/workspaces/{ws}/billing/holds/{hold['id']}", owner.key).json == hold
+    assert [h["id"] for h in api.call("GET", f"/workspaces/{ws}/billing/holds", owner.key).json["data"]] == [hold["id"]]
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_a_hold_beyond_what_is_available_is_refused_with_402_and_writes_nothing(api, engine, owner_ws):
+    owner, ws = owner_ws
+    assert _hold(api, ws, 600).status_code == 201
+    refused = assert_problem(_hold(api, ws, 401), 402)
+    assert refused["type"].endswith("/insufficient-funds") and "400" in refused["detail"]
+    assert _held(engine, owner.default_account_id) == 600
+    assert len(api.call("GET", f"/workspaces/{ws}/billing/holds", owner.key).json["data"]) == 1
+    assert _hold(api, ws, 400).status_code == 201  # exactly what is left
+
+
+def test_fifty_concurrent_holds_against_a_balance_that_fits_ten_reserve_exactly_ten(api, services, engine, owner_ws):
+    owner, ws = owner_ws
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: _hold(api, ws, 100).status_code, range(50)))
+    assert sorted(answers) == [201] * 10 + [402] * 40
+    assert _held(engine, owner.default_account_id) == 1000
+    assert (_balance(api, owner, ws)["balanceCents"], _balance(api, owner, ws)["availableCents"]) == (1000, 0)
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_a_capture_debits_once_and_releases_the_rest(api, services, queue, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 300, reference="run-7").json
+    captured = api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold['id']}/capture", json={"amountCents": 120})
+    assert captured.status_code == 202 and captured.headers["Location"] == f"/operations/{captured.json['id']}"
+    assert _balance(api, owner, ws)["availableCents"] == 700  # reserved until the capture is applied
+    assert _apply(services, queue) == [captured.json["id"]]
+    services.operations.apply(captured.json["id"])  # a redelivery changes nothing
+    result = api.operator("GET", f"/operations/{captured.json['id']}").json
+    assert result["status"] == "succeeded" and result["result"]["capturedCents"] == 120
+    assert result["result"]["releasedCents"] == 180 and result["result"]["balanceAfterCents"] == 880
+    after = api.call("GET", f"/workspaces/{ws}/billing/holds/{hold['id']}", owner.key).json
+    assert (after["status"], after["capturedCents"], after["settledAt"] is not None) == ("captured", 120, True)
+    balance = _balance(api, owner, ws)
+    assert (balance["balanceCents"], balance["availableCents"]) == (880, 880)
+    usage = [t for t in api.call("GET", f"/workspaces/{ws}/billing/transactions", owner.key).json["data"]
+             if t["kind"] == "usage"]
+    assert [(t["amountCents"], t["reference"], t["id"]) for t in usage] == [
+        (-120, "run-7", result["result"]["transactionId"])]
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_capturing_twice_answers_the_same_operation(api, services, queue, owner_ws):
+    _, ws = owner_ws
+    hold = _hold(api, ws, 300).json
+    path = f"/workspaces/{ws}/billing/holds/{hold['id']}/capture"
+    first = api.operator("POST", path, json={"amountCents": 100})
+    again = api.operator("POST", path, json={"amountCents": 100})
+    other = api.operator("POST", path, json={"amountCents": 50}, headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert first.status_code == again.status_code == other.status_code == 202
+    assert first.json["id"] == again.json["id"] == other.json["id"]
+    _apply(services, queue)
+    assert api.operator("POST", path, json={"amountCents": 100}).json["id"] == first.json["id"]
+
+
+def test_capturing_more_than_held_is_422_and_changes_nothing(api, engine, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 300).json
+    body = assert_problem(api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold['id']}/capture",
+                                       json={"amountCents": 301}), 422)
+    assert [e["field"] for e in body["errors"]] == ["amountCents"]
+    assert api.call("GET", f"/workspaces/{ws}/billing/holds/{hold['id']}", owner.key).json["status"] == "active"
+    assert _held(engine, owner.default_account_id) == 300
+
+
+def test_release_after_capture_is_409_and_capture_after_release_is_409(api, services, queue, engine, owner_ws):
+    owner, ws = owner_ws
+    captured, released = _hold(api, ws, 100).json, _hold(api, ws, 200).json
+    base = f"/workspaces/{ws}/billing/holds"
+    assert api.operator("POST", f"{base}/{captured['id']}/capture", json={"amountCents": 100}).status_code == 202
+    assert_problem(api.operator("POST", f"{base}/{captured['id']}/release"), 409)
+    _apply(services, queue)
+    assert_problem(api.operator("POST", f"{base}/{captured['id']}/release"), 409)
+    first = api.operator("POST", f"{base}/{released['id']}/release")
+    assert first.status_code == 200 and first.json["status"] == "released" and first.json["settledAt"]
+    assert api.operator("POST", f"{base}/{released['id']}/release").json == first.json  # answered as it is
+    assert_problem(api.operator("POST", f"{base}/{released['id']}/capture", json={"amountCents": 1}), 409)
+    assert _held(engine, owner.default_account_id) == 0
+    assert _balance(api, owner, ws)["availableCents"] == 900
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_capturing_zero_releases_the_hold_and_debits_nothing(api, services, queue, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 250).json
+    op = api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold['id']}/capture", json={"amountCents": 0}).json
+    _apply(services, queue)
+    assert api.operator("GET", f"/operations/{op['id']}").json["result"]["transactionId"] is None
+    found = api.call("GET", f"/workspaces/{ws}/billing/holds/{hold['id']}", owner.key).json
+    assert (found["status"], found["capturedCents"]) == ("released", 0)
+    assert (_balance(api, owner, ws)["balanceCents"], _balance(api, owner, ws)["availableCents"]) == (1000, 1000)
+
+
+def test_an_expired_hold_stops_reserving_and_cannot_be_captured(api, services, engine, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 400).json
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE holds SET expires_at = now() WHERE id = :id"), {"id": hold["id"]})
+    path = f"/workspaces/{ws}/billing/holds/{hold['id']}/capture"
+    assert_problem(api.operator("POST", path, json={"amountCents": 1}), 409)  # past expiresAt, before the job
+    assert services.holds.expire_due() >= 1
+    services.holds.expire_due()
+    found = api.call("GET", f"/workspaces/{ws}/billing/holds", owner.key, params={"status": "expired"}).json["data"]
+    assert [h["id"] for h in found] == [hold["id"]]
+    assert _balance(api, owner, ws)["availableCents"] == 1000
+    assert_problem(api.operator("POST", path, json={"amountCents": 1}), 409)
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_usage_sees_what_holds_reserve(api, services, queue, owner_ws):
+    owner, ws = owner_ws
+    assert _hold(api, ws, 900).status_code == 201
+    events = [{"eventId": "big", "metric": "tokens", "quantity": 1, "amountCents": 200},
+              {"eventId": "small", "metric": "tokens", "quantity": 1, "amountCents": 100}]
+    op = api.operator("POST", f"/workspaces/{ws}/billing/usage", json={"events": events}).json
+    _apply(services, queue)
+    result = api.operator("GET", f"/operations/{op['id']}").json["result"]
+    assert [(e["status"], e.get("reason", "")[:18]) for e in result["events"]] == [
+        ("refused", "insufficient_funds"), ("debited", "")]
+    assert _balance(api, owner, ws)["availableCents"] == 0
+
+
+def test_a_capture_is_debited_even_when_an_expired_grant_took_the_balance_below_it(api, services, queue, engine,
+                                                                                   owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 800).json
+    with engine.begin() as conn:  # the intro grant expires under the hold
+        conn.execute(text("UPDATE grants SET expires_at = now() WHERE billing_account_id = :a"),
+                     {"a": owner.default_account_id})
+    services.grants.expire_due()
+    assert _balance(api, owner, ws)["availableCents"] == -800
+    api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold['id']}/capture", json={"amountCents": 500})
+    _apply(services, queue)
+    assert (_balance(api, owner, ws)["balanceCents"], _balance(api, owner, ws)["availableCents"]) == (-500, -500)
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_a_hold_under_an_idempotency_key_is_made_once(api, engine, owner_ws):
+    owner, ws = owner_ws
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = api.operator("POST", f"/workspaces/{ws}/billing/holds", json={"amountCents": 100}, headers=key)
+    again = api.operator("POST", f"/workspaces/{ws}/billing/holds", json={"amountCents": 100}, headers=key)
+    assert first.status_code == again.status_code == 201 and first.json == again.json
+    assert again.headers["idempotent-replayed"] == "true" and _held(engine, owner.default_account_id) == 100
+
+
+def test_available_as_of_an_instant_counts_the_holds_that_reserved_then(api, engine, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 300).json
+    api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold['id']}/release")
+    with engine.connect() as conn:
+        created, settled = conn.execute(text("SELECT created_at, settled_at FROM holds WHERE id = :id"),
+                                        {"id": hold["id"]}).one()
+    at = lambda instant: _balance(api, owner, ws, asOf=instant.astimezone(UTC).isoformat())["availableCents"]  # noqa
+    assert [at(created - timedelta(microseconds=1)), at(created), at(settled - timedelta(microseconds=1)),
+            at(settled)] == [1000, 700, 700, 1000]
+
+
+def test_users_may_read_holds_but_not_place_them(api, owner_ws):
+    owner, ws = owner_ws
+    assert_problem(api.call("POST", f"/workspaces/{ws}/billing/holds", owner.key, json={"amountCents": 1}), 403)
+    assert_problem(api.call("GET", f"/workspaces/{ws}/billing/holds/hold_{'0' * 32}", owner.key), 404)
+    assert_problem(api.call("GET", f"/workspaces/{ws}/billing/holds", owner.key, params={"status": "open"}), 422)
