@@ -39,7 +39,8 @@ from psycopg_pool import ConnectionPool
 
 # --- the service's statements, the very strings it prepares (domain/store/prepared.py)
 
-from domain.store.prepared import TIER_OF_WORKSPACE, WORKSPACE_FOR_KEY, WORKSPACE_FOR_USER, page_statement
+from domain.store.prepared import (BALANCE_FOR_KEY, BALANCE_FOR_USER, TIER_OF_WORKSPACE, WORKSPACE_FOR_KEY,
+                                   WORKSPACE_FOR_USER, page_statement)
 
 # Only where the API key's limit refuses a request whose key the read has not checked yet (not measured)
 KEY_LOOKUP = "SELECT user_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL"
@@ -195,14 +196,17 @@ class Floor:
         reset = max(0, math.ceil(float(oldest) + WINDOW_SECONDS - now)) if used else 0
         return bool(allowed), per_minute, max(0, per_minute - used), reset
 
-    def workspace_account(self, resp: falcon.Response, conn, caller, workspace_id: str):
-        """(user, workspace, role, account id, name, owner, is default, currency, balance, created), or None
-        with the 401 or 404 written: a user's key is checked in the same statement."""
+    def workspace_account(self, resp: falcon.Response, conn, caller, workspace_id: str, balance: bool = False):
+        """(user, workspace, role, account id, name, owner, is default, currency, balance, created[, held, paid,
+        promotional, next expiry at, next expiry cents]), or None with the 401 or 404 written: a user's key is
+        checked in the same statement."""
         params = {"workspace_id": workspace_id if _looks_like("ws", workspace_id) else "", "account_id": None}
         if caller is OPERATOR:
-            row = conn.execute(WORKSPACE_FOR_USER, params | {"user_id": None}, prepare=True).fetchone()
+            row = conn.execute(BALANCE_FOR_USER if balance else WORKSPACE_FOR_USER, params | {"user_id": None},
+                               prepare=True).fetchone()
         else:
-            row = conn.execute(WORKSPACE_FOR_KEY, params | {"key_hash": caller}, prepare=True).fetchone()
+            row = conn.execute(BALANCE_FOR_KEY if balance else WORKSPACE_FOR_KEY, params | {"key_hash": caller},
+                               prepare=True).fetchone()
             if row is None:
                 _unauthorized(resp, "the key is unknown or revoked")
                 return None
@@ -230,11 +234,15 @@ class Balance:
             caller = floor.caller(req, resp, conn)
             if caller is None:
                 return
-            row = floor.workspace_account(resp, conn, caller, workspace_id)
+            row = floor.workspace_account(resp, conn, caller, workspace_id, balance=True)
             if row is None:
                 return
-        _json(resp, {"billingAccountId": row[3], "balanceCents": row[8], "currency": row[7],
-                     "asOf": _ts_now(), "workspaceId": workspace_id})
+        held, paid, promotional, expiry_at, expiry_cents = row[10:15]
+        _json(resp, {"billingAccountId": row[3], "balanceCents": row[8], "availableCents": row[8] - held,
+                     "paidCents": int(paid), "promotionalCents": int(promotional),  # SUMs: numeric
+                     "nextExpiry": {"amountCents": int(expiry_cents), "expiresAt": _ts(expiry_at)} if expiry_at
+                     else None,
+                     "currency": row[7], "asOf": _ts_now(), "workspaceId": workspace_id})
 
 
 def _ts_now() -> str:
@@ -368,5 +376,5 @@ def ratelimit_app() -> falcon.App:
 
 FACTORIES = {"balance": "balance_app", "transactions": "transactions_app", "ratelimit": "ratelimit_app"}
 # The statements of each path's measured request, in order (bench/floors compares them with the service's)
-STATEMENTS = {"balance": [WORKSPACE_FOR_KEY], "transactions": [WORKSPACE_FOR_KEY, PAGE_FIRST],
+STATEMENTS = {"balance": [BALANCE_FOR_KEY], "transactions": [WORKSPACE_FOR_KEY, PAGE_FIRST],
               "ratelimit": [TIER_OF_WORKSPACE]}
