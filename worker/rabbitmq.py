@@ -7,7 +7,7 @@ Celery's native delayed delivery (RabbitMQ's own timed queues, declared by every
 through topic exchanges: hence a topic exchange per queue.
 """
 from celery import bootsteps
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
 
 from worker.routing import QUEUES, dead_letter_queue
 
@@ -53,6 +53,23 @@ def celery_settings() -> dict:
         "task_create_missing_queue_exchange_type": "topic",
         "worker_detect_quorum_queues": True,
     }
+
+
+def queue_depths(broker_url: str) -> dict[str, int]:
+    """Messages ready in each queue and dead-letter queue (0 for one no process declared yet); a broker that
+    does not answer within a second raises."""
+    depths = {}
+    with Connection(broker_url, connect_timeout=1) as conn:
+        conn.ensure_connection(max_retries=1, timeout=1)
+        for name in [*QUEUES, *map(dead_letter_queue, QUEUES)]:
+            channel = conn.channel()  # a passive declare of a missing queue closes its channel
+            try:
+                depths[name] = channel.queue_declare(name, passive=True).message_count
+            except conn.channel_errors:
+                depths[name] = 0
+            finally:
+                conn.maybe_close_channel(channel)
+    return depths
 
 
 class DeclareDeadLetterQueues(bootsteps.StartStopStep):
