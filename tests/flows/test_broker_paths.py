@@ -4,6 +4,7 @@ import pytest
 
 from domain.models import OPERATOR_CALLER
 from domain.names import Task
+from tests.factories import prometheus_samples
 from tests.processes import entries_per_operation, wait_for_operations, wait_until
 
 pytestmark = pytest.mark.rabbitmq
@@ -15,6 +16,9 @@ def test_a_message_for_a_task_no_worker_knows_ends_in_the_dead_letter_queue(stac
 
     wait_until(lambda: task_id in stack.broker.dead_letters("ledger"), 30, "the message in ledger.dead")
     assert "Received unregistered task of type 'ledger.no_such_task'" in stack.worker.output()
+    served = prometheus_samples(stack.api.call("GET", "/metrics").text)
+    assert served['billing_queue_depth{queue="ledger.dead"}'] == len(stack.broker.dead_letters("ledger")) >= 1
+    assert served['billing_dependency_up{dependency="broker"}'] == 1
 
 
 @pytest.mark.rabbitmq(only=True)
