@@ -1,13 +1,9 @@
 """The outbox relay as deployed: celery beat schedules it, the worker runs it, lost work gets applied."""
 import re
 
-import pytest
-
 from beat_schedule import RELAY_EVERY_SECONDS
 from domain.models import OPERATOR_CALLER
 from tests.processes import age_operations, assert_sound, entries_per_operation, wait_for_operations
-
-pytestmark = pytest.mark.rabbitmq
 
 
 def test_beat_relays_an_operation_whose_message_was_lost(stack, services, queue, engine):
