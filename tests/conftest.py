@@ -12,6 +12,7 @@ from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork, make_engine
 from tests.factories import OPERATOR_TOKEN, Api
+from tests.rabbitmq_server import RabbitServer
 from tests.standins.stripe_api import StripeStandIn
 from worker.processes import migrate
 
@@ -36,6 +37,43 @@ def database_url() -> str:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "rabbitmq(only=False): run the test's stack on RabbitMQ as well as on "
+                                       "Redis (only=True: on RabbitMQ alone)")
+
+
+def pytest_generate_tests(metafunc):
+    """A test whose stack asks for `broker` runs on Redis ([redis]) and, marked `rabbitmq`, on RabbitMQ too
+    ([rabbitmq]). Every such test is parametrized: a package-wide stack is then torn down and built again
+    when the broker changes, never reused across brokers."""
+    if "broker" in metafunc.fixturenames and not _parametrizes_itself(metafunc, "broker"):
+        marker = metafunc.definition.get_closest_marker("rabbitmq")
+        brokers = ["redis"] if marker is None else ["rabbitmq"] if marker.kwargs.get("only") else ["redis", "rabbitmq"]
+        metafunc.parametrize("broker", brokers, scope="package")
+
+
+def _parametrizes_itself(metafunc, name: str) -> bool:
+    """The test lists its brokers itself (@pytest.mark.parametrize("broker, ...", ...))."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if name in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory):
+    """One private RabbitMQ node for the session, started when a test first asks for RabbitMQ."""
+    server = RabbitServer(tmp_path_factory.mktemp("rabbitmq"))
+    yield server
+    server.remove()
+
+
+def stack_broker(request, broker: str):
+    """The broker a Stack is given: None for its own private Redis, or a virtual host of the RabbitMQ node."""
+    return request.getfixturevalue("rabbitmq_server").vhost() if broker == "rabbitmq" else None
 
 
 class RecordingQueue:

@@ -1,5 +1,7 @@
-"""Real processes for flow and fault tests: a private redis-server, gunicorn, a Celery worker and beat."""
+"""Real processes for flow and fault tests: a private broker (redis-server, or a virtual host of a private
+RabbitMQ node: tests/rabbitmq_server.py), gunicorn, a Celery worker and beat."""
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import redis
 import requests
 from sqlalchemy import text
 
@@ -20,7 +23,7 @@ from tests.factories import OPERATOR_TOKEN, Api
 from worker import settings
 from worker.celery_app import create_celery
 from worker.processes import ALL_QUEUES, api_argv, beat_argv, worker_argv
-from worker.routing import queue_of
+from worker.routing import dead_letter_queue, queue_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +110,8 @@ class Process:
 class RedisServer:
     """A private redis-server on a free port, without persistence: a restart loses what it held."""
 
+    name = "redis"
+
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -131,6 +136,30 @@ class RedisServer:
     def thaw(self) -> None:
         if self.process.popen.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
+
+    def ready(self, queue: str) -> int:
+        """Messages waiting in the queue."""
+        return self._client(lambda client: client.llen(queue))
+
+    def unacknowledged(self) -> int:
+        """Messages delivered to a worker and not acknowledged yet."""
+        return self._client(lambda client: client.hlen("unacked"))
+
+    def dead_letters(self, queue: str) -> list[str]:
+        """The task ids of the messages in the queue's dead-letter queue."""
+        raw = self._client(lambda client: client.lrange(dead_letter_queue(queue), 0, -1))
+        return [json.loads(message)["headers"]["id"] for message in raw]
+
+    def _client(self, use):
+        client = redis.Redis.from_url(self.url)
+        try:
+            return use(client)
+        finally:
+            client.close()
+
+    def release(self) -> None:
+        self.thaw()
+        self.stop()
 
 
 class HttpClient:
@@ -226,16 +255,18 @@ WAIT_ON_LOCKS = {"BILLING_DB_LOCK_TIMEOUT_MS": "120000"}
 
 
 class Stack:
-    """The service as deployed, on a database (with its server, when private) and a private Redis: API,
-    worker, beat."""
+    """The service as deployed, on a database (with its server, when private) and a private broker: API,
+    worker, beat. The broker is a private Redis (also the rate limiter's store) unless one is given: a
+    tests.rabbitmq_server.RabbitBroker, without Redis (the rate limiter then counts in memory)."""
 
-    def __init__(self, database_url: str, log_dir: Path, postgres=None) -> None:
+    def __init__(self, database_url: str, log_dir: Path, postgres=None, broker=None) -> None:
         self.log_dir = log_dir
         self.postgres = postgres  # a tests.postgres_server.PostgresServer, whose log joins the others
-        self.redis = RedisServer(log_dir)
-        self.env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=self.redis.url,
-                        CELERY_BROKER_URL=self.redis.url, BILLING_OPERATOR_TOKEN=OPERATOR_TOKEN,
-                        PYTHONUNBUFFERED="1")
+        self.broker = broker or RedisServer(log_dir)
+        redis_url = {"REDIS_URL": self.broker.url} if self.broker.name == "redis" else {}
+        self.env = dict({k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")},
+                        DATABASE_URL=database_url, CELERY_BROKER_URL=self.broker.url,
+                        BILLING_OPERATOR_TOKEN=OPERATOR_TOKEN, PYTHONUNBUFFERED="1", **redis_url)
         self.processes: list[Process] = []
         self.api: Api | None = None
         self.worker: Process | None = None
@@ -280,11 +311,12 @@ class Stack:
         return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=self.env | (env or {}),
                               capture_output=True, text=True, timeout=60)
 
-    def send_task(self, name: str, **kwargs) -> str:
-        """Publish a task message straight to this stack's broker, as a redelivery would; its id."""
+    def send_task(self, name: str, *, countdown: float | None = None, **kwargs) -> str:
+        """Publish a task message straight to this stack's broker, as a redelivery (or, with a countdown, a
+        retry) would; its id."""
         if self._celery is None:
             self._celery = create_celery(settings.load(self.env))
-        return self._celery.send_task(name, kwargs=kwargs, queue=queue_of(name)).id
+        return self._celery.send_task(name, kwargs=kwargs, queue=queue_of(name), countdown=countdown).id
 
     def enqueue(self, task_name: str, **kwargs) -> bool:
         """An Enqueue on this stack's broker, for services built in the test process."""
@@ -300,7 +332,7 @@ class Stack:
 
     def logs(self, lines: int = 60) -> str:
         """The tail of every process's output, for the report of a failed test."""
-        servers = [self.redis.process, *([self.postgres.process] if self.postgres else [])]
+        servers = [self.broker.process, *([self.postgres.process] if self.postgres else [])]
         return "\n".join(f"----- {p.name} (pid {p.pid}) -----\n" + "\n".join(p.output().splitlines()[-lines:])
                          for p in [*self.processes, *servers])
 
@@ -311,8 +343,7 @@ class Stack:
             self._celery.close()
         for process in self.processes:
             process.kill()
-        self.redis.thaw()
-        self.redis.stop()
+        self.broker.release()
 
 
 # Database checks shared by flow and fault tests.

@@ -1,9 +1,37 @@
-"""kombu's Redis transport, fixed so that losing the broker makes the worker reconnect, not exit."""
-from kombu.transport import redis
+"""kombu's Redis transport, fixed so that losing the broker makes the worker reconnect, not exit, and so that a
+message a worker refuses goes where RabbitMQ's dead-letter exchange puts it (worker.rabbitmq): <queue>.dead."""
+from kombu.transport import redis, virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from worker.routing import dead_letter_queue
+
+
+class QoS(redis.QoS):
+    def reject(self, delivery_tag, requeue=False):
+        # kombu drops a message rejected without requeue (Celery's answer to an unknown task or a malformed
+        # message); it moves to <queue>.dead instead, in the transaction that takes it out of the unacked hash.
+        if requeue:
+            return super().reject(delivery_tag, requeue=True)
+
+        def dead_letter(pipe):
+            raw = pipe.hget(self.unacked_key, delivery_tag)
+            pipe.multi()
+            self._remove_from_indices(delivery_tag, pipe)
+            if raw:
+                payload, exchange, routing_key = loads(bytes_to_str(raw))
+                for queue in self.channel._lookup(exchange, routing_key):
+                    pipe.rpush(dead_letter_queue(queue), dumps(payload))
+
+        with self.channel.conn_or_acquire() as client:
+            client.transaction(dead_letter, self.unacked_key)
+        virtual.QoS.ack(self, delivery_tag)
 
 
 class Channel(redis.Channel):
+    QoS = QoS
+
     def _connparams(self, asynchronous=False):
         # Celery 5.7 closes the consumer's connection after collecting it. Closing a channel with
         # unacknowledged messages reaches here with the transport's client gone: the AttributeError

@@ -1,11 +1,11 @@
-"""The Celery app: Redis broker, JSON only, late acks, queues by purpose."""
+"""The Celery app: Redis or RabbitMQ broker, JSON only, late acks, queues by purpose."""
 import os
 
 from celery import Celery, signals
 
 import beat_schedule
 from domain import tracing
-from worker import logs, metrics, settings as settings_module, tracing as traces
+from worker import logs, metrics, rabbitmq, settings as settings_module, tracing as traces
 from worker.routing import ROUTES
 
 TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
@@ -17,13 +17,16 @@ def is_redis(broker_url: str | None) -> bool:
 
 
 def transport_options(broker_url: str, visibility_timeout: int = 3600) -> dict:
-    """Redis: redelivery after an hour by default (longer than any task or countdown), short socket timeouts.
+    """RabbitMQ: publisher confirms. Redis: redelivery after an hour by default (longer than any task or
+    countdown), short socket timeouts.
 
     A request enqueues after its commit, so a down or frozen broker must cost it one attempt of
     at most a socket timeout: max_retries=0 stops kombu's connect retries (up to twice the
     timeout), and no retry_on_timeout (it doubled the wait and replayed writes). The relay
     sends what failed; the worker's consumer reconnects with its own retry settings.
     """
+    if rabbitmq.is_amqp(broker_url):
+        return dict(rabbitmq.TRANSPORT_OPTIONS)
     if not broker_url.startswith(("redis", "rediss", "unix")):
         return {}
     options = {"visibility_timeout": visibility_timeout, "socket_connect_timeout": 2, "socket_timeout": 2,
@@ -58,6 +61,9 @@ def create_celery(settings: settings_module.Settings) -> Celery:
         beat_schedule=beat_schedule.SCHEDULE,
         timezone="UTC",
     )
+    if rabbitmq.is_amqp(settings.broker_url):
+        app.conf.update(rabbitmq.celery_settings())
+        app.steps["consumer"].add(rabbitmq.DeclareDeadLetterQueues)
     return app
 
 

@@ -13,7 +13,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
 from prometheus_client.core import GaugeMetricFamily
 
 from domain.errors import Unavailable
-from worker.routing import QUEUES
+from worker import rabbitmq
+from worker.routing import QUEUES, dead_letter_queue
 
 HTTP_REQUESTS = Counter("billing_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 HTTP_SECONDS = Histogram("billing_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
@@ -96,8 +97,8 @@ def observe_decision(decision) -> None:
 
 
 def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:
-    """Scrape-time values: whether the database and the Redis broker answered this scrape, queue depth per
-    queue (Redis broker), outbox backlog and its oldest operation's age, checkouts by state and the oldest
+    """Scrape-time values: whether the database and the broker answered this scrape, queue depth per queue and
+    dead-letter queue (Redis or RabbitMQ broker), outbox backlog and its oldest operation's age, checkouts by state and the oldest
     pending one's age per provider. The database down leaves its gauges out, not the whole scrape."""
     try:
         snapshot = services.stats.snapshot()
@@ -112,17 +113,10 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
             "billing_checkouts_oldest_pending_seconds": [
                 ({"provider": p}, age) for p, age in snapshot["oldest_pending_checkouts"].items()],
         }
-    if broker_url and broker_url.startswith(("redis://", "rediss://")):
-        import redis
-
-        client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            found["billing_queue_depth"], broker_up = [({"queue": q}, client.llen(q)) for q in QUEUES], 1
-        except redis.RedisError:
-            found["billing_queue_depth"], broker_up = [], 0
-        finally:
-            client.close()
-        found["billing_dependency_up"].append(({"dependency": "broker"}, broker_up))
+    depths = _queue_depths(broker_url)
+    if depths is not None:
+        found["billing_queue_depth"] = [({"queue": q}, n) for q, n in (depths or {}).items()]
+        found["billing_dependency_up"].append(({"dependency": "broker"}, 0 if depths is False else 1))
     return found
 
 
@@ -132,6 +126,27 @@ def observe_read(database: str) -> None:
 
 def observe_replica_lag(database: str, lag_ms: float) -> None:
     REPLICA_LAG.labels(database).set(lag_ms / 1000)
+
+
+def _queue_depths(broker_url: str | None) -> dict[str, int] | bool | None:
+    """Messages waiting in each queue and dead-letter queue; False when the broker did not answer, None for a
+    broker without the gauge (the database broker of standalone mode)."""
+    if rabbitmq.is_amqp(broker_url):
+        try:
+            return rabbitmq.queue_depths(broker_url)
+        except Exception:  # kombu's and py-amqp's connection errors have no common base of their own
+            return False
+    if not (broker_url or "").startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return {q: client.llen(q) for q in [*QUEUES, *map(dead_letter_queue, QUEUES)]}
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def observe_failed(kinds: list[str]) -> None:

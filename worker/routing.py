@@ -1,4 +1,4 @@
-"""Celery queues by purpose, and the queue of each task name."""
+"""Celery queues by purpose, the queue of each task name, and where a queue's dead letters go."""
 QUEUES = ("ledger", "payments", "tiers", "maintenance")
 
 # Tasks are named "<queue>.<action>", so the queue is the name's first part.
@@ -9,3 +9,8 @@ ROUTES["accounts.*"] = {"queue": "ledger"}
 def queue_of(task_name: str) -> str:
     prefix = task_name.split(".", 1)[0]
     return "ledger" if prefix == "accounts" else prefix
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where a message a worker refuses (an unknown task, a malformed message) ends, on either broker."""
+    return f"{queue}.dead"

@@ -1,4 +1,5 @@
-"""Faults: each test on its own PostgreSQL and Redis, started on free ports, which the test may break.
+"""Faults: each test on its own PostgreSQL and broker (a private Redis, or a virtual host of the session's
+private RabbitMQ node), on free ports, which the test may break.
 
 The fixtures that tests/conftest.py binds to the shared test database (`database_url`, `engine`, and
 through them `services` and `api`) are bound here to the test's private server, so everything a fault
@@ -7,6 +8,7 @@ test checks is in its own database.
 import pytest
 
 from domain.store.uow import make_engine
+from tests.conftest import stack_broker
 from tests.postgres_server import PostgresServer, build_template, remove_template
 from tests.processes import Stack
 from tests.standins.stripe_api import StripeStandIn
@@ -39,8 +41,8 @@ def engine(database_url):
 
 
 @pytest.fixture
-def stack(database_url, postgres, tmp_path):
-    stack = Stack(database_url, tmp_path, postgres)
+def stack(database_url, postgres, tmp_path, broker, request):
+    stack = Stack(database_url, tmp_path, postgres, broker=stack_broker(request, broker))
     try:
         yield stack
     finally:

@@ -10,6 +10,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import text
 
 from tests.processes import (WAIT_ON_LOCKS, account_locked, age_operations, assert_applied_once, assert_audit_passes, assert_sound,
@@ -28,6 +29,7 @@ def balance(api, owner, workspace: dict) -> int:
     return api.call("GET", f"/workspaces/{workspace['id']}/billing/balance", owner.key).json["balanceCents"]
 
 
+@pytest.mark.rabbitmq
 def test_a_pool_process_killed_mid_transaction_is_redelivered_and_applies_once(stack, api, services, engine):
     stack.env.update(WAIT_ON_LOCKS)
     stack.start(api=False, concurrency=1)

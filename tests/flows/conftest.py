@@ -1,13 +1,14 @@
-"""Flows: HTTP against gunicorn, a real Celery worker and a private Redis, on the test database."""
+"""Flows: HTTP against gunicorn, a real Celery worker and a private broker, on the test database."""
 import pytest
 
+from tests.conftest import stack_broker
 from tests.processes import Stack
 
 
 @pytest.fixture(scope="package")
-def stack(database_url, tmp_path_factory):
-    """API and worker, started once for all the flows."""
-    stack = Stack(database_url, tmp_path_factory.mktemp("stack"))
+def stack(database_url, tmp_path_factory, broker, request):
+    """API and worker, started once for all the flows (once per broker: see tests/conftest.py)."""
+    stack = Stack(database_url, tmp_path_factory.mktemp("stack"), broker=stack_broker(request, broker))
     try:
         stack.start()
         yield stack

@@ -1,9 +1,14 @@
-"""Credits through the served API and a real Celery worker on Redis: accepted, applied once, readable."""
+"""Credits through the served API and a real Celery worker, on Redis and on RabbitMQ: accepted, applied once,
+readable."""
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from domain.models import OPERATOR_CALLER
 from tests.processes import assert_sound, entries_per_operation, wait_for_operations, wait_until
+
+pytestmark = pytest.mark.rabbitmq
 
 
 def _workspace(api):

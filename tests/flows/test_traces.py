@@ -93,7 +93,7 @@ def test_one_trace_from_the_credit_request_through_the_message_to_the_task_and_i
 def _lost_credit(stack, engine) -> str:
     """A credit accepted over HTTP whose message the broker lost, due for the relay; the worker up again."""
     stack.worker.stop()  # nobody consumes: the message waits in Redis, where the test loses it
-    broker = redis.Redis.from_url(stack.redis.url)
+    broker = redis.Redis.from_url(stack.broker.url)
     # What the stopped worker put back goes too: its task would drain this credit with its batch, in its trace.
     broker.delete("ledger", "maintenance")
     operation_id = _credit(stack, 300)
