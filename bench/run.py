@@ -1,13 +1,13 @@
 """bench/run: every benchmark of issues 9 and 14, one after another, then one table and one chart.
 
-Runs bench/credits, hot_account, balance_read, transactions_page, usage_overview, ratelimit, webhooks,
-memory and floors (each starts its own database, Redis and servers, and writes bench/results/<name>.json), runs
+Runs bench/credits, hot_account, balance_read, transactions_page, usage_overview, ratelimit, webhooks, memory,
+floors and hosts (each starts its own database, Redis and servers, and writes bench/results/<name>.json), runs
 `billing audit` on the database of any benchmark that did not audit itself, then writes
-bench/results/summary.md (the table: project figure, ceiling measured in the same run, ratio, target, met)
-and bench/results/summary.png (the ratios against their targets, and the transactions page's cost against
-the ledger's size), and prints the table. Exit 1 when a benchmark's checks failed (an invariant, a lost or
-doubled write, an error answer: its exit 1, or a failed audit), 2 when one could not run; a missed target
-is reported, not an error. See bench/README.md.
+bench/results/summary.md (the table: project figure, ceiling measured in the same run, ratio, target, met) and
+bench/results/summary.png (the ratios against their targets, and the transactions page's cost against the
+ledger's size), and prints the table. Exit 1 when a benchmark's checks failed (an invariant, a lost or doubled
+write, an error answer: its exit 1, or a failed audit), 2 when one could not run; a missed target is reported,
+not an error. See bench/README.md.
 """
 import argparse
 import json
@@ -54,6 +54,8 @@ BENCHES = [
     Bench("memory", "memory", "billing_bench_memory", [], ["--seconds", "30", "--workspaces", "300"]),
     # issue 14: the three hot paths beside their floor apps (bench/floor.py), best server each
     Bench("floors", "floors", "billing_bench_floors", [], ["--quick"]),
+    # issue 18: worker hosts in network namespaces (root only): one vs two, and a host cut off mid-credit
+    Bench("hosts", "hosts", "billing_bench_hosts", [], ["--credits", "1000", "--workspaces", "300", "--cuts", "1"]),
 ]
 
 
