@@ -244,8 +244,9 @@ class Load:
 
     A request is (path, body, headers), a POST, or (method, path, body, headers)."""
 
-    def __init__(self, port: int, clients: int, next_request, deadline: float) -> None:
+    def __init__(self, port: int, clients: int, next_request, deadline: float, host: str = "127.0.0.1") -> None:
         self.port, self.clients, self.next_request, self.deadline = port, clients, next_request, deadline
+        self.host = host
         self.lock = threading.Lock()
         self.latencies: list[float] = []
         self.bodies: list[dict] = []
@@ -253,7 +254,7 @@ class Load:
         self.started = self.finished = 0.0
 
     def _client(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         latencies, bodies, statuses = [], [], Counter()
@@ -270,7 +271,7 @@ class Load:
             except (OSError, http.client.HTTPException) as exc:
                 statuses[type(exc).__name__] += 1
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
                 continue
             latencies.append(time.monotonic() - start)
             statuses[resp.status] += 1

@@ -59,21 +59,29 @@ def _scratch_dir(prefix: str) -> Path:
 
 class PostgresServer:
     """A cluster copied from the template, served on a free port: stop() and start() keep its data,
-    remove() deletes it."""
+    remove() deletes it. On another host (`host` its address, `run(argv, user)` the command line that runs
+    argv there as user: tests.hosts.network.Host.run) it listens on that address alone."""
 
-    def __init__(self, template: Path, log_dir: Path) -> None:
+    def __init__(self, template: Path, log_dir: Path, host: str = "127.0.0.1", run=None) -> None:
         self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        self.host, self._run = host, run
+        self.url = f"postgresql://postgres@{host}:{self.port}/{DATABASE}"
         self._root = _scratch_dir("billing-pg-")
         self.data_dir = self._root / "data"
         subprocess.run(["cp", "-a", str(template), str(self.data_dir)], check=True)
+        if host != "127.0.0.1":  # its peers are the hosts of its own subnet
+            with open(self.data_dir / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
         self._log_dir = log_dir
         self.process: Process | None = None
         self.start()
 
     def start(self) -> None:
-        argv = [_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
-        self.process = Process("postgres", argv, dict(os.environ), self._log_dir, user=_server_user())
+        argv = [_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port), "-c", f"listen_addresses={self.host}"]
+        if self._run is None:
+            self.process = Process("postgres", argv, dict(os.environ), self._log_dir, user=_server_user())
+        else:
+            self.process = Process("postgres", self._run(argv, _server_user()), dict(os.environ), self._log_dir)
         self.process.wait_for_output("database system is ready to accept connections", timeout=30)
 
     def stop(self, mode: str = "immediate") -> None:

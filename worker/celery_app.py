@@ -24,6 +24,11 @@ def transport_options(broker_url: str, visibility_timeout: int = 3600) -> dict:
     at most a socket timeout: max_retries=0 stops kombu's connect retries (up to twice the
     timeout), and no retry_on_timeout (it doubled the wait and replayed writes). The relay
     sends what failed; the worker's consumer reconnects with its own retry settings.
+
+    The visibility timeout is not how a vanished worker host's work is taken over: its unacknowledged
+    messages wait that long, and a shorter timeout would hand every retry waiting out its countdown (up to
+    five minutes) to a second worker as well. The outbox relay re-sends any operation left unfinished for
+    30 s instead (docs/scaling.md, "Worker hosts and failover").
     """
     if rabbitmq.is_amqp(broker_url):
         return dict(rabbitmq.TRANSPORT_OPTIONS)

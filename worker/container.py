@@ -22,7 +22,8 @@ _built: dict[int, Services] = {}
 def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) -> Services:
     engine = make_engine(settings_module.require(settings.database_url, "DATABASE_URL"), pool_size,
                          lock_timeout_ms=settings.db_lock_timeout_ms,
-                         statement_timeout_ms=settings.db_statement_timeout_ms)
+                         statement_timeout_ms=settings.db_statement_timeout_ms,
+                         idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms)
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
     reads = make_engine(settings.database_url, pool_size, statement_timeout_ms=settings.db_statement_timeout_ms,

@@ -43,6 +43,8 @@ class Settings:
     idempotency_lease_seconds: int = 60  # BILLING_IDEMPOTENCY_LEASE_SECONDS
     db_lock_timeout_ms: int = 500  # BILLING_DB_LOCK_TIMEOUT_MS: longest wait for a row lock
     db_statement_timeout_ms: int = 30000  # BILLING_DB_STATEMENT_TIMEOUT_MS: below the tasks' time limit
+    # BILLING_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: the server ends a session whose client went silent mid-transaction
+    db_idle_in_transaction_timeout_ms: int = 10000
     otlp_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there (worker.tracing)
     database_read_urls: tuple[str, ...] = ()  # DATABASE_READ_URL: read replicas, comma-separated
     read_max_lag_ms: int = 1000  # BILLING_READ_MAX_LAG_MS: a replica lagging more is skipped
@@ -113,6 +115,10 @@ def load(env: dict | None = None) -> Settings:
         db_lock_timeout_ms=_int(env, "BILLING_DB_LOCK_TIMEOUT_MS", 500, low=1, high=600_000),
         # a statement may not run into the tasks' soft time limit (tasks.RETRY), where it would be cut off
         db_statement_timeout_ms=_int(env, "BILLING_DB_STATEMENT_TIMEOUT_MS", 30000, low=100, high=50_000),
+        # no transaction of the service waits on its client (no network call inside one): a pause this long
+        # means the client is gone, and its row locks would otherwise stay held until TCP notices (hours)
+        db_idle_in_transaction_timeout_ms=_int(env, "BILLING_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000,
+                                               low=1000, high=600_000),
         otlp_endpoint=_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https")),
         database_read_urls=_read_urls(env, database_url),
         read_max_lag_ms=_int(env, "BILLING_READ_MAX_LAG_MS", 1000, low=1, high=3_600_000),

@@ -28,16 +28,30 @@ def note_failed(conn: Connection, kind: str) -> None:
 
 
 IDLE_PING_SECONDS = 5.0  # a pooled connection unused for longer is pinged before it is handed out
+# A peer that went silent (its host cut off: no FIN, no RST) ends the connection after about 25 s on both
+# sides, instead of TCP's defaults (two hours of keepalive, 15 minutes of retransmissions). Here: a unit of
+# work waiting on a server that vanished fails as unavailable and is retried. On the server (the -c options
+# below): a session whose client vanished gives its connection slot back.
+CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                     "tcp_user_timeout": 25_000}
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 3}
 
 
 def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = None,
-                statement_timeout_ms: int | None = None, autocommit: bool = False,
-                connect_timeout_s: int | None = None) -> Engine:
+                statement_timeout_ms: int | None = None, idle_in_transaction_timeout_ms: int | None = None,
+                autocommit: bool = False, connect_timeout_s: int | None = None) -> Engine:
     """An engine for psycopg 3; plain postgresql:// URLs are accepted.
 
     lock_timeout bounds every wait for a row lock (another transaction holding an account): the unit of
     work fails as unavailable instead, and the worker retries the operation later rather than spend a
     slot waiting; statement_timeout bounds any one statement below the tasks' time limit.
+
+    idle_in_transaction_session_timeout is the server's own clock on a client that went silent inside a
+    transaction (its host cut off: no FIN, no RST). Without it the session keeps its row locks (the
+    operation, the account) until the server's TCP keepalive gives up, two hours by default: the other
+    workers skip those operations (SKIP LOCKED) and wait on that account all that time. With it, the
+    transaction is rolled back after the timeout and another worker (or the outbox relay) takes over.
+    Keepalives on both ends (CLIENT_KEEPALIVES, SERVER_KEEPALIVES) end a connection to a silent peer.
 
     No pool_pre_ping (a round trip per unit of work): a connection is pinged only when it sat idle in the
     pool for IDLE_PING_SECONDS, which is when a restarted server or a dropped link shows. One that dies
@@ -50,9 +64,10 @@ def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = N
     long once, then it is skipped)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    options = " ".join(f"-c {name}={ms}" for name, ms in (("lock_timeout", lock_timeout_ms),
-                                                             ("statement_timeout", statement_timeout_ms)) if ms)
-    connect_args = {"options": options} if options else {}
+    settings = SERVER_KEEPALIVES | {"lock_timeout": lock_timeout_ms, "statement_timeout": statement_timeout_ms,
+                                    "idle_in_transaction_session_timeout": idle_in_transaction_timeout_ms}
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items() if value)
+    connect_args = {"options": options, **CLIENT_KEEPALIVES}
     if connect_timeout_s:
         connect_args["connect_timeout"] = connect_timeout_s
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,

@@ -1,7 +1,6 @@
 """Balances now and as of any instant: availableCents, the paid/promotional split and the next expiry, read from
 the balance chain and the grants' draws as they stood right after the last entry at or before the instant."""
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
