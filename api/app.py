@@ -3,6 +3,7 @@ import functools
 from collections.abc import Callable
 
 import falcon
+import orjson
 
 from api import errors, openapi
 from api.auth import Authentication
@@ -73,6 +74,10 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
     app = falcon.App(middleware=[RequestLog(), RequestMetrics(metrics), Authentication(s.users, operator_token),
                                  ApiRateLimit(s.rate_limits, s.users, api_rate_limit), IdempotencyKeys(s.idempotency)])
     app.req_options.strip_url_path_trailing_slash = True
+    # Answers rendered by orjson (Falcon's documented way): a page of 50 transactions costs a fraction of the
+    # standard library's time. Request bodies are read by api.json_body, never through req.media.
+    json_answers = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json_answers})
     errors.install(app)
     for path, resource in routes(s, checks, metrics):
         app.add_route(path, resource)

@@ -4,7 +4,8 @@ does it, the accept and then the apply, one transaction each, on copies of the t
 A credit commits twice: the API's accept (the operation row under its unique scope, and the
 Idempotency-Key's first answer beside it) before its 202, then the worker's apply (lock the account, insert
 the entry under the operation's key and move the cached balance, mark the operation succeeded). Each
-statement is the service's own (domain/store/operations.py, idempotency.py, ledger.py), one credit per
+statement is the service's own (domain/store/operations.py, idempotency.py, ledger.py, grants.py: the credit's
+grant opens beside its entry), one credit per
 transaction pair, without the batching the service may do: the moonshot is to beat it by batching.
 """
 import psycopg
@@ -12,7 +13,7 @@ import psycopg
 from bench.harness import SetupError, log, run_pgbench
 
 SCHEMA = "ceiling2"
-TABLES = ("billing_accounts", "ledger_entries", "operations", "idempotency_keys")  # what the two transactions write
+TABLES = ("billing_accounts", "ledger_entries", "grants", "operations", "idempotency_keys")  # what the two write
 
 # \gset keeps a returned row's columns as variables (op_id, op_billing_account_id, ... and e_id, ...) for the
 # statements after it, as the service keeps the operation it inserted (its scope, which the service holds
@@ -54,14 +55,21 @@ WITH inserted AS (
     SELECT a.id, :op_workspace_id, 'credit_grant', CAST(:amount AS bigint), a.balance_cents + CAST(:amount AS bigint),
            'bench credit', :op_id, 'op' || chr(58) || :op_id
     FROM {s}.billing_accounts a
-    WHERE a.id = :op_billing_account_id AND (false OR a.balance_cents + CAST(:amount AS bigint) >= 0)
+    WHERE a.id = :op_billing_account_id AND (false OR CAST(:amount AS bigint) > 0
+                                             OR a.balance_cents + CAST(:amount AS bigint) >= 0)
     FOR NO KEY UPDATE
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
     RETURNING *
 )
 UPDATE {s}.billing_accounts SET balance_cents = inserted.balance_after_cents
 FROM inserted WHERE {s}.billing_accounts.id = inserted.billing_account_id
 RETURNING inserted.* \\gset e_
+INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
+                        opened_cents, remaining_cents, status, closed_entry_id, created_at)
+SELECT :op_billing_account_id, 'gr_' || replace(CAST(gen_random_uuid() AS text), '-', ''), :e_id, 'operator',
+       'promotional', 50, NULL, CAST(:amount AS bigint), o.cents, o.cents,
+       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN :e_id END, now()
+FROM (SELECT LEAST(CAST(:amount AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;
 UPDATE {s}.operations o SET status = 'succeeded',
        result = CAST('{{"transactionId": "txn_' || :e_id || '", "billingAccountId": "' || :op_billing_account_id
                      || '", "amountCents": ' || :amount || ', "balanceAfterCents": ' || :e_balance_after_cents
