@@ -1,7 +1,7 @@
 """bench/run: every benchmark of issues 9 and 14, one after another, then one table and one chart.
 
 Runs bench/credits, hot_account, usage, balance_read, transactions_page, usage_overview, ratelimit, webhooks,
-memory, floors and hosts (each starts its own database, Redis and servers, and writes bench/results/<name>.json),
+memory, floors, holds and hosts (each starts its own database, Redis and servers, and writes bench/results/<name>.json),
 runs `billing audit` on the database of any benchmark that did not audit itself, keeps each one's outcome (exit,
 duration, audit, load average before it) in bench/results/run.json, then writes bench/results/summary.md (the
 table: project figure, ceiling measured in the same run, ratio, target, met, load average before) and
@@ -57,6 +57,8 @@ BENCHES = [
     Bench("memory", "memory", "billing_bench_memory", [], ["--seconds", "30", "--workspaces", "300"]),
     # issue 14: the three hot paths beside their floor apps (bench/floor.py), best server each
     Bench("floors", "floors", "billing_bench_floors", [], ["--quick"]),
+    # issue 16: a hold's create and capture beside a balance read
+    Bench("holds", "holds", "billing_bench_holds", [], ["--requests", "1000"]),
     # issue 18: worker hosts in network namespaces (root only): one vs two, and a host cut off mid-credit
     Bench("hosts", "hosts", "billing_bench_hosts", [], ["--credits", "1000", "--workspaces", "300", "--cuts", "1"]),
 ]

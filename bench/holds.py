@@ -1,0 +1,121 @@
+"""bench/holds: what a hold costs an agent's critical path, beside a balance read in the same run (issue 16).
+
+One service (gunicorn as `billing api` runs it, a worker), one database of workspaces with large balances and a
+user key each. Three closed-loop phases from the same clients, one after another: balance reads with a user's
+key (the hot read), hold creations (201, synchronous: the account locked, what is available re-checked, the
+hold written and committed), then one capture of each hold (202: the capture queued as an operation). Per
+phase: requests/s and p50/p99 latency; the rows give each hold call's cost per request as a multiple of the
+balance read's (target ≤ 1.5×). Afterwards every capture must have succeeded, the balances must equal their
+entries and the held cents what the open holds reserve (`billing audit`).
+"""
+import argparse
+import os
+import secrets
+import threading
+import time
+
+import psycopg
+
+from bench.harness import (Child, Load, SetupError, audit, fresh_database, log, percentile, row, run_with_children,
+                           seed_api_keys, start_api, start_redis, user_key, workspace_id, write_result)
+
+TARGET = 1.5  # issue 16: create and capture within 1.5x of a balance read
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--database", default="billing_bench_holds")
+    p.add_argument("--workspaces", type=int, default=200)
+    p.add_argument("--requests", type=int, default=2000, help="requests per phase")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    p.add_argument("--api-workers", type=int, default=2)
+    p.add_argument("--api-threads", type=int, default=4)
+    return p.parse_args()
+
+
+def main() -> int:
+    return run_with_children(run, parse_args())
+
+
+def phase(port: int, clients: int, requests: list[tuple]) -> tuple[Load, dict]:
+    """Run the requests (method, path, body, headers) from `clients` closed-loop clients; the load and its figures."""
+    jobs, lock = iter(requests), threading.Lock()
+
+    def next_request():
+        with lock:
+            return next(jobs, None)
+    load = Load(port, clients, next_request, time.monotonic() + 600)
+    load.run()
+    seconds = load.finished - load.started
+    figures = {"requests": len(requests), "statuses": {str(k): v for k, v in load.statuses.items()},
+               "per_s": round(len(load.latencies) / seconds, 1),
+               "p50_ms": round(percentile(load.latencies, 0.5) * 1000, 2),
+               "p99_ms": round(percentile(load.latencies, 0.99) * 1000, 2)}
+    return load, figures
+
+
+def run(args, children: list[Child]) -> int:
+    w = args.workspaces
+    database_url = fresh_database(args.admin_url, args.database, w, 10**9)
+    seed_api_keys(database_url, w)
+    redis_url, _ = start_redis(children)
+    token = f"bench-{secrets.token_urlsafe(16)}"
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "BENCH_NO_REEXEC")}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, BILLING_OPERATOR_TOKEN=token, PYTHONUNBUFFERED="1",
+               BILLING_API_RATE_LIMIT="0")
+    from worker.cli import ALL_QUEUES, worker_argv
+
+    worker = Child("worker", worker_argv(ALL_QUEUES, args.concurrency, name=f"bench-{token[-6:]}@%h"), env)
+    children.append(worker)
+    port = start_api(children, env, args.api_workers, args.api_threads)
+    worker.wait_for(lambda: " ready." in worker.text(), 60, "the worker")
+    operator = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    n = args.requests
+
+    reads = [("GET", f"/workspaces/{workspace_id(i % w + 1)}/billing/balance", None,
+              {"Authorization": f"Bearer {user_key(i % w + 1)}"}) for i in range(n)]
+    phase(port, args.clients, reads[: n // 4])  # warm-up: connections, prepared statements
+    log(f"balance reads: {n} from {args.clients} clients")
+    _, read = phase(port, args.clients, reads)
+    log(f"  {read}")
+
+    creates = [("POST", f"/workspaces/{workspace_id(i % w + 1)}/billing/holds",
+                '{"amountCents": 100, "expiresInSeconds": 3600}', operator) for i in range(n)]
+    log(f"hold creations: {n}")
+    made, create = phase(port, args.clients, creates)
+    log(f"  {create}")
+    holds = [(h["workspaceId"], h["id"]) for h in made.bodies if h.get("status") == "active"]
+    if len(holds) != n:
+        raise SetupError(f"{len(holds)} of {n} holds created: {create['statuses']}")
+
+    captures = [("POST", f"/workspaces/{ws}/billing/holds/{hold}/capture", '{"amountCents": 60}', operator)
+                for ws, hold in holds]
+    log(f"hold captures: {n} (each queued as an operation)")
+    queued, capture = phase(port, args.clients, captures)
+    log(f"  {capture}")
+    operations = [body["id"] for body in queued.bodies if body.get("status") in ("queued", "running", "succeeded")]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 300
+        while True:
+            done = conn.execute("SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = "
+                                "'failed') FROM operations WHERE id = ANY(%s)", (operations,)).fetchone()
+            if sum(done) >= len(operations) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    checked = audit(env)
+    ok = len(operations) == n and done == (n, 0) and checked["ok"]
+    rows = []
+    for name, figures in (("hold create (201)", create), ("hold capture (202, queued)", capture)):
+        cost = read["per_s"] / figures["per_s"]  # per-request cost against a balance read's, same clients
+        rows.append(row(f"{name} vs a balance read", f"{figures['per_s']:.0f} req/s, p50 {figures['p50_ms']} ms",
+                        f"balance read {read['per_s']:.0f} req/s, p50 {read['p50_ms']} ms (same run, same clients)",
+                        round(cost, 3), f"≤ {TARGET}× the read's cost", cost <= TARGET and ok))
+    path = write_result("holds", {"read": read, "create": create, "capture": capture,
+                                  "captures_succeeded": done[0], "captures_failed": done[1], "audit": checked,
+                                  "summary": rows, "cpus": os.cpu_count(),
+                                  "config": {k: v for k, v in vars(args).items() if k != "admin_url"}})
+    log(f"captures succeeded {done[0]}, failed {done[1]}; audit {'ok' if checked['ok'] else 'FAILED'}; "
+        f"written to {path}")
+    return 0 if ok else 1
