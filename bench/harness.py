@@ -163,6 +163,16 @@ def grant_seeded_credits(url: str) -> None:
         conn.execute(GRANT_SEEDED_CREDITS)
 
 
+def regrant_seeded(url: str) -> None:
+    """The grants again, after a seed wrote more entries straight into the ledger (credits, or debits that no
+    grant was drawn for): each credit's grant holds what the debits left of it, as the service's draws would
+    have. Only on a seeded database the service has not run on yet."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM grant_draws")
+        conn.execute("DELETE FROM grants")
+        conn.execute(GRANT_SEEDED_CREDITS)
+
+
 def fresh_database(admin_url: str, name: str, accounts: int, cents: int, seed: str = SEED) -> str:
     """Drop and create the database, migrate it, seed it (`seed`: statements on %(n)s and %(cents)s); its URL."""
     from worker.cli import migrate

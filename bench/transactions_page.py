@@ -17,7 +17,7 @@ import time
 
 import psycopg
 
-from bench.harness import (Child, SetupError, add_members, audit, capture_sql, fresh_database, log, pgbench_latencies,
+from bench.harness import (regrant_seeded, Child, SetupError, add_members, audit, capture_sql, fresh_database, log, pgbench_latencies,
                            pgbench_script, row, run_with_children, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, timed_requests, user_key, workspace_id, write_result)
 from domain.public_ids import PublicIds
@@ -74,7 +74,9 @@ def grow(url: str, n: int, have: int, want: int, chunk: int) -> float:
                     conn.execute(statement, {"n": str(n), "first": first, "last": last})
             log(f"  {last + 1:,} entries ({time.monotonic() - start:.0f} s)")
         conn.execute("SET session_replication_role = DEFAULT")
-        conn.execute("VACUUM ANALYZE ledger_entries")  # as autovacuum would, but not while we measure
+    regrant_seeded(url)  # the grants of the credits written straight into the ledger (the service only reads)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE ledger_entries, grants")  # as autovacuum would, but not while we measure
     return time.monotonic() - start
 
 

@@ -66,9 +66,10 @@ FROM inserted WHERE {s}.billing_accounts.id = inserted.billing_account_id
 RETURNING inserted.* \\gset e_
 INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
                         opened_cents, remaining_cents, status, closed_entry_id, created_at)
-SELECT :op_billing_account_id, 'gr_' || replace(CAST(gen_random_uuid() AS text), '-', ''), :e_id, 'operator',
-       'promotional', 50, NULL, CAST(:amount AS bigint), o.cents, o.cents,
-       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN :e_id END, now()
+SELECT :op_billing_account_id, 'gr_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
+       'operator', 'promotional', 50, NULL, CAST(:amount AS bigint), o.cents, o.cents,
+       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
+       now()
 FROM (SELECT LEAST(CAST(:amount AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;
 UPDATE {s}.operations o SET status = 'succeeded',
        result = CAST('{{"transactionId": "txn_' || :e_id || '", "billingAccountId": "' || :op_billing_account_id

@@ -25,7 +25,8 @@ from bench.harness import (Child, Load, SetupError, fresh_database, log, percent
 
 TARGET_RATIO = 0.5
 
-# One ledger task's SQL for one batch (domain/store/usage.py), with generated keys on ceiling accounts.
+# One ledger task's SQL for one batch (domain/store/usage.py: entries, rollup, balance; grants.py: the draw;
+# spend.py: the month's spending), with generated keys on ceiling accounts.
 PGBENCH_BATCH = """\\set w random({first}, {last})
 \\set r random(1, 1000000000000)
 BEGIN;
@@ -43,7 +44,7 @@ inserted AS (
     SELECT 'ba_' || md5('a' || :w), 'ws_' || md5('w' || :w), 'usage', -1, a.balance_cents - g,
            'Usage: 100 tokens', 'evt-' || g, 'ceiling:' || :client_id || ':' || :r || ':' || g, 'tokens', 100, now()
     FROM a, generate_series(1, {batch}) g ORDER BY g
-    RETURNING amount_cents, metric, quantity, occurred_at
+    RETURNING id, amount_cents, metric, quantity, occurred_at
 ), rolled AS (
     INSERT INTO usage_rollups AS r (billing_account_id, workspace_id, hour, metric, usage_cents, quantity, events)
     SELECT 'ba_' || md5('a' || :w), 'ws_' || md5('w' || :w),
@@ -56,7 +57,26 @@ inserted AS (
     UPDATE billing_accounts SET balance_cents = balance_cents + (SELECT SUM(amount_cents) FROM inserted)
     WHERE id = 'ba_' || md5('a' || :w) RETURNING balance_cents
 )
-SELECT count(*), (SELECT balance_cents FROM moved) FROM inserted;
+SELECT count(*) AS n, max(id) AS last_id, (SELECT balance_cents FROM moved) AS balance FROM inserted \\gset u_
+WITH ordered AS (
+    SELECT id, remaining_cents,
+           SUM(remaining_cents) OVER (ORDER BY priority, expires_at, entry_id ROWS UNBOUNDED PRECEDING)
+           - remaining_cents AS before
+    FROM grants WHERE billing_account_id = 'ba_' || md5('a' || :w) AND status = 'active'
+), taken AS (
+    SELECT id, LEAST(remaining_cents, {batch} - before) AS cents FROM ordered WHERE before < {batch}
+), drawn AS (
+    UPDATE grants g SET remaining_cents = g.remaining_cents - t.cents,
+           status = CASE WHEN g.remaining_cents = t.cents THEN 'depleted' ELSE 'active' END,
+           closed_entry_id = CASE WHEN g.remaining_cents = t.cents THEN CAST(:u_last_id AS bigint) END
+    FROM taken t WHERE g.billing_account_id = 'ba_' || md5('a' || :w) AND g.id = t.id
+    RETURNING g.id, t.cents, g.remaining_cents
+)
+INSERT INTO grant_draws (billing_account_id, grant_id, entry_id, amount_cents, remaining_after_cents)
+SELECT 'ba_' || md5('a' || :w), id, CAST(:u_last_id AS bigint), cents, remaining_cents FROM drawn;
+INSERT INTO workspace_spend AS s (workspace_id, month, spent_cents)
+VALUES ('ws_' || md5('w' || :w), date_trunc('month', now() AT TIME ZONE 'UTC')::date, {batch})
+ON CONFLICT (workspace_id, month) DO UPDATE SET spent_cents = s.spent_cents + EXCLUDED.spent_cents;
 END;
 """
 

@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from bench.harness import (Child, SetupError, add_members, audit, capture_sql, fresh_database, log, pgbench_latencies,
+from bench.harness import (regrant_seeded, Child, SetupError, add_members, audit, capture_sql, fresh_database, log, pgbench_latencies,
                            pgbench_script, row, run_with_children, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, timed_requests, user_key, workspace_id, write_result)
 
@@ -88,6 +88,7 @@ def run(args, children: list[Child]) -> int:
     seed_api_keys(database_url, args.members)
     add_members(database_url, 1, range(2, args.members + 1))
     seeding = seed_usage(database_url, args.entries, args.chunk)
+    regrant_seeded(database_url)  # what the seeded usage left of the opening credit's grant
     redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
     start_redis_on(children, args.redis_port)
     env = service_env(database_url, redis_url)
