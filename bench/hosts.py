@@ -35,7 +35,8 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import text
 
-from bench.harness import LOGS, SEED, Load, SetupError, audit, log, row, workspace_id, write_result
+from bench.harness import (LOGS, SEED, Load, SetupError, audit, grant_seeded_credits, log, row, workspace_id,
+                           write_result)
 from domain.store.uow import make_engine
 from tests.hosts.cluster import API_PORT, Cluster
 from tests.hosts.failover import WAIT_ON_LOCKS, cut_mid_credit, seconds_until_applied
@@ -118,6 +119,7 @@ def seed(url: str, workspaces: int) -> None:
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
         for statement in filter(str.strip, SEED.split(";\n")):
             conn.execute(statement, {"n": workspaces, "cents": 1000})
+    grant_seeded_credits(url)  # the seeded credits' grants, as the service would have opened them
 
 
 class Credits:
