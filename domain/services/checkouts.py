@@ -1,24 +1,10 @@
 """Reading checkouts of either provider."""
-from datetime import datetime
-
-from domain.errors import InvalidInput, NotFound
+from domain.errors import NotFound
 from domain.ids import looks_like
 from domain.models import Caller, Checkout, Page
-from domain.services import access
+from domain.services import access, keyset
 from domain.services.context import Context
 from domain.store import checkouts
-
-
-def _cursor(c: Checkout) -> str:
-    return f"{c.created_at.isoformat()}|{c.id}"
-
-
-def _after(cursor: str) -> tuple[datetime, str]:
-    try:
-        stamp, checkout_id = cursor.split("|", 1)
-        return datetime.fromisoformat(stamp), checkout_id
-    except ValueError:
-        raise InvalidInput("the cursor is not one this service issued", field="cursor") from None
 
 
 class CheckoutService:
@@ -37,7 +23,7 @@ class CheckoutService:
         with self._ctx.uow() as uow:
             access.workspace(uow.conn, caller, workspace_id)
             found = checkouts.of_workspace(uow.conn, workspace_id, limit=limit + 1,
-                                           before=_after(cursor) if cursor else None)
+                                           before=keyset.position(cursor) if cursor else None)
         more = len(found) > limit
         found = found[:limit]
-        return Page(items=found, next_cursor=_cursor(found[-1]) if more else None)
+        return Page(items=found, next_cursor=keyset.cursor_of(found[-1].created_at, found[-1].id) if more else None)

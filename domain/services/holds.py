@@ -13,7 +13,7 @@ from domain.ids import looks_like, new_id
 from domain.models import Caller, Hold, Operation, Page
 from domain.names import EntryKind, HoldStatus, Task
 from domain.public_ids import PublicIds
-from domain.services import access, grants
+from domain.services import access, grants, keyset
 from domain.services.context import Context
 from domain.store import holds, ledger, operations, spend, usage
 from domain.store.uow import Connection
@@ -104,12 +104,12 @@ class HoldService:
             return self._hold(uow.conn, workspace_id, hold_id)
 
     def page(self, caller: Caller, workspace_id: str, *, limit: int, cursor: str | None, status: str | None) -> Page:
-        before = _after(cursor) if cursor else None
+        before = keyset.position(cursor) if cursor else None
         with self._ctx.read() as uow:
             access.workspace(uow.conn, caller, workspace_id)
             found = holds.page(uow.conn, workspace_id, limit=limit + 1, status=status, before=before)
         items = found[:limit]
-        return Page(items=items, next_cursor=_cursor(items[-1]) if len(found) > limit else None)
+        return Page(items=items, next_cursor=keyset.cursor_of(items[-1].created_at, items[-1].id) if len(found) > limit else None)
 
     def expire_due(self, limit: int = EXPIRE_BATCH) -> int:
         """Release every active hold past its expiresAt (a beat job), each under its account's lock; how many."""
@@ -158,15 +158,3 @@ def apply_capture(conn: Connection, op: Operation, ids: PublicIds) -> dict:
             "releasedCents": hold.amount_cents - hold.captured_cents,
             "transactionId": ids.transaction(entry.id) if entry else None,
             "balanceAfterCents": entry.balance_after_cents if entry else None}
-
-
-def _cursor(hold: Hold) -> str:
-    return f"{hold.created_at.isoformat()}|{hold.id}"
-
-
-def _after(cursor: str) -> tuple[datetime, str]:
-    try:
-        stamp, hold_id = cursor.split("|", 1)
-        return datetime.fromisoformat(stamp), hold_id
-    except ValueError:
-        raise InvalidInput("the cursor is not one this service issued", field="cursor") from None
