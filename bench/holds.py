@@ -11,6 +11,7 @@ entries and the held cents what the open holds reserve (`billing audit`).
 import argparse
 import os
 import secrets
+import sys
 import threading
 import time
 
@@ -119,3 +120,7 @@ def run(args, children: list[Child]) -> int:
     log(f"captures succeeded {done[0]}, failed {done[1]}; audit {'ok' if checked['ok'] else 'FAILED'}; "
         f"written to {path}")
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
