@@ -3,6 +3,8 @@ open psql session): accepted operations on it wait, retried with backoff and nev
 accounts' operations flow; every operation is applied once when the lock goes."""
 import time
 
+import pytest
+
 from tests.processes import (account_locked, assert_applied_once, assert_audit_passes, statuses,
                              wait_for_operations, wait_until)
 
@@ -15,6 +17,7 @@ def _accept(api, path: str, body: dict) -> str:
     return result.json["id"]
 
 
+@pytest.mark.rabbitmq  # the retries' countdowns wait in RabbitMQ's delay queues there
 def test_operations_on_a_locked_account_wait_and_retry_while_other_accounts_flow(stack, api, engine):
     stack.start(api=True, concurrency=2)
     owner, other = stack.api.new_user(), stack.api.new_user("Grace")

@@ -56,6 +56,7 @@ def test_a_pool_process_killed_mid_transaction_is_redelivered_and_applies_once(s
     assert_sound(services, account_id, op_id)
 
 
+@pytest.mark.rabbitmq
 def test_a_worker_killed_with_sigkill_mid_stream_loses_nothing_and_applies_nothing_twice(stack, api, services,
                                                                                           engine):
     owners, workspaces = two_pool_processes_and_workspaces(stack, api, 3)
@@ -68,8 +69,9 @@ def test_a_worker_killed_with_sigkill_mid_stream_loses_nothing_and_applies_nothi
     wait_until(lambda: backends_gone(engine, blocked), 30, "the killed transactions to roll back")
     assert list(before.values()).count("running") == 2 and "succeeded" in before.values(), before
 
-    # The dead worker's prefetched messages sit unacked in Redis until the visibility timeout (an
-    # hour): a new worker, and the relay re-sending what is unfinished, must do the rest.
+    # The dead worker's prefetched messages sit unacked in Redis until the visibility timeout (an hour;
+    # RabbitMQ delivers them again when the dead connection closes): a new worker, and the relay re-sending
+    # what is unfinished, must do the rest, once.
     stack.start(api=False)
     age_operations(engine, ids)
     assert stack.services(services).relay.send_due() >= list(before.values()).count("running")
