@@ -100,12 +100,26 @@ def is_unavailable(exc: BaseException) -> bool:
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
-def transient_cause(exc: BaseException) -> str:
-    """What stopped a unit of work, in words fit to show a caller: never the exception's own text, which
-    may hold addresses or SQL."""
+def _chain(exc: BaseException) -> list[BaseException]:
     chain = [exc]
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    """What a caller is told when a unit of work could not finish: a row another transaction held past
+    lock_timeout is named as that (the database is up; a retry shortly will do), anything else as the
+    database unavailable."""
+    if any(isinstance(getattr(seen, "orig", seen), psycopg.errors.LockNotAvailable) for seen in _chain(exc)):
+        return Unavailable("the billing account is locked by another transaction; retry shortly")
+    return Unavailable("the database is unavailable")
+
+
+def transient_cause(exc: BaseException) -> str:
+    """What stopped a unit of work, in words fit to show a caller: never the exception's own text, which
+    may hold addresses or SQL."""
+    chain = _chain(exc)
     for orig in (getattr(seen, "orig", None) for seen in chain):
         if isinstance(orig, psycopg.errors.LockNotAvailable):
             return "the billing account is locked by another transaction; waiting for it"
@@ -161,7 +175,7 @@ class UnitOfWork:
         finally:
             self.conn.close()
         if exc is not None and is_unavailable(exc):
-            raise Unavailable("the database is unavailable") from exc
+            raise _unavailable(exc) from exc
 
     @property
     def driver(self) -> psycopg.Connection:
@@ -205,5 +219,5 @@ class RawRead:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None and is_unavailable(exc):
             self._pooled.invalidate()
-            raise Unavailable("the database is unavailable") from exc
+            raise _unavailable(exc) from exc
         self._pooled.close()

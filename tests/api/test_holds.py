@@ -218,3 +218,32 @@ def test_users_may_read_holds_but_not_place_them(api, owner_ws):
     assert_problem(api.call("POST", f"/workspaces/{ws}/billing/holds", owner.key, json={"amountCents": 1}), 403)
     assert_problem(api.call("GET", f"/workspaces/{ws}/billing/holds/hold_{'0' * 32}", owner.key), 404)
     assert_problem(api.call("GET", f"/workspaces/{ws}/billing/holds", owner.key, params={"status": "open"}), 422)
+
+
+def test_a_hold_on_an_account_another_transaction_holds_answers_503_naming_the_lock(database_url, engine, queue):
+    """A hold waits at most lock_timeout for the account's row; then 503 with Retry-After, saying the account is
+    locked (the database is up), and nothing is reserved. Once the lock goes, the same hold is placed."""
+    from falcon import testing
+
+    from api.app import create_app
+    from domain.services.context import Config, Context
+    from domain.services.registry import Services
+    from domain.store.uow import UnitOfWork, make_engine
+    from tests.factories import OPERATOR_TOKEN, Api
+    from tests.processes import account_locked
+
+    bounded = make_engine(database_url, lock_timeout_ms=200)
+    services = Services(Context(uow=lambda: UnitOfWork(bounded), enqueue=queue, config=Config()))
+    api = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {})))
+    owner = api.new_user()
+    ws = api.new_workspace(owner)
+    try:
+        with account_locked(engine, ws["defaultBillingAccountId"]):
+            refused = _hold(api, ws["id"], 200)
+        assert_problem(refused, 503)
+        assert refused.json["detail"] == "the billing account is locked by another transaction; retry shortly"
+        assert refused.headers.get("Retry-After")
+        assert _held(engine, ws["defaultBillingAccountId"]) == 0
+        assert _hold(api, ws["id"], 200).status_code == 201
+    finally:
+        bounded.dispose()
