@@ -1,8 +1,8 @@
-"""Queued credits, applied in batches.
+"""Queued credits and hold captures, applied in batches.
 
-The task of one credit also claims other queued credits that no other transaction holds (FOR UPDATE SKIP
-LOCKED), locks their accounts without waiting on any, and posts every credit whose account it locked,
-marks them succeeded and stores their accounts' tiers, all in one transaction. Then it drains: the next
+The task of one credit (or capture) also claims other queued ones that no other transaction holds (FOR UPDATE
+SKIP LOCKED), locks their accounts (and a capture's workspace) without waiting on any, and posts every credit
+and capture whose locks it took, marks them succeeded and stores their accounts' tiers, all in one transaction. Then it drains: the next
 batches, each in its own transaction, until no credit is queued, so a backlog is applied at the pace of
 the database rather than of the messages. A message is thus a wake-up: the API merges the messages of
 many credits into one (worker.wakeups), and a drain that stops with credits still queued (out of time, or
@@ -20,14 +20,14 @@ from domain.errors import DomainError, Unavailable
 from domain.grants import DEFAULT_PRIORITY, Terms
 from domain.models import Entry, Operation
 from domain.names import EntryKind, GrantCategory, GrantSource, OperationStatus, Task
-from domain.services import grants
+from domain.services import grants, holds
 from domain.services.context import Context
-from domain.store import batch, ledger, operations
+from domain.store import batch, ledger, operations, usage
 from domain.store.uow import Connection, StoreError
 
 log = logging.getLogger(__name__)
 
-BATCHED_KINDS = ("credit",)  # applied in batches, their accounts' tiers computed in the same transaction
+BATCHED_KINDS = ("credit", holds.CAPTURE)  # applied in batches, their accounts' tiers computed in the same transaction
 BATCH_SIZE = 100  # operations applied by one transaction at most
 DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of queued credits
 
@@ -56,25 +56,35 @@ class CreditBatches:
         """Post the claimed (locked) credits whose accounts no other transaction holds, mark them succeeded
         (or failed, refused) and store their accounts' tiers, in this transaction."""
         locked = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
-        ready = [op for op in claimed if op.billing_account_id in locked]
-        posted = ledger.post_credits(conn, [_credit(op) for op in ready], kind=EntryKind.CREDIT_GRANT)
-        grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in ready if f"op:{op.id}" in posted])
+        ready = [op for op in claimed if op.billing_account_id in locked and self._workspace_free(conn, op)]
+        credits = [op for op in ready if op.kind != holds.CAPTURE]
+        posted = ledger.post_credits(conn, [_credit(op) for op in credits], kind=EntryKind.CREDIT_GRANT)
+        grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in credits if f"op:{op.id}" in posted])
         results: dict[str, dict] = {}
         refused: list[str] = []
         for op in ready:
             try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
-                entry = posted.get(f"op:{op.id}") or self.post_one(conn, op)
+                results[op.id] = self._apply_one(conn, op, posted)
             except Unavailable:
                 raise
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
                 operations.set_status(conn, op.id, OperationStatus.FAILED, attempt=True,
                                       error={"title": type(exc).__name__, "detail": exc.detail})
                 refused.append(op.id)
-                continue
-            results[op.id] = self.result_of(op, entry)
         operations.succeed_many(conn, results)
         self.store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return BatchOutcome([*results, *refused], {op.id for op in claimed} - {op.id for op in ready})
+
+    @staticmethod
+    def _workspace_free(conn: Connection, op: Operation) -> bool:
+        """A capture counts as its workspace's spending, which usage batches and holds serialize on: taken here
+        without waiting, as the accounts are (a capture whose workspace is held waits for a later attempt)."""
+        return op.kind != holds.CAPTURE or usage.try_lock_workspace(conn, op.workspace_id)
+
+    def _apply_one(self, conn: Connection, op: Operation, posted: dict[str, Entry]) -> dict:
+        if op.kind == holds.CAPTURE:
+            return holds.apply_capture(conn, op, self._ctx.ids)
+        return self.result_of(op, posted.get(f"op:{op.id}") or self.post_one(conn, op))
 
     def drain(self, woken_by: str, passed_over: set[str]) -> None:
         """Apply the queued credits, a batch per transaction, until none is left or DRAIN_SECONDS pass,

@@ -71,7 +71,8 @@ class HoldService:
                 workspace_id=workspace_id, billing_account_id=hold.billing_account_id,
                 payload={"holdId": hold.id, "amountCents": amount_cents}, trace_parent=self._ctx.trace_parent())
             holds.mark_captured(uow.conn, hold, amount_cents, op.id)
-            uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_OPERATION, operation_id=op.id))
+            wake = self._ctx.wake or self._ctx.enqueue  # applied with the queued credits (credit_batches)
+            uow.after_commit(lambda: wake(Task.APPLY_OPERATION, operation_id=op.id))
             uow.commit()
         return op
 
