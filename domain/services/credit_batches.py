@@ -56,7 +56,11 @@ class CreditBatches:
         """Post the claimed (locked) credits whose accounts no other transaction holds, mark them succeeded
         (or failed, refused) and store their accounts' tiers, in this transaction."""
         locked = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
-        ready = [op for op in claimed if op.billing_account_id in locked and self._workspace_free(conn, op)]
+        ready = [op for op in claimed if op.billing_account_id in locked]
+        # A capture counts as its workspace's spending, which usage batches and holds serialize on: its lock is
+        # taken without waiting too (a capture whose workspace is held waits for a later attempt).
+        spenders = usage.lock_free_workspaces(conn, list({op.workspace_id for op in ready if op.kind == holds.CAPTURE}))
+        ready = [op for op in ready if op.kind != holds.CAPTURE or op.workspace_id in spenders]
         credits = [op for op in ready if op.kind != holds.CAPTURE]
         posted = ledger.post_credits(conn, [_credit(op) for op in credits], kind=EntryKind.CREDIT_GRANT)
         grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in credits if f"op:{op.id}" in posted])
@@ -75,15 +79,9 @@ class CreditBatches:
         self.store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return BatchOutcome([*results, *refused], {op.id for op in claimed} - {op.id for op in ready})
 
-    @staticmethod
-    def _workspace_free(conn: Connection, op: Operation) -> bool:
-        """A capture counts as its workspace's spending, which usage batches and holds serialize on: taken here
-        without waiting, as the accounts are (a capture whose workspace is held waits for a later attempt)."""
-        return op.kind != holds.CAPTURE or usage.try_lock_workspace(conn, op.workspace_id)
-
     def _apply_one(self, conn: Connection, op: Operation, posted: dict[str, Entry]) -> dict:
         if op.kind == holds.CAPTURE:
-            return holds.apply_capture(conn, op, self._ctx.ids)
+            return holds.apply_capture(conn, op, self._ctx.ids, locked=True)
         return self.result_of(op, posted.get(f"op:{op.id}") or self.post_one(conn, op))
 
     def drain(self, woken_by: str, passed_over: set[str]) -> None:

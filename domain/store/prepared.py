@@ -5,6 +5,7 @@ around it, and PostgreSQL plans it once. A caller known only by its API key (dom
 checked in the same statement, so such a read is one round trip to the database where the key lookup and
 the read were two. The connection comes from domain.store.uow.RawRead (autocommit, on the read engine).
 """
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +13,14 @@ from psycopg import Connection
 
 from domain.models import BillingAccount, Entry
 from domain.store import balances
+
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def psycopg_style(sql: str) -> str:
+    """A statement written with SQLAlchemy's :name parameters (shared fragments), in psycopg's %(name)s."""
+    return _NAMED.sub(r"%(\1)s", sql)
+
 
 _ACCOUNT_COLUMNS = "a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at"
 _WORKSPACE_JOINS = """

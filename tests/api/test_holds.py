@@ -298,3 +298,16 @@ def test_a_capture_whose_workspace_another_transaction_holds_waits_for_it_and_is
     assert statuses(engine, [op["id"]]) == {op["id"]: "succeeded"}
     assert _balance(api, owner, ws)["balanceCents"] == 700
     assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_ten_concurrent_captures_of_one_hold_queue_one_operation(api, services, queue, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 400).json
+    path = f"/workspaces/{ws}/billing/holds/{hold['id']}/capture"
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda n: api.operator("POST", path, json={"amountCents": 100 + n}), range(10)))
+    assert {a.status_code for a in answers} == {202} and len({a.json["id"] for a in answers}) == 1
+    _apply(services, queue)
+    captured = answers[0].json["result"] or api.operator("GET", f"/operations/{answers[0].json['id']}").json["result"]
+    assert _balance(api, owner, ws)["balanceCents"] == 1000 - captured["capturedCents"]
+    assert ledger_problems(services, owner.default_account_id) == []
