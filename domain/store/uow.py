@@ -71,9 +71,10 @@ def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = N
     connect_args = {"options": options, **CLIENT_KEEPALIVES}
     if connect_timeout_s:
         connect_args["connect_timeout"] = connect_timeout_s
+    # In autocommit no transaction is left open to roll back at check-in: the pool's reset is skipped.
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
                            connect_args=connect_args,
-                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+                           **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}))
     _ping_when_idle(engine)
     return engine
 
