@@ -137,14 +137,18 @@ class CreditBatches:
                 "amountCents": entry.amount_cents, "balanceAfterCents": entry.balance_after_cents}
 
     def store_tiers(self, conn: Connection, account_ids: set[str]) -> None:
-        """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
-        if not account_ids:
-            return
-        table, decided = self._ctx.config.tiers, {}
-        for account_id, (balance, paid, last_entry_id) in batch.tier_inputs(conn, list(account_ids)).items():
-            decision = tiers.decide(balance, paid, table)
-            decided[account_id] = (decision.tier, decision.reason, paid, balance, last_entry_id)
-        batch.save_tiers(conn, decided)
+        store_tiers(conn, self._ctx.config.tiers, account_ids)
+
+
+def store_tiers(conn: Connection, table: tiers.TierTable, account_ids: set[str]) -> None:
+    """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
+    if not account_ids:
+        return
+    decided = {}
+    for account_id, (balance, paid, last_entry_id) in batch.tier_inputs(conn, list(account_ids)).items():
+        decision = tiers.decide(balance, paid, table)
+        decided[account_id] = (decision.tier, decision.reason, paid, balance, last_entry_id)
+    batch.save_tiers(conn, decided)
 
 
 def terms_of(op: Operation) -> Terms:
