@@ -3,7 +3,8 @@ from api import docs_page, responses
 from api.doc import EndpointDoc
 
 PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
-               "operation_id": "operationId", "checkout_id": "checkoutId", "hold_id": "holdId"}
+               "operation_id": "operationId", "checkout_id": "checkoutId", "hold_id": "holdId",
+               "endpoint_id": "endpointId", "delivery_id": "deliveryId"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 CONVENTIONS = """\
