@@ -46,9 +46,6 @@ def check_url(url: str, *, allow_private: bool) -> str:
     literal = _ip(parts.hostname)
     if literal is not None and not allow_private:
         check_address(literal)
-    elif not allow_private and parts.hostname.rstrip(".").lower() in ("localhost", "localhost.localdomain") or (
-            not allow_private and parts.hostname.rstrip(".").lower().endswith(".localhost")):
-        raise Refused("a loopback host cannot receive webhooks")
     return parts.hostname
 
 
@@ -59,10 +56,12 @@ def check_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) 
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
     embedded = _embedded_ipv4(ip)
     if embedded is not None:
-        check_address(embedded)
-        return
-    if not ip.is_global or ip.is_multicast:
-        raise Refused(f"{ip} is not a public address")
+        try:
+            check_address(embedded)
+        except Refused:
+            raise Refused(f"{address} ({embedded}) is not a public address") from None
+    elif not ip.is_global or ip.is_multicast:
+        raise Refused(f"{address} is not a public address")
 
 
 def _embedded_ipv4(ip) -> ipaddress.IPv4Address | None:
