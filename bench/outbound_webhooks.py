@@ -102,7 +102,8 @@ def deliver_all(env: dict, children: list[Child], database_url: str, expected: i
                    env | {"WORKER_METRICS_PORT": "0"})
     children.append(worker)
     query = ("SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'), "
-             "EXTRACT(EPOCH FROM min(updated_at)), EXTRACT(EPOCH FROM max(updated_at)) FROM webhook_deliveries")
+             "EXTRACT(EPOCH FROM min(updated_at) FILTER (WHERE status = 'succeeded')), "
+             "EXTRACT(EPOCH FROM max(updated_at)) FROM webhook_deliveries")
     with psycopg.connect(database_url, autocommit=True) as conn:
         deadline = time.monotonic() + 900
         while sum((found := conn.execute(query).fetchone())[:2]) < expected and time.monotonic() < deadline:
