@@ -103,7 +103,8 @@ def observe_decision(decision) -> None:
 def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:
     """Scrape-time values: whether the database and the broker answered this scrape, queue depth per queue and
     dead-letter queue (Redis or RabbitMQ broker), outbox backlog and its oldest operation's age, checkouts by state and the oldest
-    pending one's age per provider, pending webhook deliveries and the oldest one's age. The database down leaves its gauges out, not the whole scrape."""
+    pending one's age per provider, pending webhook deliveries, the oldest one's age and how long the first due has
+    waited for its attempt. The database down leaves its gauges out, not the whole scrape."""
     try:
         snapshot = services.stats.snapshot()
     except Unavailable:
@@ -118,6 +119,7 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
                 ({"provider": p}, age) for p, age in snapshot["oldest_pending_checkouts"].items()],
             "billing_webhook_deliveries_pending": [({}, snapshot["webhooks_pending"])],
             "billing_webhook_oldest_pending_seconds": [({}, snapshot["webhooks_oldest_pending_seconds"])],
+            "billing_webhook_overdue_seconds": [({}, snapshot["webhooks_overdue_seconds"])],
         }
     depths = _queue_depths(broker_url)
     if depths is not None:

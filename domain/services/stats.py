@@ -10,8 +10,9 @@ class StatsService:
 
     def snapshot(self) -> dict:
         with self._ctx.uow() as uow:
-            pending, oldest = webhooks.pending(uow.conn)
+            pending, oldest, overdue = webhooks.pending(uow.conn)
             return {"backlog": stats.operation_backlog(uow.conn), "checkouts": stats.checkout_counts(uow.conn),
                     "oldest_unfinished_seconds": stats.oldest_unfinished_seconds(uow.conn),
                     "oldest_pending_checkouts": stats.oldest_pending_checkouts(uow.conn),
-                    "webhooks_pending": pending, "webhooks_oldest_pending_seconds": oldest}
+                    "webhooks_pending": pending, "webhooks_oldest_pending_seconds": oldest,
+                    "webhooks_overdue_seconds": max(overdue, 0.0)}

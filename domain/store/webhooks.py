@@ -232,16 +232,19 @@ def record(conn: Connection, delivery_id: str, *, ok: bool, status_code: int | N
     return True
 
 
-_OLDEST_PENDING = text("""
-SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) FROM webhook_deliveries
-WHERE status = 'pending'
+# The literal predicate is the partial index webhook_deliveries_pending's.
+_PENDING = text("""
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0),
+       COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)
+FROM webhook_deliveries WHERE status = 'pending'
 """)
 
 
-def pending(conn: Connection) -> tuple[int, float]:
-    """How many deliveries are pending, and the seconds since the oldest of them was created (0: none)."""
-    count, age = conn.execute(_OLDEST_PENDING).one()
-    return int(count), float(age)
+def pending(conn: Connection) -> tuple[int, float, float]:
+    """How many deliveries are pending, the seconds since the oldest was created, and how long the one due first
+    has been due (0: none; negative: none is due yet)."""
+    count, age, overdue = conn.execute(_PENDING).one()
+    return int(count), float(age), float(overdue)
 
 
 # Active grants expiring within `within` that no grant.expiring was emitted for, marked as emitted; with the
