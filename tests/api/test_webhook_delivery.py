@@ -199,3 +199,22 @@ def test_a_thousand_concurrent_debits_give_one_balance_low_per_downward_crossing
         events = conn.execute(text("SELECT entry_id FROM webhook_events WHERE workspace_id = :w AND type = 'balance.low' "
                                    "ORDER BY entry_id"), {"w": ws}).scalars().all()
     assert len(crossings) > 20 and events == crossings
+
+
+def test_an_endpoint_deleted_during_an_attempt_gets_no_retry(hooks, engine, receiver):
+    services, api, _ = hooks
+    owner, ws, endpoint = _subscribed(api, receiver.url, ["transaction.created"])
+    held = threading.Event()
+    receiver.answer(Answer(500, hold=held))
+    post(services, owner.default_account_id, 100)
+    [delivery] = _deliveries(engine, endpoint["id"])
+    attempt = threading.Thread(target=lambda: outcomes.append(services.webhook_delivery.deliver(delivery["id"])))
+    outcomes: list = []
+    attempt.start()
+    receiver.wait_for(1)
+    assert api.call("DELETE", f"/workspaces/{ws}/webhook-endpoints/{endpoint['id']}", owner.key).status_code == 204
+    held.set()
+    attempt.join()
+    assert outcomes[0].retry_in is None
+    [row] = _deliveries(engine, endpoint["id"])
+    assert (row["status"], row["next_attempt_at"], row["attempts"]) == ("failed", None, 1)
