@@ -24,7 +24,8 @@ class BillingSettingsService:
             workspace = access.workspace(uow.conn, caller, workspace_id).workspace
             return _read(uow.conn, workspace.id)
 
-    def put(self, caller: Caller, workspace_id: str, *, low_balance_cents: int | None | object = UNSET) -> BillingSettings:
+    def put(self, caller: Caller, workspace_id: str, *,
+            low_balance_cents: int | None | object = UNSET) -> BillingSettings:
         """Set the fields given (None clears one); the owner or an admin."""
         with self._ctx.uow() as uow:
             workspace = access.workspace(uow.conn, caller, workspace_id, manage=True).workspace

@@ -231,7 +231,8 @@ class Recorded:
 def record(conn: Connection, delivery_id: str, *, ok: bool, status_code: int | None, error: str | None,
            retry_in: float | None, countdown: bool, disable_after: timedelta) -> Recorded:
     """Record an attempt's outcome (retry_in None: no attempt is left, failed)."""
-    status = DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.PENDING if retry_in is not None else DeliveryStatus.FAILED
+    status = (DeliveryStatus.SUCCEEDED if ok else
+              DeliveryStatus.PENDING if retry_in is not None else DeliveryStatus.FAILED)
     row = conn.execute(_RECORD, {"id": delivery_id, "status": status, "ok": ok, "code": status_code, "error": error,
                                  "retry_in": retry_in or 0, "countdown": countdown,
                                  "disable_after": disable_after.total_seconds()}).first()

@@ -83,7 +83,8 @@ def test_every_event_type_reaches_the_receiver_signed_with_the_endpoints_secret(
         stack, receiver, stripe_api, facilitator, engine):
     api = stack.api
     owner, ws, endpoint = _subscribed(api, receiver, EMITTED)
-    assert api.call("PUT", f"/workspaces/{ws}/billing/settings", owner.key, json={"lowBalanceCents": 500}).status_code == 200
+    settings = api.call("PUT", f"/workspaces/{ws}/billing/settings", owner.key, json={"lowBalanceCents": 500})
+    assert settings.status_code == 200
     assert api.call("PUT", f"/workspaces/{ws}/billing/spend-limit", owner.key,
                     json={"monthlyLimitCents": 2000, "alertPercents": [25]}).status_code == 200
     api.operator("POST", f"/workspaces/{ws}/billing/credits", json={"amountCents": 100})  # 1000 + 100
