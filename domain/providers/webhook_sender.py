@@ -35,10 +35,11 @@ def signature_headers(secret: str, msg_id: str, body: bytes, at: datetime) -> di
 
 class WebhookSender:
     def __init__(self, *, allow_private: bool = False, timeout_seconds: float = TIMEOUT_SECONDS,
-                 resolve=socket.getaddrinfo) -> None:
+                 resolve=socket.getaddrinfo, ca_certs: str = certifi.where()) -> None:
         self.allow_private = allow_private
         self._timeout = timeout_seconds
         self._resolve = resolve
+        self._ca_certs = ca_certs  # the authorities a receiver's certificate must chain to
 
     def check(self, url: str) -> None:
         """Refused unless the URL may receive webhooks now: its scheme, and every address its host resolves to."""
@@ -93,7 +94,7 @@ class WebhookSender:
         if parts.scheme == "https":
             pool = urllib3.HTTPSConnectionPool(address, parts.port or 443, server_hostname=parts.hostname,
                                                assert_hostname=parts.hostname, cert_reqs="CERT_REQUIRED",
-                                               ca_certs=certifi.where(), **options)
+                                               ca_certs=self._ca_certs, **options)
         else:
             pool = urllib3.HTTPConnectionPool(address, parts.port or 80, **options)
         path = parts.path or "/"

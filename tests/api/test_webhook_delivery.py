@@ -22,7 +22,7 @@ from domain.store.uow import UnitOfWork
 from domain.webhooks import ATTEMPTS
 from tests.conftest import RecordingQueue
 from tests.factories import OPERATOR_TOKEN, Api, post
-from tests.standins.webhook_receiver import Answer, WebhookReceiver
+from tests.standins.webhook_receiver import Answer, WebhookReceiver, self_signed
 
 CONFIG = Config(webhooks_allow_private=True, webhook_retry_scale=0.001, webhook_timeout_seconds=1.0)
 
@@ -221,3 +221,22 @@ def test_an_endpoint_deleted_during_an_attempt_gets_no_retry(hooks, engine, rece
     assert outcomes[0].retry_in is None
     [row] = _deliveries(engine, endpoint["id"])
     assert (row["status"], row["next_attempt_at"], row["attempts"]) == ("failed", None, 1)
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_certificate_of_the_name(engine, tmp_path):
+    """The connection is made to the address the attempt checked, but TLS is spoken with the URL's name (SNI
+    and the certificate's name): a certificate for another name fails the attempt."""
+    cert, key = self_signed(tmp_path, "hooks.customer.test")
+
+    def resolve(host, port, type=0, **_):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    sender = WebhookSender(allow_private=True, resolve=resolve, ca_certs=cert, timeout_seconds=2)
+    with WebhookReceiver(tls=(cert, key)) as receiver:
+        good = sender.send(f"https://hooks.customer.test:{receiver.port}/in", msg_id="evt_1", body=b"{}",
+                           secret="whsec_dGVzdA==")
+        wrong = sender.send(f"https://other.customer.test:{receiver.port}/in", msg_id="evt_2", body=b"{}",
+                            secret="whsec_dGVzdA==")
+        assert (good.status_code, good.error) == (200, None)
+        assert wrong.status_code is None and "doesn't match 'hooks.customer.test'" in wrong.error
+        assert [r.webhook_id for r in receiver.received()] == ["evt_1"]
+        assert receiver.received()[0].headers["host"] == f"hooks.customer.test:{receiver.port}"

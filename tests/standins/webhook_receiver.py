@@ -1,6 +1,8 @@
 """A webhook receiver on a loopback port, in the test process (threads): records every request and answers as
 told, in turn (a status, a delay before it, or a hold until released); it can go down and come back on its port."""
 import json
+import ssl
+import subprocess
 import threading
 import time
 from collections import deque
@@ -46,9 +48,11 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """tls: (certificate, key) to serve https with (see self_signed)."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hooks"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/hooks"
+        self._tls = tls
         self._answers: deque[Answer] = deque()
         self._received: list[Received] = []
         self._lock = threading.Lock()
@@ -84,6 +88,10 @@ class WebhookReceiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self._tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True).start()
         return self
 
@@ -114,3 +122,12 @@ class WebhookReceiver:
         """At least `count` requests matching the filters (type, workspace_id)."""
         return wait_until(lambda: (lambda found: found if len(found) >= count else None)(self.received(**filters)),
                           timeout, f"{count} webhook request(s) {filters}")
+
+
+def self_signed(directory, name: str) -> tuple[str, str]:
+    """A certificate for `name` (its own authority) and its key, made with openssl: (cert path, key path)."""
+    cert, key = str(directory / f"{name}.pem"), str(directory / f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
