@@ -13,7 +13,7 @@ from api.json_body import read_json
 from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
 from domain.grants import DEFAULT_PRIORITY
-from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES
+from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES, WEBHOOK_EVENT_TYPES
 
 
 class Body(BaseModel):
@@ -176,6 +176,28 @@ class PutSpendLimit(Body):
     alert_percents: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(max_length=10, description=(
         "Steps (1-100, percent of the limit) whose crossing is recorded once a month; default [50, 80, 100]."))
     ] | None = None
+
+
+class PutBillingSettings(Body):
+    model_config = examples({"lowBalanceCents": 1000}, {"lowBalanceCents": None})
+
+    low_balance_cents: Annotated[int | None, Field(ge=0, le=10**12, description=(
+        "`balance.low` is sent when a debit takes the default account's balance from at or above this to below "
+        "it; null: never. Left out: unchanged."))] = None
+
+
+class CreateWebhookEndpoint(Body):
+    model_config = examples({"url": "https://hooks.example.com/billing",
+                             "events": ["balance.low", "transaction.created"], "description": "alerts"})
+
+    url: Annotated[str, Field(min_length=9, max_length=2000, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$",
+                              description=(
+        "https on a public address; the name is resolved and each address checked now and at every attempt. http "
+        "and loopback, private, link-local, shared or reserved addresses are refused (422) unless the service runs "
+        "with BILLING_WEBHOOKS_ALLOW_PRIVATE=1."))]
+    events: Annotated[list[Literal[WEBHOOK_EVENT_TYPES]], Field(  # type: ignore[valid-type]
+        min_length=1, max_length=len(WEBHOOK_EVENT_TYPES), description="The event types sent to it (at least one).")]
+    description: Annotated[str, Field(max_length=500)] | None = None
 
 
 class HoldsQuery(PageQuery):

@@ -5,6 +5,7 @@ import threading
 
 import redis
 
+from domain.names import Task
 from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
@@ -29,8 +30,9 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
     # Autocommit: single-statement reads, and writes that are one statement (ctx.single)
     reads = make_engine(settings.database_url, pool_size, lock_timeout_ms=settings.db_lock_timeout_ms,
                         statement_timeout_ms=settings.db_statement_timeout_ms, autocommit=True)
-    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings,
-                                         on_failed=metrics.observe_failed), enqueue=enqueue,
+    wake = MergedSends(enqueue, settings.wake_interval_ms / 1000)
+    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings, on_failed=metrics.observe_failed,
+                                         on_deliveries=lambda: wake(Task.DISPATCH_WEBHOOKS)), enqueue=enqueue,
                   read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),
                   single=lambda: RawRead(reads),
                   lagging=lagging(settings, lambda: UnitOfWork(reads), pool_size),
@@ -38,9 +40,12 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                                 intro_credit_ttl_days=settings.intro_credit_ttl_days, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds,
                                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-                                idempotency_lease_seconds=settings.idempotency_lease_seconds),
+                                idempotency_lease_seconds=settings.idempotency_lease_seconds,
+                                webhooks_allow_private=settings.webhooks_allow_private,
+                                webhook_retry_scale=settings.webhook_retry_scale,
+                                webhook_timeout_seconds=settings.webhook_timeout_seconds),
                   stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
-                  limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000),
+                  limiter=limiter(settings), wake=wake,
                   trace_parent=tracing.trace_parent, resume_trace=tracing.resume)
     return Services(ctx)
 

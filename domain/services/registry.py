@@ -1,5 +1,7 @@
 """All services, built once from one context."""
+from domain.providers.webhook_sender import WebhookSender
 from domain.services.audit import AuditService
+from domain.services.billing_settings import BillingSettingsService
 from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
 from domain.services.credit_batches import CreditBatches
@@ -15,6 +17,8 @@ from domain.services.stats import StatsService
 from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.usage import UsageService
 from domain.services.users import UserService
+from domain.services.webhook_delivery import WebhookDeliveryService
+from domain.services.webhook_endpoints import WebhookEndpointService
 from domain.services.workspaces import WorkspaceService
 from domain.services.x402_checkout import X402CheckoutService
 
@@ -28,6 +32,7 @@ class Services:
         self.grants = GrantService(ctx)
         self.holds = HoldService(ctx)
         self.spend_limits = SpendLimitService(ctx)
+        self.billing_settings = BillingSettingsService(ctx)
         self.idempotency = IdempotencyService(ctx)
         self.operations = OperationService(ctx, self.idempotency, CreditBatches(ctx))
         self.relay = OutboxRelay(ctx)
@@ -38,3 +43,7 @@ class Services:
         self.rate_limits = RateLimitService(ctx)
         self.x402 = X402CheckoutService(ctx)
         self.stats = StatsService(ctx)
+        sender = ctx.webhooks or WebhookSender(allow_private=ctx.config.webhooks_allow_private,
+                                               timeout_seconds=ctx.config.webhook_timeout_seconds)
+        self.webhooks = WebhookEndpointService(ctx, sender)
+        self.webhook_delivery = WebhookDeliveryService(ctx, sender)
