@@ -12,8 +12,8 @@ from api.metrics import NO_METRICS, Metrics, MetricsPort, RequestMetrics
 from api.ratelimit import ApiRateLimit
 from api.resources import rate_limits, usage
 from api.request_log import RequestLog
-from api.resources import (billing_accounts, checkouts, grants, holds, operations, service, spend_limits, stripe,
-                           users, workspace_billing, workspaces, x402)
+from api.resources import (billing_accounts, billing_settings, checkouts, grants, holds, operations, service,
+                           spend_limits, stripe, users, workspace_billing, workspaces, x402)
 from domain.services.registry import Services
 
 WS = "/workspaces/{workspace_id}"
@@ -47,6 +47,7 @@ def routes(s: Services, checks: dict[str, Callable[[], None]],
         (WS + "/billing/holds/{hold_id}/capture", holds.HoldCapture(s.holds)),
         (WS + "/billing/holds/{hold_id}/release", holds.HoldRelease(s.holds)),
         (WS + "/billing/spend-limit", spend_limits.SpendLimit(s.spend_limits)),
+        (WS + "/billing/settings", billing_settings.BillingSettings(s.billing_settings)),
         (WS + "/billing/credits", workspace_billing.Credits(s.operations)),
         (WS + "/billing/usage", usage.Usage(s.usage)),
         (WS + "/billing/usage-overview", usage.UsageOverview(s.usage)),

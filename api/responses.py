@@ -161,6 +161,12 @@ class SpendLimitShape(Shape):
     alerts: list[SpendAlertShape] = Field(description="The steps crossed this month, lowest first.")
 
 
+class BillingSettingsShape(Shape):
+    workspaceId: str
+    lowBalanceCents: int | None
+    autoTopUp: None = Field(description="Auto top-up's settings; null while it is not set up.")
+
+
 class KindTotalShape(Shape):
     count: int
     amountCents: int

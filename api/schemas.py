@@ -178,6 +178,14 @@ class PutSpendLimit(Body):
     ] | None = None
 
 
+class PutBillingSettings(Body):
+    model_config = examples({"lowBalanceCents": 1000}, {"lowBalanceCents": None})
+
+    low_balance_cents: Annotated[int | None, Field(ge=0, le=10**12, description=(
+        "`balance.low` is sent when a debit takes the default account's balance from at or above this to below "
+        "it; null: never. Left out: unchanged."))] = None
+
+
 class HoldsQuery(PageQuery):
     status: Literal[HOLD_STATUSES] | None = None  # type: ignore[valid-type]
 

@@ -64,6 +64,10 @@ def spend_limit(s) -> dict:
                         "crossedAt": ts(a.crossed_at)} for a in s.alerts]}
 
 
+def billing_settings(s) -> dict:
+    return {"workspaceId": s.workspace_id, "lowBalanceCents": s.low_balance_cents, "autoTopUp": None}
+
+
 def page(p: Page, render) -> dict:
     return {"data": [render(item) for item in p.items], "nextCursor": p.next_cursor}
 

@@ -1,5 +1,6 @@
 """All services, built once from one context."""
 from domain.services.audit import AuditService
+from domain.services.billing_settings import BillingSettingsService
 from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
 from domain.services.credit_batches import CreditBatches
@@ -28,6 +29,7 @@ class Services:
         self.grants = GrantService(ctx)
         self.holds = HoldService(ctx)
         self.spend_limits = SpendLimitService(ctx)
+        self.billing_settings = BillingSettingsService(ctx)
         self.idempotency = IdempotencyService(ctx)
         self.operations = OperationService(ctx, self.idempotency, CreditBatches(ctx))
         self.relay = OutboxRelay(ctx)

@@ -8,6 +8,7 @@ from domain.errors import InsufficientFunds, NotFound
 from domain.models import Entry, KindTotal
 from domain.names import EntryKind
 from domain.store.tables import billing_accounts, ledger_entries
+from domain.store import webhook_events
 from domain.store.uow import note_postings
 
 # Lock the account row, insert the entry under its unique key, move the cached balance only if
@@ -56,6 +57,7 @@ def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key
     }).mappings().first()
     if row is not None:
         note_postings(conn, [(kind, amount_cents)])
+        webhook_events.note_entries(conn, [(account_id, row["id"], amount_cents, row["balance_after_cents"])])
         return Posting(_entry(row), created=True)
     existing = conn.execute(select(ledger_entries).where(ledger_entries.c.billing_account_id == account_id,
                                                          ledger_entries.c.idempotency_key == key)).mappings().first()
@@ -120,6 +122,8 @@ def post_credits(conn: Connection, credits: list[Credit], *, kind: str) -> dict[
         "descriptions": [c.description for c in credits], "refs": [c.reference for c in credits],
         "kind": kind}).mappings().all()
     note_postings(conn, [(kind, row["amount_cents"]) for row in rows])
+    webhook_events.note_entries(conn, [(row["billing_account_id"], row["id"], row["amount_cents"],
+                                        row["balance_after_cents"]) for row in rows])
     return {row["idempotency_key"]: _entry(row) for row in rows}
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from domain.errors import Unavailable
+from domain.store import webhook_events
 
 # What a unit of work lets out when the database refused a statement (a constraint, bad data, a bug); one
 # that could not reach the database leaves as Unavailable instead. Services catch it by this name.
@@ -144,10 +145,12 @@ class UnitOfWork:
     inside, leaves as domain.errors.Unavailable, so the API and the tasks never see a driver's error for it."""
 
     def __init__(self, engine: Engine, on_postings: Callable[[list[tuple[str, int]]], None] | None = None,
-                 on_failed: Callable[[list[str]], None] | None = None) -> None:
+                 on_failed: Callable[[list[str]], None] | None = None,
+                 on_deliveries: Callable[[], None] | None = None) -> None:
         self._engine = engine
         self._on_postings = on_postings
         self._on_failed = on_failed
+        self._on_deliveries = on_deliveries  # webhook deliveries were committed: wake their dispatcher
         self._after_commit: list[Callable[[], None]] = []
         self.conn: Connection
 
@@ -167,6 +170,7 @@ class UnitOfWork:
         if not self.conn.invalidated:
             self.conn.info.pop(POSTINGS, None)
             self.conn.info.pop(FAILED, None)
+            webhook_events.discard(self.conn)
         try:
             if self._tx.is_active:
                 self._tx.rollback()
@@ -186,8 +190,12 @@ class UnitOfWork:
         self._after_commit.append(callback)
 
     def commit(self) -> None:
+        """Write the webhook events emitted in this transaction, commit, then tell the observers."""
+        deliveries = webhook_events.flush(self.conn)
         postings, failed = self.conn.info.pop(POSTINGS, []), self.conn.info.pop(FAILED, [])
         self._tx.commit()
+        if self._on_deliveries is not None and deliveries:
+            self._on_deliveries()
         if self._on_postings is not None and postings:
             self._on_postings(postings)
         if self._on_failed is not None and failed:

@@ -6,6 +6,7 @@ from sqlalchemy import Connection, text
 
 from domain.errors import NotFound
 from domain.names import EntryKind
+from domain.store import webhook_events
 from domain.store.uow import note_postings
 
 # Usage batches of one workspace run one at a time (their eventIds share a key space), then the
@@ -39,7 +40,7 @@ WITH inserted AS (
          AS u(ord int, amount bigint, balance_after bigint, description text, event_id text, key text,
               metric text, quantity bigint, occurred_at timestamptz)
     ORDER BY u.ord
-    RETURNING id, idempotency_key, amount_cents, metric, quantity, occurred_at
+    RETURNING id, idempotency_key, amount_cents, balance_after_cents, metric, quantity, occurred_at
 ), rolled AS (
     INSERT INTO usage_rollups AS r (billing_account_id, workspace_id, hour, metric, usage_cents, quantity, events)
     SELECT :account_id, :workspace_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
@@ -51,7 +52,8 @@ WITH inserted AS (
     UPDATE billing_accounts SET balance_cents = balance_cents + (SELECT SUM(amount_cents) FROM inserted)
     WHERE id = :account_id RETURNING balance_cents
 )
-SELECT i.idempotency_key, i.id, (SELECT balance_cents FROM moved) AS balance_cents FROM inserted i
+SELECT i.idempotency_key, i.id, i.amount_cents, i.balance_after_cents, (SELECT balance_cents FROM moved) AS balance_cents
+FROM inserted i ORDER BY i.id
 """)
 
 
@@ -92,6 +94,7 @@ def insert(conn: Connection, account_id: str, workspace_id: str, rows: list[dict
     params = {"account_id": account_id, "workspace_id": workspace_id, "rows": document}
     result = conn.execute(_INSERT, params).all()
     note_postings(conn, [(EntryKind.USAGE, -row["amount"]) for row in rows])
+    webhook_events.note_entries(conn, [(account_id, r.id, r.amount_cents, r.balance_after_cents) for r in result])
     return {r.idempotency_key: r.id for r in result}, int(result[-1].balance_cents)
 
 

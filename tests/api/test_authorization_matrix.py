@@ -31,7 +31,7 @@ CALLERS = ("anonymous", "unknown", "revoked", "stranger", "member", "admin", "ow
 MISSING = {"ws": "ws_" + "0" * 32, "ba": "ba_" + "0" * 32, "op": "op_" + "0" * 32, "chk": "chk_" + "0" * 32,
            "hold": "hold_" + "0" * 32}
 # What a refused request must leave as it was: rows of these tables, and holds settled or captured.
-WRITE_TABLES = (*TABLES, "checkouts", "grants", "holds", "spend_limits", "holds WHERE settled_at IS NOT NULL",
+WRITE_TABLES = (*TABLES, "checkouts", "grants", "holds", "spend_limits", "billing_settings", "holds WHERE settled_at IS NOT NULL",
                 "holds WHERE capture_operation_id IS NOT NULL")
 
 
@@ -144,6 +144,9 @@ ENDPOINTS = [
     Endpoint("GET", WS + "/billing/spend-limit",                       (401, 401, 401, 404, 200, 200, 200, 200)),
     Endpoint("PUT", WS + "/billing/spend-limit",                       (401, 401, 401, 404, 403, 200, 200, 403),
              _json({"monthlyLimitCents": None})),
+    Endpoint("GET", WS + "/billing/settings",                          (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("PUT", WS + "/billing/settings",                          (401, 401, 401, 404, 403, 200, 200, 403),
+             _json({"lowBalanceCents": 100})),
     Endpoint("POST", WS + "/billing/credits",                          (401, 401, 401, 404, 403, 403, 403, 202),
              _json({"amountCents": 100})),
     Endpoint("POST", WS + "/billing/usage",                            (401, 401, 401, 404, 403, 403, 403, 202),

@@ -20,6 +20,12 @@ NOT_LEDGER = {
     "spend_limits": "a workspace's monthly limit and alert steps, keyed by workspace",
     "workspace_spend": "what a workspace spent per UTC month (usage and captures), keyed by (workspace, month)",
     "spend_limit_alerts": "the alert steps a workspace crossed per month, keyed by (workspace, month, percent)",
+    # Webhooks are the workspace's: its endpoints, the events sent to them and their deliveries. An account's
+    # posting writes events of the workspaces it is the default of, in its transaction (as workspace_spend).
+    "billing_settings": "a workspace's settings (lowBalanceCents, auto top-up), keyed by workspace",
+    "webhook_endpoints": "a workspace's receivers, keyed by id and listed by workspace",
+    "webhook_events": "the events outbox, keyed by event id (the webhook-id receivers deduplicate on)",
+    "webhook_deliveries": "one per event and endpoint, keyed by id, claimed by the delivery tasks",
 }
 
 # Ledger-side tables that are not ready yet: each carries billing_account_id, but a key of theirs must stay
