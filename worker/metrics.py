@@ -31,6 +31,8 @@ DB_READS = Counter("billing_db_reads_total", "Reads that may lag, by the databas
                    ["database"])  # primary|replica1|replica2...
 REPLICA_LAG = Gauge("billing_db_replica_lag_seconds", "A read replica's replay lag, last measured (+Inf: unreachable)",
                     ["database"], multiprocess_mode="livemax")
+AUTO_TOP_UPS = Counter("billing_auto_top_ups_total", "Auto top-ups by what became of them",
+                       ["outcome"])  # charged (a PaymentIntent made) | credited | failed
 OPERATIONS_FAILED = Counter("billing_operations_failed_total", "Operations that ended failed (a business refusal)",
                             ["kind"])
 
@@ -84,6 +86,12 @@ def _bearer(app, token: str):
                                             ("WWW-Authenticate", 'Bearer realm="metrics"')])
         return [b"send Authorization: Bearer <BILLING_METRICS_TOKEN>\n"]
     return guarded
+
+
+def observe_auto_top_up(outcome: str | None) -> None:
+    """A task's outcome: counted when it is a step of an auto top-up (auto_top_up_charged, _credited, _failed)."""
+    if outcome and outcome.startswith("auto_top_up_"):
+        AUTO_TOP_UPS.labels(outcome.removeprefix("auto_top_up_")).inc()
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
