@@ -10,6 +10,7 @@ from falcon import testing
 from sqlalchemy import text
 
 from api.app import create_app
+from domain.models import OPERATOR_CALLER as OPERATOR
 from domain.names import Task
 from domain.providers.stripe_gateway import StripeGateway
 from domain.services.context import Config, Context
@@ -375,3 +376,39 @@ def test_a_payment_intent_event_with_a_malformed_object_is_refused_and_not_store
                            headers={"Stripe-Signature": signature, "Content-Type": "application/json"})
         assert_problem(answer, 400)
     assert queue.sent == []
+
+
+def test_a_hold_captured_below_the_threshold_starts_a_top_up_too(sapi, stripe_services, queue, stripe_api, owner_ws,
+                                                                  engine):
+    owner, ws = owner_ws
+    account = ws["defaultBillingAccountId"]
+    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)  # 1500
+    turn_on(sapi, owner, ws, threshold=1000)
+    hold = sapi.operator("POST", f"/workspaces/{ws['id']}/billing/holds", json={"amountCents": 800}).json
+    assert run_queued(stripe_services, queue) == []  # a hold moves no money
+    captured = sapi.operator("POST", f"/workspaces/{ws['id']}/billing/holds/{hold['id']}/capture",
+                             json={"amountCents": 600})
+    assert captured.status_code == 202
+    assert run_queued(stripe_services, queue) == ["auto_top_up_charged"]  # 900 left
+    [top_up] = top_ups(engine, account)
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT idempotency_key FROM ledger_entries WHERE billing_account_id = :a "
+                                "AND id = :id"), {"a": account, "id": top_up["trigger_entry_id"]}).scalar()
+    assert key == f"hold:{hold['id']}"
+    report_intents(sapi, stripe_api, account)
+    assert run_queued(stripe_services, queue) == ["auto_top_up_credited"]
+    assert_sound(stripe_services, account)
+
+
+def test_a_debit_through_a_workspace_whose_default_account_is_another_starts_no_top_up(
+        sapi, stripe_services, queue, stripe_api, owner_ws, engine):
+    owner, ws = owner_ws
+    account = ws["defaultBillingAccountId"]
+    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+    turn_on(sapi, owner, ws, threshold=100_000)
+    posted = sapi.operator("POST", f"/workspaces/{ws['id']}/billing/usage", json=usage(0, 10)).json
+    other = sapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts", owner.key, json={"name": "Other"}).json
+    assert sapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{other['id']}/default", owner.key).status_code == 200
+    assert run_queued(stripe_services, queue) == []  # the usage accepted before debits the old default account
+    assert stripe_services.operations.get(OPERATOR, posted["id"]).status == "succeeded"
+    assert top_ups(engine, account) == []
