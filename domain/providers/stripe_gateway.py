@@ -189,6 +189,13 @@ def _timed_out(exc: Exception) -> bool:
     return isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
 
 
+def configured(gateway: "StripeGateway | None") -> "StripeGateway":
+    """The gateway of a deployment that configured Stripe; else ProviderError (503) naming the setting."""
+    if gateway is None:
+        raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
+    return gateway
+
+
 class StripeGateway:
     def __init__(self, api_key: str, webhook_secret: str | None, api_base: str | None = None,
                  timeout_seconds: float = 10) -> None:

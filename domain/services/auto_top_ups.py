@@ -26,7 +26,7 @@ from domain.ids import looks_like, new_id
 from domain.models import AutoTopUp
 from domain.money import CURRENCY
 from domain.names import AutoTopUpStatus, CheckoutStatus, EntryKind, GrantSource, IN_FLIGHT, Task
-from domain.providers.stripe_gateway import Intent, StripeGateway
+from domain.providers.stripe_gateway import Intent, StripeGateway, configured
 from domain.services import grants
 from domain.services.context import Context
 from domain.store import auto_top_ups as store, checkouts, webhook_events
@@ -149,9 +149,7 @@ class AutoTopUpService:
 
     @property
     def _stripe(self) -> StripeGateway:
-        if self._ctx.stripe is None:
-            raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
-        return self._ctx.stripe
+        return configured(self._ctx.stripe)
 
     def charge(self, account_id: str, top_up_id: str) -> str:
         """Ask Stripe for the pending top-up's PaymentIntent and record its answer. Safe to run twice: the same

@@ -2,14 +2,14 @@
 import logging
 from datetime import UTC, datetime, timedelta
 
-from domain.errors import DomainError, InvalidEvent, ProviderError, Unavailable
+from domain.errors import DomainError, InvalidEvent, Unavailable
 from domain.grants import PAID
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Checkout
 from domain.money import CURRENCY
 from domain.names import CheckoutStatus, EntryKind, GrantSource, Task
 from domain.providers.stripe_gateway import (INTENT_EVENTS, SESSION_EVENTS, Event, Session, StripeGateway,
-                                             check_object, intent_from_event, session_from_event)
+                                             check_object, configured, intent_from_event, session_from_event)
 from domain.services import access, auto_top_ups, grants
 from domain.services.context import Context
 from domain.store import checkouts, ledger, stripe_events
@@ -39,9 +39,7 @@ class StripeCheckoutService:
 
     @property
     def _stripe(self) -> StripeGateway:
-        if self._ctx.stripe is None:
-            raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
-        return self._ctx.stripe
+        return configured(self._ctx.stripe)
 
     def create(self, caller: Caller, workspace_id: str, amount_cents: int, success_url: str, cancel_url: str,
                idempotency_scope: str | None, *, save_payment_method: bool = False) -> Checkout:

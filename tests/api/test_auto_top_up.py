@@ -6,41 +6,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from falcon import testing
 from sqlalchemy import text
 
-from api.app import create_app
 from domain.models import OPERATOR_CALLER as OPERATOR
 from domain.names import Task
-from domain.providers.stripe_gateway import StripeGateway
-from domain.services.context import Config, Context
 from domain.services.registry import Services
-from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem
+# The Stripe checkout tests' fixtures: services and an app whose gateway is the stand-in, an owner's workspace.
+from tests.api.test_stripe_checkout import SECRET, owner_ws, sapi, stripe_services  # noqa: F401
 from tests.auto_top_ups import (checkout_saving_the_card, credits_of, deliver, events_of, intents_for, listen,
                                 pay_and_report, settings, top_ups, turn_on, usage)
-from tests.factories import OPERATOR_TOKEN, Api
 from tests.standins.stripe_api import signed_event
 
-SECRET = "whsec_auto_top_up"
 RECONCILE_AFTER = timedelta(minutes=5)
-
-
-@pytest.fixture
-def stripe_services(engine, queue, stripe_api) -> Services:
-    gateway = StripeGateway("sk_test_standin", SECRET, stripe_api.url, timeout_seconds=2)
-    return Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=Config(), stripe=gateway))
-
-
-@pytest.fixture
-def sapi(stripe_services) -> Api:
-    return Api(testing.TestClient(create_app(stripe_services, OPERATOR_TOKEN, {})))
-
-
-@pytest.fixture
-def owner_ws(sapi):
-    owner = sapi.new_user()
-    return owner, sapi.new_workspace(owner)
 
 
 def run_queued(services: Services, queue) -> list[str]:
@@ -64,6 +42,14 @@ def saved_card(sapi, services, queue, stripe_api, owner, ws, card=("visa", "4242
     pay_and_report(sapi, SECRET, stripe_api, checkout, card)
     assert run_queued(services, queue) == ["credited", "card_saved"]
     return checkout
+
+
+@pytest.fixture
+def carded(sapi, stripe_services, queue, stripe_api, owner_ws):
+    """The owner, the workspace and its default account, a visa card saved by a 500-cent checkout (balance 1500)."""
+    owner, ws = owner_ws
+    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+    return owner, ws, ws["defaultBillingAccountId"]
 
 
 def debit(sapi, services, queue, ws, cents: int) -> list[str]:
@@ -179,10 +165,8 @@ def test_a_member_reads_the_settings_but_only_the_owner_or_an_admin_changes_them
 
 
 def test_a_debit_below_the_threshold_charges_the_saved_card_once_and_its_success_credits_once(
-        sapi, stripe_services, queue, stripe_api, owner_ws, engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)  # 1000 intro + 500
+        sapi, stripe_services, queue, stripe_api, carded, engine):
+    owner, ws, account = carded  # 1000 intro + 500
     listen(engine, ws["id"])
     turn_on(sapi, owner, ws, threshold=1000, amount=2000)
     assert debit(sapi, stripe_services, queue, ws, 400) == []  # 1100: above the threshold
@@ -237,10 +221,8 @@ def top_ups_checkout(engine, account_id: str) -> str:
 
 
 def test_three_declines_in_a_row_each_emit_auto_top_up_failed_and_turn_it_off(
-        sapi, stripe_services, queue, stripe_api, owner_ws, engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+        sapi, stripe_services, queue, stripe_api, carded, engine):
+    owner, ws, account = carded
     listen(engine, ws["id"])
     turn_on(sapi, owner, ws, threshold=5000)
     stripe_api.script_intents("card_declined", "authentication_required", "card_declined")
@@ -262,10 +244,8 @@ def test_three_declines_in_a_row_each_emit_auto_top_up_failed_and_turn_it_off(
 
 
 def test_authentication_required_is_a_failure_and_a_success_starts_the_count_afresh(
-        sapi, stripe_services, queue, stripe_api, owner_ws, engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+        sapi, stripe_services, queue, stripe_api, carded, engine):
+    owner, ws, account = carded
     listen(engine, ws["id"])
     turn_on(sapi, owner, ws, threshold=100_000, max_per_day=20)
     stripe_api.script_intents("authentication_required", "authentication_required", "succeeded",
@@ -284,11 +264,9 @@ def test_authentication_required_is_a_failure_and_a_success_starts_the_count_afr
     assert_sound(stripe_services, account)
 
 
-def test_no_more_than_max_per_day_top_ups_start_in_a_utc_day(sapi, stripe_services, queue, stripe_api, owner_ws,
+def test_no_more_than_max_per_day_top_ups_start_in_a_utc_day(sapi, stripe_services, queue, stripe_api, carded,
                                                               engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+    owner, ws, account = carded
     turn_on(sapi, owner, ws, threshold=100_000, amount=500, max_per_day=2)
     for expected in (["auto_top_up_charged"], ["auto_top_up_charged"], [], []):
         assert debit(sapi, stripe_services, queue, ws, 10) == expected
@@ -307,10 +285,8 @@ def test_no_more_than_max_per_day_top_ups_start_in_a_utc_day(sapi, stripe_servic
 
 
 def test_a_top_up_whose_charge_was_never_sent_is_sent_by_the_relay_and_its_lost_event_found_by_asking_stripe(
-        sapi, stripe_services, queue, stripe_api, owner_ws, engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+        sapi, stripe_services, queue, stripe_api, carded, engine):
+    owner, ws, account = carded
     turn_on(sapi, owner, ws, threshold=2000)
     sapi.operator("POST", f"/workspaces/{ws['id']}/billing/usage", json=usage(0, 10))
     queue.up = False  # the broker refuses the charge's message
@@ -378,11 +354,9 @@ def test_a_payment_intent_event_with_a_malformed_object_is_refused_and_not_store
     assert queue.sent == []
 
 
-def test_a_hold_captured_below_the_threshold_starts_a_top_up_too(sapi, stripe_services, queue, stripe_api, owner_ws,
+def test_a_hold_captured_below_the_threshold_starts_a_top_up_too(sapi, stripe_services, queue, stripe_api, carded,
                                                                   engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)  # 1500
+    owner, ws, account = carded  # 1500
     turn_on(sapi, owner, ws, threshold=1000)
     hold = sapi.operator("POST", f"/workspaces/{ws['id']}/billing/holds", json={"amountCents": 800}).json
     assert run_queued(stripe_services, queue) == []  # a hold moves no money
@@ -401,10 +375,8 @@ def test_a_hold_captured_below_the_threshold_starts_a_top_up_too(sapi, stripe_se
 
 
 def test_a_debit_through_a_workspace_whose_default_account_is_another_starts_no_top_up(
-        sapi, stripe_services, queue, stripe_api, owner_ws, engine):
-    owner, ws = owner_ws
-    account = ws["defaultBillingAccountId"]
-    saved_card(sapi, stripe_services, queue, stripe_api, owner, ws)
+        sapi, stripe_services, queue, stripe_api, carded, engine):
+    owner, ws, account = carded
     turn_on(sapi, owner, ws, threshold=100_000)
     posted = sapi.operator("POST", f"/workspaces/{ws['id']}/billing/usage", json=usage(0, 10)).json
     other = sapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts", owner.key, json={"name": "Other"}).json
