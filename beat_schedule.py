@@ -10,6 +10,11 @@ RECONCILE_X402_EVERY_SECONDS = 30.0
 RELAY_AUTO_TOP_UPS_EVERY_SECONDS = 10.0  # also asks Stripe about top-ups processing past STRIPE_RECONCILE_AFTER
 EXPIRE_GRANTS_EVERY_SECONDS = 30.0  # a grant's remainder is debited at most this long after its expiresAt
 EXPIRE_HOLDS_EVERY_SECONDS = 15.0  # a hold past its expiresAt stops reserving at most this long after it
+# Due webhook deliveries (retries come due, lost messages) are sent at most this long after they are due; a
+# new event's delivery is sent at once (the commit wakes the dispatcher), a retry due within a minute rides
+# its own countdown message.
+DISPATCH_WEBHOOKS_EVERY_SECONDS = 5.0
+NOTICE_EXPIRING_GRANTS_EVERY_SECONDS = 300.0  # grant.expiring is sent at most this long after the 7-day mark
 
 SCHEDULE = {
     "relay-outbox": {"task": Task.RELAY_OUTBOX, "schedule": RELAY_EVERY_SECONDS},
@@ -20,6 +25,9 @@ SCHEDULE = {
     "relay-auto-top-ups": {"task": Task.RELAY_AUTO_TOP_UPS, "schedule": RELAY_AUTO_TOP_UPS_EVERY_SECONDS},
     "expire-grants": {"task": Task.EXPIRE_GRANTS, "schedule": EXPIRE_GRANTS_EVERY_SECONDS},
     "expire-holds": {"task": Task.EXPIRE_HOLDS, "schedule": EXPIRE_HOLDS_EVERY_SECONDS},
+    "dispatch-webhooks": {"task": Task.DISPATCH_WEBHOOKS, "schedule": DISPATCH_WEBHOOKS_EVERY_SECONDS},
+    "notice-expiring-grants": {"task": Task.NOTICE_EXPIRING_GRANTS,
+                               "schedule": NOTICE_EXPIRING_GRANTS_EVERY_SECONDS},
     "purge-idempotency-keys": {"task": Task.PURGE_IDEMPOTENCY_KEYS,
                                "schedule": PURGE_IDEMPOTENCY_EVERY_SECONDS},
 }

@@ -13,7 +13,7 @@ from api.ratelimit import ApiRateLimit
 from api.resources import rate_limits, usage
 from api.request_log import RequestLog
 from api.resources import (billing_accounts, billing_settings, checkouts, grants, holds, operations, service,
-                           spend_limits, stripe, users, workspace_billing, workspaces, x402)
+                           spend_limits, stripe, users, webhooks, workspace_billing, workspaces, x402)
 from domain.services.registry import Services
 
 WS = "/workspaces/{workspace_id}"
@@ -57,6 +57,11 @@ def routes(s: Services, checks: dict[str, Callable[[], None]],
         (WS + "/billing/checkout", stripe.StripeCheckout(s.stripe)),
         (WS + "/billing/checkout/x402", x402.X402Checkout(s.x402)),
         ("/webhooks/stripe", stripe.StripeWebhook(s.stripe)),
+        (WS + "/webhook-endpoints", webhooks.WebhookEndpoints(s.webhooks)),
+        (WS + "/webhook-endpoints/{endpoint_id}", webhooks.WebhookEndpointItem(s.webhooks)),
+        (WS + "/webhook-endpoints/{endpoint_id}/deliveries", webhooks.WebhookDeliveries(s.webhooks)),
+        (WS + "/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
+         webhooks.WebhookDeliveryRetry(s.webhooks)),
         (WS + "/billing/checkouts", checkouts.Checkouts(s.checkouts)),
         (WS + "/billing/checkouts/{checkout_id}", checkouts.CheckoutItem(s.checkouts)),
         ("/operations/{operation_id}", operations.OperationItem(s.operations)),

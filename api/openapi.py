@@ -3,7 +3,8 @@ from api import docs_page, responses
 from api.doc import EndpointDoc
 
 PATH_PARAMS = {"workspace_id": "workspaceId", "account_id": "billingAccountId",
-               "operation_id": "operationId", "checkout_id": "checkoutId", "hold_id": "holdId"}
+               "operation_id": "operationId", "checkout_id": "checkoutId", "hold_id": "holdId",
+               "endpoint_id": "endpointId", "delivery_id": "deliveryId"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 CONVENTIONS = """\
@@ -88,6 +89,27 @@ problems whose `type` names the reason: `/problems/insufficient-funds` or `/prob
 references, resolved against the service's address); every other problem is `about:blank`. Balances `asOf` an
 instant: right after the last transaction created at or before it (the entries of one usage batch share an
 instant), with the grants and holds as they stood then.
+
+Outbound webhooks: an endpoint (owner or admin; the operator may read them, members may not) receives the
+event types it lists. An event is recorded in the transaction of the change that causes it, for the
+endpoints subscribed at that moment (a later endpoint does not get earlier events; a rolled-back change sends
+none), and delivered at least once to each: `POST <url>` with `{id: "evt_...", type, createdAt, workspaceId,
+data}` and the Standard Webhooks headers (`webhook-id` = `id`, the same on every attempt and for every endpoint;
+`webhook-timestamp`; `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>` keyed by the base64
+part of the endpoint's `whsec_` secret). Deliveries are not ordered. Any 2xx within 10 s succeeds; redirects
+are not followed. `data` per type: `transaction.created` the Transaction (for every entry of the account, to
+each workspace whose default account it is); `balance.low` `{billingAccountId, balanceCents,
+previousBalanceCents, lowBalanceCents, transactionId}` when a debit takes the default account's balance from at
+or above the workspace's `lowBalanceCents` to below it; `balance.depleted` the same without `lowBalanceCents`,
+from above 0 to 0 or below (credits never cross downward, so rising back and falling again is a new crossing);
+`checkout.completed` and `checkout.failed` the Checkout; `operation.failed` the Operation; `grant.expiring` the
+Grant, once, 7 days before its `expiresAt` (within 5 minutes; a grant made with less left is announced at
+once); `spend_limit.alert` `{workspaceId, percent, limitCents, spentCents, periodStart, crossedAt}` once per step
+and month. Addresses: the URL's name is resolved and every address checked at creation and again at every
+attempt, and the connection goes to a checked address: loopback, private, link-local, shared (100.64/10),
+unspecified, multicast, documentation and reserved ranges, and IPv6 forms of such IPv4 addresses (mapped, NAT64,
+6to4, Teredo) are refused, as is `http`, unless the service runs with `BILLING_WEBHOOKS_ALLOW_PRIVATE=1`. A
+deleted endpoint's pending deliveries fail; so do a disabled one's.
 """
 
 

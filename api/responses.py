@@ -181,6 +181,41 @@ class BillingSettingsShape(Shape):
     autoTopUp: AutoTopUpShape
 
 
+class WebhookEndpointShape(Shape):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool = Field(description="false once every attempt failed for 5 days; a delivery retried by hand that "
+                                      "succeeds enables it again.")
+    createdAt: str
+
+
+class CreatedWebhookEndpointShape(WebhookEndpointShape):
+    secret: str = Field(description="whsec_...: the Standard Webhooks signing secret, shown this once.")
+
+
+class WebhookEndpointList(Shape):
+    data: list[WebhookEndpointShape]
+    nextCursor: str | None
+
+
+class WebhookDeliveryShape(Shape):
+    id: str
+    eventId: str = Field(description="The payload's id and the webhook-id header, the same on every attempt.")
+    type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    lastStatusCode: int | None
+    lastError: str | None
+    nextAttemptAt: str | None
+
+
+class WebhookDeliveryList(Shape):
+    data: list[WebhookDeliveryShape]
+    nextCursor: str | None
+
+
 class KindTotalShape(Shape):
     count: int
     amountCents: int

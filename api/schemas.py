@@ -14,7 +14,7 @@ from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
 from domain.grants import DEFAULT_PRIORITY
 from domain.models import AutoTopUpSettings
-from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES
+from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES, WEBHOOK_EVENT_TYPES
 
 
 class Body(BaseModel):
@@ -211,6 +211,20 @@ class PutBillingSettings(Body):
         "it; null: never. Left out: unchanged."))] = None
     auto_top_up: Annotated[AutoTopUp | None, Field(description=(
         "Auto top-up; null: not set up (off). Left out: unchanged."))] = None
+
+
+class CreateWebhookEndpoint(Body):
+    model_config = examples({"url": "https://hooks.example.com/billing", "events": ["balance.low", "transaction.created"],
+                             "description": "alerts"})
+
+    url: Annotated[str, Field(min_length=9, max_length=2000, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$",
+                              description=(
+        "https on a public address; the name is resolved and each address checked now and at every attempt. http "
+        "and loopback, private, link-local, shared or reserved addresses are refused (422) unless the service runs "
+        "with BILLING_WEBHOOKS_ALLOW_PRIVATE=1."))]
+    events: Annotated[list[Literal[WEBHOOK_EVENT_TYPES]], Field(  # type: ignore[valid-type]
+        min_length=1, max_length=len(WEBHOOK_EVENT_TYPES), description="The event types sent to it (at least one).")]
+    description: Annotated[str, Field(max_length=500)] | None = None
 
 
 class HoldsQuery(PageQuery):

@@ -1,7 +1,7 @@
 """Domain objects as the contract's JSON."""
 from domain import times
-from domain.models import (Balance, BillingAccount, Checkout, Entry, Grant, Hold, LinkedAccount, Operation, Page,
-                           Summary, UsageOverview, User, Workspace)
+from domain.models import Balance, BillingAccount, Hold, LinkedAccount, Page, Summary, UsageOverview, User, Workspace
+from domain.views import checkout, grant, operation, transaction  # noqa: F401 (also the webhook payloads' objects)
 from domain.ratelimit import Decision
 from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
 
@@ -37,16 +37,6 @@ def balance(b: Balance, workspace_id: str | None = None) -> dict:
     return body | {"workspaceId": workspace_id} if workspace_id else body
 
 
-def transaction(e: Entry) -> dict:
-    return {"id": e.public_id, "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
-            "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
-            "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
-
-
-def grant(g: Grant) -> dict:
-    return {"id": g.id, "billingAccountId": g.billing_account_id, "source": g.source, "category": g.category,
-            "amountCents": g.amount_cents, "remainingCents": g.remaining_cents, "priority": g.priority,
-            "expiresAt": ts(g.expires_at), "status": g.status, "createdAt": ts(g.created_at)}
 
 
 def hold(h: Hold) -> dict:
@@ -77,6 +67,17 @@ def auto_top_up(a, card) -> dict:
             "maxPerDay": a.max_per_day, "paymentMethod": method}
 
 
+def webhook_endpoint(e) -> dict:
+    body = {"id": e.id, "url": e.url, "events": e.events, "description": e.description, "enabled": e.enabled,
+            "createdAt": ts(e.created_at)}
+    return body | {"secret": e.secret} if e.secret is not None else body
+
+
+def webhook_delivery(d) -> dict:
+    return {"id": d.id, "eventId": d.event_id, "type": d.type, "status": d.status, "attempts": d.attempts,
+            "lastStatusCode": d.last_status_code, "lastError": d.last_error, "nextAttemptAt": ts(d.next_attempt_at)}
+
+
 def page(p: Page, render) -> dict:
     return {"data": [render(item) for item in p.items], "nextCursor": p.next_cursor}
 
@@ -90,20 +91,6 @@ def summary(s: Summary, workspace_id: str | None = None) -> dict:
     return body | {"workspaceId": workspace_id} if workspace_id else body
 
 
-def operation(op: Operation) -> dict:
-    return {"id": op.id, "kind": op.kind, "status": op.status, "result": op.result, "error": op.error,
-            "attempts": op.attempts, "lastError": op.last_error, "nextAttemptAt": ts(op.next_attempt_at),
-            "createdAt": ts(op.created_at), "updatedAt": ts(op.updated_at)}
-
-
-def checkout(c: Checkout) -> dict:
-    body = {"id": c.id, "provider": c.provider, "status": c.status, "workspaceId": c.workspace_id,
-            "billingAccountId": c.billing_account_id, "amountCents": c.amount_cents, "currency": c.currency,
-            "createdAt": ts(c.created_at), "completedAt": ts(c.completed_at), "failureReason": c.failure_reason}
-    if c.provider == "stripe":
-        return body | {"url": c.url, "stripeSessionId": c.provider_ref}
-    return body | {"network": c.network, "payer": c.payer, "nonce": c.nonce, "operationId": c.operation_id,
-                   "transaction": c.details.get("transaction")}
 
 
 def usage_overview(o: UsageOverview) -> dict:

@@ -1,7 +1,7 @@
 """bench/run: every benchmark of issues 9 and 14, one after another, then one table and one chart.
 
 Runs bench/credits, hot_account, usage, balance_read, transactions_page, usage_overview, ratelimit, webhooks,
-memory, floors, holds and hosts (each starts its own database, Redis and servers, and writes bench/results/<name>.json),
+memory, floors, holds, outbound_webhooks and hosts (each starts its own database, Redis and servers, and writes bench/results/<name>.json),
 runs `billing audit` on the database of any benchmark that did not audit itself, keeps each one's outcome (exit,
 duration, audit, load average before it) in bench/results/run.json, then writes bench/results/summary.md (the
 table: project figure, ceiling measured in the same run, ratio, target, met, load average before) and
@@ -59,6 +59,9 @@ BENCHES = [
     Bench("floors", "floors", "billing_bench_floors", [], ["--quick"]),
     # issue 16: a hold's create and capture beside a balance read
     Bench("holds", "holds", "billing_bench_holds", [], ["--requests", "1000"]),
+    # issue 17: credits applied/s with a webhook endpoint subscribed vs without, and deliveries/s
+    Bench("outbound_webhooks", "outbound_webhooks", "billing_bench_outbound_webhooks", [],
+          ["--credits", "2000", "--workspaces", "200"]),
     # issue 18: worker hosts in network namespaces (root only): one vs two, and a host cut off mid-credit
     Bench("hosts", "hosts", "billing_bench_hosts", [], ["--credits", "1000", "--workspaces", "300", "--cuts", "1"]),
 ]

@@ -296,3 +296,29 @@ class AutoTopUp:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    id: str
+    workspace_id: str
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool
+    created_at: datetime
+    secret: str | None = None  # shown once, when it is created
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    id: str
+    endpoint_id: str
+    event_id: str
+    type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime

@@ -82,6 +82,32 @@ class HoldStatus(StrEnum):
 HOLD_STATUSES = tuple(status.value for status in HoldStatus)
 
 
+class WebhookEventType(StrEnum):
+    """The events a webhook endpoint subscribes to (`events`)."""
+    BALANCE_LOW = "balance.low"
+    BALANCE_DEPLETED = "balance.depleted"
+    TRANSACTION_CREATED = "transaction.created"
+    CHECKOUT_COMPLETED = "checkout.completed"
+    CHECKOUT_FAILED = "checkout.failed"
+    OPERATION_FAILED = "operation.failed"
+    GRANT_EXPIRING = "grant.expiring"
+    SPEND_LIMIT_ALERT = "spend_limit.alert"
+    AUTO_TOP_UP_SUCCEEDED = "auto_top_up.succeeded"
+    AUTO_TOP_UP_FAILED = "auto_top_up.failed"
+
+
+WEBHOOK_EVENT_TYPES = tuple(event.value for event in WebhookEventType)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+DELIVERY_STATUSES = tuple(status.value for status in DeliveryStatus)
+
+
 class AutoTopUpStatus(StrEnum):
     PENDING = "pending"  # recorded; its PaymentIntent not made, or Stripe's answer not recorded yet
     PROCESSING = "processing"  # the PaymentIntent is made: payment_intent.succeeded credits it
@@ -112,3 +138,6 @@ class Task(StrEnum):
     EXPIRE_HOLDS = "ledger.expire_holds"
     RELAY_OUTBOX = "maintenance.relay_outbox"
     PURGE_IDEMPOTENCY_KEYS = "maintenance.purge_idempotency_keys"
+    DISPATCH_WEBHOOKS = "webhooks.dispatch"
+    DELIVER_WEBHOOK = "webhooks.deliver"
+    NOTICE_EXPIRING_GRANTS = "webhooks.notice_expiring_grants"

@@ -277,15 +277,15 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start(self, *, api: bool = True, worker: bool = True, concurrency: int = 2) -> None:
-        """Launch the API (gunicorn) and a worker together, then wait until both serve."""
+    def start(self, *, api: bool = True, worker: bool = True, concurrency: int = 2, queues: str = ALL_QUEUES) -> None:
+        """Launch the API (gunicorn) and a worker (of `queues`) together, then wait until both serve."""
         if api:
             port = free_port()
             server = self._start("api", api_argv(port, workers=1, threads=8))
             self.api = Api(HttpClient(f"http://127.0.0.1:{port}"))
         if worker:
             name = f"test{free_port()}@%h"
-            self.worker = self._start("worker", worker_argv(ALL_QUEUES, concurrency, name=name))
+            self.worker = self._start("worker", worker_argv(queues, concurrency, name=name))
         if api:
             wait_until(lambda: server.popen.poll() is not None or self._answers(port), 60, "the API")
             assert server.popen.poll() is None, server.output()

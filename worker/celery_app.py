@@ -9,7 +9,7 @@ from worker import logs, metrics, rabbitmq, settings as settings_module, tracing
 from worker.routing import ROUTES
 
 TASK_MODULES = ["tasks.ledger", "tasks.accounts", "tasks.maintenance", "tasks.payments_stripe",
-                "tasks.payments_x402", "tasks.tiers"]
+                "tasks.payments_x402", "tasks.tiers", "tasks.webhooks"]
 
 
 def is_redis(broker_url: str | None) -> bool:

@@ -5,6 +5,7 @@ import threading
 
 import redis
 
+from domain.names import Task
 from domain.ratelimit import FailurePolicy
 from domain.services.context import Config, Context
 from domain.services.registry import Services
@@ -28,17 +29,21 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
     reads = make_engine(settings.database_url, pool_size, statement_timeout_ms=settings.db_statement_timeout_ms,
                         autocommit=True)
-    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings,
-                                         on_failed=metrics.observe_failed), enqueue=enqueue,
+    wake = MergedSends(enqueue, settings.wake_interval_ms / 1000)
+    ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings, on_failed=metrics.observe_failed,
+                                         on_deliveries=lambda: wake(Task.DISPATCH_WEBHOOKS)), enqueue=enqueue,
                   read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),
                   lagging=lagging(settings, lambda: UnitOfWork(reads), pool_size),
                   config=Config(intro_credit_cents=settings.intro_credit_cents,
                                 intro_credit_ttl_days=settings.intro_credit_ttl_days, tiers=settings.tiers,
                                 tier_max_age_seconds=settings.tier_max_age_seconds,
                                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-                                idempotency_lease_seconds=settings.idempotency_lease_seconds),
+                                idempotency_lease_seconds=settings.idempotency_lease_seconds,
+                                webhooks_allow_private=settings.webhooks_allow_private,
+                                webhook_retry_scale=settings.webhook_retry_scale,
+                                webhook_timeout_seconds=settings.webhook_timeout_seconds),
                   stripe=payments.stripe_gateway(settings), x402=payments.x402_gateway(settings),
-                  limiter=limiter(settings), wake=MergedSends(enqueue, settings.wake_interval_ms / 1000),
+                  limiter=limiter(settings), wake=wake,
                   trace_parent=tracing.trace_parent, resume_trace=tracing.resume)
     return Services(ctx)
 

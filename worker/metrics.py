@@ -33,6 +33,10 @@ REPLICA_LAG = Gauge("billing_db_replica_lag_seconds", "A read replica's replay l
                     ["database"], multiprocess_mode="livemax")
 AUTO_TOP_UPS = Counter("billing_auto_top_ups_total", "Auto top-ups by what became of them",
                        ["outcome"])  # charged (a PaymentIntent made) | credited | failed
+WEBHOOK_ATTEMPTS = Counter("billing_webhook_attempts_total", "Outbound webhook delivery attempts",
+                           ["result"])  # succeeded|failed
+WEBHOOK_SECONDS = Histogram("billing_webhook_attempt_duration_seconds", "Outbound webhook attempt time",
+                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 OPERATIONS_FAILED = Counter("billing_operations_failed_total", "Operations that ended failed (a business refusal)",
                             ["kind"])
 
@@ -107,7 +111,8 @@ def observe_decision(decision) -> None:
 def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:
     """Scrape-time values: whether the database and the broker answered this scrape, queue depth per queue and
     dead-letter queue (Redis or RabbitMQ broker), outbox backlog and its oldest operation's age, checkouts by state and the oldest
-    pending one's age per provider. The database down leaves its gauges out, not the whole scrape."""
+    pending one's age per provider, pending webhook deliveries, the oldest one's age and how long the first due has
+    waited for its attempt. The database down leaves its gauges out, not the whole scrape."""
     try:
         snapshot = services.stats.snapshot()
     except Unavailable:
@@ -120,6 +125,9 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
             "billing_checkouts": [({"provider": p, "status": s}, n) for p, s, n in snapshot["checkouts"]],
             "billing_checkouts_oldest_pending_seconds": [
                 ({"provider": p}, age) for p, age in snapshot["oldest_pending_checkouts"].items()],
+            "billing_webhook_deliveries_pending": [({}, snapshot["webhooks_pending"])],
+            "billing_webhook_oldest_pending_seconds": [({}, snapshot["webhooks_oldest_pending_seconds"])],
+            "billing_webhook_overdue_seconds": [({}, snapshot["webhooks_overdue_seconds"])],
         }
     depths = _queue_depths(broker_url)
     if depths is not None:
@@ -155,6 +163,13 @@ def _queue_depths(broker_url: str | None) -> dict[str, int] | bool | None:
         return False
     finally:
         client.close()
+
+
+def observe_webhook_attempt(delivered) -> None:
+    """After a webhook attempt (a domain.services.webhook_delivery.Delivered; None: no attempt was due)."""
+    if delivered is not None:
+        WEBHOOK_ATTEMPTS.labels("succeeded" if delivered.succeeded else "failed").inc()
+        WEBHOOK_SECONDS.observe(delivered.seconds)
 
 
 def observe_failed(kinds: list[str]) -> None:

@@ -7,6 +7,8 @@ from worker.routing import QUEUES
 
 CELERY_APP = "worker.celery_app"
 ALL_QUEUES = ",".join(QUEUES)
+# Every queue but webhooks: a deployment gives outbound webhooks workers of their own (receivers may take 10 s).
+MONEY_QUEUES = ",".join(queue for queue in QUEUES if queue != "webhooks")
 API_GRACEFUL_SECONDS = 20  # after SIGTERM, in-flight requests get this long (compose's stop_grace_period is longer)
 
 

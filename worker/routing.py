@@ -1,5 +1,6 @@
 """Celery queues by purpose, the queue of each task name, and where a queue's dead letters go."""
-QUEUES = ("ledger", "payments", "tiers", "maintenance")
+# webhooks: outbound deliveries on their own queue (and workers), so a slow receiver never delays money.
+QUEUES = ("ledger", "payments", "tiers", "maintenance", "webhooks")
 
 # Tasks are named "<queue>.<action>", so the queue is the name's first part.
 ROUTES = {f"{queue}.*": {"queue": queue} for queue in QUEUES}

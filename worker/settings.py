@@ -49,6 +49,9 @@ class Settings:
     database_read_urls: tuple[str, ...] = ()  # DATABASE_READ_URL: read replicas, comma-separated
     read_max_lag_ms: int = 1000  # BILLING_READ_MAX_LAG_MS: a replica lagging more is skipped
     intro_credit_ttl_days: int | None = None  # BILLING_INTRO_CREDIT_TTL_DAYS; None: the intro credit never expires
+    webhooks_allow_private: bool = False  # BILLING_WEBHOOKS_ALLOW_PRIVATE=1: http and private receivers too
+    webhook_retry_scale: float = 1.0  # BILLING_WEBHOOK_RETRY_SCALE: the retry schedule and disabling window, scaled
+    webhook_timeout_seconds: float = 10.0  # BILLING_WEBHOOK_TIMEOUT_SECONDS: a receiver's answer later fails
 
 
 
@@ -59,6 +62,19 @@ def _int(env: dict, name: str, default: int, *, low: int = 0, high: int = 2**62)
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise SettingsError(f"{name}={raw!r} must be a whole number from {low} to {high}")
     return int(raw)
+
+
+def _float(env: dict, name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r} must be a number from {low:g} to {high:g}")
+    return value
 
 
 def _url(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
@@ -122,6 +138,9 @@ def load(env: dict | None = None) -> Settings:
         otlp_endpoint=_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https")),
         database_read_urls=_read_urls(env, database_url),
         read_max_lag_ms=_int(env, "BILLING_READ_MAX_LAG_MS", 1000, low=1, high=3_600_000),
+        webhooks_allow_private=_choice(env, "BILLING_WEBHOOKS_ALLOW_PRIVATE", ("0", "1")) == "1",
+        webhook_retry_scale=_float(env, "BILLING_WEBHOOK_RETRY_SCALE", 1.0, low=0.0001, high=1.0),
+        webhook_timeout_seconds=_float(env, "BILLING_WEBHOOK_TIMEOUT_SECONDS", 10.0, low=0.1, high=30.0),
     )
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.processes import ALL_QUEUES, api_argv, beat_argv, migrate, worker_argv
+from worker.processes import MONEY_QUEUES, api_argv, beat_argv, migrate, worker_argv
 from worker.routing import QUEUES
 from worker.settings import Settings, database_broker
 
@@ -74,9 +74,12 @@ def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1
         _create_broker_tables(broker)
     children = [subprocess.Popen(argv, env=env) for argv in (
         api_argv(port, workers=1, threads=8, keepalive_seconds=settings.http_keepalive_seconds, host=host),
-        worker_argv(ALL_QUEUES, concurrency=2, name="standalone@%h"),
+        worker_argv(MONEY_QUEUES, concurrency=2, name="standalone@%h"),
         beat_argv(str(data_dir)),
     )]
+    # Outbound webhooks on a worker of their own: a slow receiver never holds a slot the ledger needs.
+    children.append(subprocess.Popen(worker_argv("webhooks", concurrency=2, name="standalone-webhooks@%h"),
+                                     env=env | {"WORKER_METRICS_PORT": "0"}))
     print(_banner(port, host, token, broker, metrics_port, settings, data_dir), flush=True)
     return _supervise(children)
 

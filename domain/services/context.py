@@ -29,6 +29,9 @@ class Config:
     tier_max_age_seconds: int = 900  # the beat job recomputes tiers older than this
     idempotency_ttl_seconds: int = 86400  # an Idempotency-Key's replay window
     idempotency_lease_seconds: int = 60  # a claim whose process died is free again after this
+    webhooks_allow_private: bool = False  # BILLING_WEBHOOKS_ALLOW_PRIVATE: http and non-public receivers too
+    webhook_retry_scale: float = 1.0  # the retry schedule and the disabling window, scaled (tests: shorter)
+    webhook_timeout_seconds: float = 10.0  # a receiver's 2xx later than this is a failure
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Context:
     config: Config
     stripe: Any = None  # domain.providers.stripe_gateway.StripeGateway, when configured
     x402: Any = None  # domain.providers.x402_gateway.X402Gateway, when configured
+    webhooks: Any = None  # domain.providers.webhook_sender.WebhookSender; None: one from `config`
     limiter: Any = None  # a domain.ratelimit.Limiter; None: this process's memory, failing open
     # Wakes the worker to apply queued credits; sends may be merged (worker.wakeups). None: enqueue.
     wake: Enqueue | None = None

@@ -1,4 +1,5 @@
 """All services, built once from one context."""
+from domain.providers.webhook_sender import WebhookSender
 from domain.services.audit import AuditService
 from domain.services.auto_top_ups import AutoTopUpService
 from domain.services.billing_settings import BillingSettingsService
@@ -17,6 +18,8 @@ from domain.services.stats import StatsService
 from domain.services.stripe_checkout import StripeCheckoutService
 from domain.services.usage import UsageService
 from domain.services.users import UserService
+from domain.services.webhook_delivery import WebhookDeliveryService
+from domain.services.webhook_endpoints import WebhookEndpointService
 from domain.services.workspaces import WorkspaceService
 from domain.services.x402_checkout import X402CheckoutService
 
@@ -42,3 +45,7 @@ class Services:
         self.rate_limits = RateLimitService(ctx)
         self.x402 = X402CheckoutService(ctx)
         self.stats = StatsService(ctx)
+        sender = ctx.webhooks or WebhookSender(allow_private=ctx.config.webhooks_allow_private,
+                                               timeout_seconds=ctx.config.webhook_timeout_seconds)
+        self.webhooks = WebhookEndpointService(ctx, sender)
+        self.webhook_delivery = WebhookDeliveryService(ctx, sender)

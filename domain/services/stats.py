@@ -1,7 +1,7 @@
-"""What operators watch: unfinished operations (the outbox) and checkouts by provider and state, and the
-age of the oldest of each."""
+"""What operators watch: unfinished operations (the outbox), checkouts by provider and state, pending webhook
+deliveries, and the age of the oldest of each."""
 from domain.services.context import Context
-from domain.store import stats
+from domain.store import stats, webhooks
 
 
 class StatsService:
@@ -10,6 +10,9 @@ class StatsService:
 
     def snapshot(self) -> dict:
         with self._ctx.uow() as uow:
+            pending, oldest, overdue = webhooks.pending(uow.conn)
             return {"backlog": stats.operation_backlog(uow.conn), "checkouts": stats.checkout_counts(uow.conn),
                     "oldest_unfinished_seconds": stats.oldest_unfinished_seconds(uow.conn),
-                    "oldest_pending_checkouts": stats.oldest_pending_checkouts(uow.conn)}
+                    "oldest_pending_checkouts": stats.oldest_pending_checkouts(uow.conn),
+                    "webhooks_pending": pending, "webhooks_oldest_pending_seconds": oldest,
+                    "webhooks_overdue_seconds": max(overdue, 0.0)}

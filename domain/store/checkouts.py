@@ -4,8 +4,10 @@ from datetime import timedelta
 from sqlalchemy import Connection, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from domain import views
 from domain.models import Checkout
-from domain.names import CheckoutStatus
+from domain.names import CheckoutStatus, WebhookEventType
+from domain.store import webhook_events
 from domain.store.tables import checkouts
 
 _c = checkouts.c
@@ -54,13 +56,25 @@ def by_payment(conn: Connection, network: str, payer: str, nonce: str) -> Checko
     return _one(conn, (_c.network == network) & (_c.payer == payer) & (_c.nonce == nonce))
 
 
+# The webhook event of a checkout that reaches each status.
+_EVENTS = {CheckoutStatus.COMPLETED: WebhookEventType.CHECKOUT_COMPLETED,
+           CheckoutStatus.FAILED: WebhookEventType.CHECKOUT_FAILED}
+
+
 def change(conn: Connection, checkout_id: str, **values) -> Checkout:
-    """Set fields (status, provider_ref, url, details, failure_reason, ...); completed_at follows status."""
+    """Set fields (status, provider_ref, url, details, failure_reason, ...); completed_at follows status. A
+    checkout reaching completed or failed emits its webhook event in this transaction."""
+    event = _EVENTS.get(values.get("status"))
+    if event is not None and conn.execute(select(_c.status).where(_c.id == checkout_id)).scalar() == values["status"]:
+        event = None  # there already
     if values.get("status") == CheckoutStatus.COMPLETED:
         values["completed_at"] = func.now()
     row = conn.execute(update(checkouts).where(_c.id == checkout_id)
                        .values(updated_at=func.now(), **values).returning(checkouts)).mappings().one()
-    return _checkout(row)
+    checkout = _checkout(row)
+    if event is not None:
+        webhook_events.emit(conn, workspace_id=checkout.workspace_id, type=event, data=views.checkout(checkout))
+    return checkout
 
 
 def pending(conn: Connection, provider: str, *, older_than: timedelta, limit: int = 500) -> list[str]:

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from domain import times
+from domain import times, views
 from domain.models import Operation
-from domain.names import UNFINISHED, OperationStatus
+from domain.names import UNFINISHED, OperationStatus, WebhookEventType
+from domain.store import webhook_events
 from domain.store.tables import operations
 from domain.store.uow import note_failed
 
@@ -117,9 +118,13 @@ def set_status(conn: Connection, operation_id: str, status: str, *, result: dict
         "id": operation_id, "status": status, "attempt": 1 if attempt else 0,
         "result": None if result is None else json.dumps(result),
         "error": None if error is None else json.dumps(error)}).mappings().one()
+    op = _operation(row)
     if status == OperationStatus.FAILED:
         note_failed(conn, row["kind"])
-    return _operation(row)
+        if op.workspace_id is not None:
+            webhook_events.emit(conn, workspace_id=op.workspace_id, type=WebhookEventType.OPERATION_FAILED,
+                                data=views.operation(op))
+    return op
 
 
 # Queued operations of the given kinds that nobody holds, oldest first (the operations_pending index).

@@ -4,9 +4,13 @@ A workspace's spending is serialised by the usage batch lock (store.usage.lock_w
 holds and captures of one workspace take it first, so each reads the month's spending as the last one left it.
 """
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, text
+
+from domain import times
+from domain.names import WebhookEventType
+from domain.store import webhook_events
 
 MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
 # The month's spending, what the workspace's unsettled holds reserve, and its limit (NULL: none), as SQL
@@ -57,13 +61,24 @@ WHERE l.workspace_id = :workspace_id AND l.monthly_limit_cents IS NOT NULL
   AND (moved.spent_cents - :cents) * 100 < l.monthly_limit_cents * p.percent
   AND moved.spent_cents * 100 >= l.monthly_limit_cents * p.percent
 ON CONFLICT DO NOTHING
+RETURNING month, percent, limit_cents, spent_cents, crossed_at
 """)
 
 
 def add(conn: Connection, workspace_id: str, cents: int) -> None:
-    """Count `cents` spent by the workspace this month (in the transaction that debits them)."""
-    if cents > 0:
-        conn.execute(_ADD, {"workspace_id": workspace_id, "cents": cents})
+    """Count `cents` spent by the workspace this month (in the transaction that debits them); each alert step
+    crossed emits spend_limit.alert."""
+    if cents <= 0:
+        return
+    for row in conn.execute(_ADD, {"workspace_id": workspace_id, "cents": cents}):
+        webhook_events.emit(conn, workspace_id=workspace_id, type=WebhookEventType.SPEND_LIMIT_ALERT, data={
+            "workspaceId": workspace_id, "percent": row.percent, "limitCents": row.limit_cents,
+            "spentCents": row.spent_cents, "periodStart": times.rfc3339(_month_start(row.month)),
+            "crossedAt": row.crossed_at})
+
+
+def _month_start(month: date) -> datetime:
+    return datetime(month.year, month.month, 1, tzinfo=UTC)
 
 
 _PUT = text("""

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import Connection, text
 
 from domain import times
+from domain.names import WebhookEventType as Event
 
 PENDING = "billing.webhook_events"  # Connection.info key: what this transaction emitted, in order
 
@@ -59,7 +60,7 @@ def _json(value: object) -> str:
 # Events of the workspaces listening (a live, enabled endpoint subscribed to the type), in the order they were
 # emitted, and a delivery for each endpoint subscribed. Only the endpoints of the workspaces concerned are read:
 # those named by emit() and those whose default account an entry moved.
-_FLUSH = text("""
+_FLUSH = text(f"""
 WITH given AS (
     SELECT g.workspace_id, g.type, CAST(g.data AS jsonb) AS data, CAST(NULL AS text) AS account_id,
            CAST(NULL AS bigint) AS entry_id, g.ord
@@ -81,12 +82,12 @@ WITH given AS (
     FROM moved m JOIN concerned c ON c.account_id = m.account_id
     LEFT JOIN billing_settings s ON s.workspace_id = c.workspace_id
     CROSS JOIN LATERAL (VALUES
-        ('transaction.created', '{}'::jsonb, true),
-        ('balance.low', jsonb_build_object('billingAccountId', m.account_id, 'balanceCents', m.after,
+        ('{Event.TRANSACTION_CREATED}', '{{}}'::jsonb, true),
+        ('{Event.BALANCE_LOW}', jsonb_build_object('billingAccountId', m.account_id, 'balanceCents', m.after,
                                            'previousBalanceCents', m.after - m.amount,
                                            'lowBalanceCents', s.low_balance_cents),
          m.amount < 0 AND m.after < s.low_balance_cents AND m.after - m.amount >= s.low_balance_cents),
-        ('balance.depleted', jsonb_build_object('billingAccountId', m.account_id, 'balanceCents', m.after,
+        ('{Event.BALANCE_DEPLETED}', jsonb_build_object('billingAccountId', m.account_id, 'balanceCents', m.after,
                                                 'previousBalanceCents', m.after - m.amount),
          m.amount < 0 AND m.after <= 0 AND m.after - m.amount > 0)
     ) AS t(type, data, due)

@@ -23,15 +23,16 @@ from domain.store.uow import UnitOfWork
 from tests import contract
 from tests.api.checks import TABLES
 from tests.conftest import RecordingQueue
-from tests.factories import OPERATOR_TOKEN, Api, UserKey, new_linked_account
+from tests.factories import OPERATOR_TOKEN, Api, UserKey, new_linked_account, post
 from tests.standins.stripe_api import signed_event
 
 WEBHOOK_SECRET = "whsec_matrix"
 CALLERS = ("anonymous", "unknown", "revoked", "stranger", "member", "admin", "owner", "operator")
 MISSING = {"ws": "ws_" + "0" * 32, "ba": "ba_" + "0" * 32, "op": "op_" + "0" * 32, "chk": "chk_" + "0" * 32,
-           "hold": "hold_" + "0" * 32}
+           "hold": "hold_" + "0" * 32, "wh": "wh_" + "0" * 32, "dlv": "dlv_" + "0" * 32}
 # What a refused request must leave as it was: rows of these tables, and holds settled or captured.
-WRITE_TABLES = (*TABLES, "checkouts", "grants", "holds", "spend_limits", "billing_settings", "holds WHERE settled_at IS NOT NULL",
+WRITE_TABLES = (*TABLES, "checkouts", "grants", "holds", "spend_limits", "billing_settings", "webhook_endpoints",
+                "webhook_endpoints WHERE deleted_at IS NOT NULL", "webhook_deliveries WHERE enqueued_at IS NOT NULL", "holds WHERE settled_at IS NOT NULL",
                 "holds WHERE capture_operation_id IS NOT NULL", "stripe_customers", "auto_top_ups")
 
 
@@ -53,10 +54,13 @@ class World:
     operation: str  # queued by the owner
     checkout: str  # a Stripe checkout of ws
     holds: tuple[str, str]  # two holds on ws: one to capture, one to release
+    endpoints: dict[str, str]  # webhook endpoints of ws: "kept", and one each for the admin and the owner to delete
+    delivery: str  # a delivery of the kept endpoint
 
     def ids(self) -> dict[str, str]:
         return {"workspace_id": self.ws, "account_id": self.extra, "operation_id": self.operation,
-                "checkout_id": self.checkout, "hold_id": self.holds[0]}
+                "checkout_id": self.checkout, "hold_id": self.holds[0], "endpoint_id": self.endpoints["kept"],
+                "delivery_id": self.delivery}
 
     def own_unlinked_account(self, caller: str) -> str:
         """An account the caller owns that is not linked to ws (the operator owns none)."""
@@ -85,6 +89,10 @@ def _unlinked_by_each_manager(w: World, caller: str) -> dict:
     return {"account_id": w.unlinked_by.get(caller, w.unlinked_by["admin"])}
 
 
+def _deleted_by_each_manager(w: World, caller: str) -> dict:
+    return {"endpoint_id": w.endpoints.get(caller, w.endpoints["admin"])}
+
+
 def _owner_restores_the_default(w: World, caller: str) -> dict:
     return {"account_id": w.people["owner"].default_account_id if caller == "owner" else w.extra}
 
@@ -102,6 +110,7 @@ class Endpoint:
 
 
 WS = "/workspaces/{workspace_id}"
+HOOK_URL = "https://1.1.1.1/billing-hooks"  # a public address given as such: nothing to resolve
 CHECKOUT = {"amountCents": 500, "successUrl": "https://app.example/ok", "cancelUrl": "https://app.example/cancel"}
 ENDPOINTS = [
     # method, path                                                     anon unkn revk strg memb admn ownr oper
@@ -163,6 +172,16 @@ ENDPOINTS = [
              _json({"amountCents": 500})),
     Endpoint("GET", WS + "/billing/checkouts",                         (401, 401, 401, 404, 200, 200, 200, 200)),
     Endpoint("GET", WS + "/billing/checkouts/{checkout_id}",           (401, 401, 401, 404, 200, 200, 200, 200)),
+    Endpoint("GET", WS + "/webhook-endpoints",                         (401, 401, 401, 404, 403, 200, 200, 200)),
+    Endpoint("POST", WS + "/webhook-endpoints",                        (401, 401, 401, 404, 403, 201, 201, 403),
+             _json({"url": HOOK_URL, "events": ["balance.low"]})),
+    Endpoint("GET", WS + "/webhook-endpoints/{endpoint_id}",           (401, 401, 401, 404, 403, 200, 200, 200)),
+    Endpoint("DELETE", WS + "/webhook-endpoints/{endpoint_id}",        (401, 401, 401, 404, 403, 204, 204, 403),
+             ids=_deleted_by_each_manager),
+    Endpoint("GET", WS + "/webhook-endpoints/{endpoint_id}/deliveries",
+                                                                       (401, 401, 401, 404, 403, 200, 200, 200)),
+    Endpoint("POST", WS + "/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
+                                                                       (401, 401, 401, 404, 403, 202, 202, 403)),
     Endpoint("GET", "/operations/{operation_id}",                      (401, 401, 401, 404, 404, 404, 200, 200)),
     # Stripe signs its webhooks; no bearer key is asked for, and one sent is not looked at
     Endpoint("POST", "/webhooks/stripe",                               (200, 200, 200, 200, 200, 200, 200, 200),
@@ -220,8 +239,13 @@ def new_world(api: Api, services: Services) -> World:
         uow.commit()
     keys = {"anonymous": None, "unknown": "bk_" + "x" * 43, "operator": OPERATOR_TOKEN}
     keys |= {name: people[name].key for name in ("revoked", "stranger", "member", "admin", "owner")}
+    endpoints = {name: _created(api.call("POST", f"/workspaces/{ws}/webhook-endpoints", owner.key, json={
+        "url": HOOK_URL, "events": ["transaction.created"]}))["id"] for name in ("kept", "admin", "owner")}
+    post(services, owner.default_account_id, 100)  # an event, delivered to each
+    deliveries = _created(api.call("GET", f"/workspaces/{ws}/webhook-endpoints/{endpoints['kept']}/deliveries",
+                                   owner.key), 200)["data"]
     return World(keys, people, ws, side, api.new_workspace(people["stranger"], "Theirs")["id"], extra,
-                 {"admin": first, "owner": second}, spare, operation, checkout, holds)
+                 {"admin": first, "owner": second}, spare, operation, checkout, holds, endpoints, deliveries[0]["id"])
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +316,7 @@ def test_another_users_object_in_the_path_answers_like_one_that_does_not_exist(a
     if the id did not even parse."""
     foreign = call(api, world, endpoint, "stranger")
     prefixes = {"workspace_id": "ws", "account_id": "ba", "operation_id": "op", "checkout_id": "chk",
-                "hold_id": "hold"}
+                "hold_id": "hold", "endpoint_id": "wh", "delivery_id": "dlv"}
     for name in re.findall(r"\{(\w+)\}", endpoint.path):
         for missing in (MISSING[prefixes[name]], "not-an-id"):
             _same_as_missing(foreign, call(api, world, endpoint, "stranger", **{name: missing}))

@@ -62,9 +62,12 @@ def world(app) -> dict:
     assert checkout.status_code == 201, checkout.text
     operation = api.call("POST", f"/workspaces/{ws['id']}/rate-limits/refresh", owner.key)
     assert operation.status_code == 202, operation.text
+    endpoint = api.call("POST", f"/workspaces/{ws['id']}/webhook-endpoints", owner.key, json={
+        "url": "https://1.1.1.1/hooks", "events": ["checkout.completed"]})
+    assert endpoint.status_code == 201, endpoint.text
     return {"key": owner.key, "ids": {"workspaceId": ws["id"], "billingAccountId": extra["id"],
                                       "checkoutId": checkout.json["id"], "operationId": operation.json["id"],
-                                      "userId": member.id}}
+                                      "userId": member.id, "endpointId": endpoint.json["id"]}}
 
 
 def with_real_ids(case, ids: dict[str, str]) -> None:

@@ -39,7 +39,8 @@ def test_flower_shows_the_worker_and_a_credit_task_it_finished(stack, flower, en
     name = _worker_name(stack)
     workers = wait_until(lambda: (lambda w: w if name in w else None)(_get(f"{flower}/api/workers", refresh=1)),
                          30, f"Flower to list {name}")
-    assert {q["name"] for q in workers[name]["active_queues"]} == {"ledger", "payments", "tiers", "maintenance"}
+    assert {q["name"] for q in workers[name]["active_queues"]} == {"ledger", "payments", "tiers", "maintenance",
+                                                                              "webhooks"}
 
     owner = stack.api.new_user()
     workspace = stack.api.new_workspace(owner)

@@ -1,0 +1,33 @@
+"""Domain objects as the contract's JSON, where the API's answers and the webhook payloads share them."""
+from domain import times
+from domain.models import Checkout, Entry, Grant, Operation
+
+ts = times.rfc3339
+
+
+def transaction(e: Entry) -> dict:
+    return {"id": e.public_id, "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
+            "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
+            "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
+
+
+def grant(g: Grant) -> dict:
+    return {"id": g.id, "billingAccountId": g.billing_account_id, "source": g.source, "category": g.category,
+            "amountCents": g.amount_cents, "remainingCents": g.remaining_cents, "priority": g.priority,
+            "expiresAt": ts(g.expires_at), "status": g.status, "createdAt": ts(g.created_at)}
+
+
+def operation(op: Operation) -> dict:
+    return {"id": op.id, "kind": op.kind, "status": op.status, "result": op.result, "error": op.error,
+            "attempts": op.attempts, "lastError": op.last_error, "nextAttemptAt": ts(op.next_attempt_at),
+            "createdAt": ts(op.created_at), "updatedAt": ts(op.updated_at)}
+
+
+def checkout(c: Checkout) -> dict:
+    body = {"id": c.id, "provider": c.provider, "status": c.status, "workspaceId": c.workspace_id,
+            "billingAccountId": c.billing_account_id, "amountCents": c.amount_cents, "currency": c.currency,
+            "createdAt": ts(c.created_at), "completedAt": ts(c.completed_at), "failureReason": c.failure_reason}
+    if c.provider == "stripe":
+        return body | {"url": c.url, "stripeSessionId": c.provider_ref}
+    return body | {"network": c.network, "payer": c.payer, "nonce": c.nonce, "operationId": c.operation_id,
+                   "transaction": c.details.get("transaction")}
