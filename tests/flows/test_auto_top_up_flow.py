@@ -1,15 +1,17 @@
-"""Auto top-up as deployed: the served API, a real worker and Redis, Stripe's SDK against the stand-in. A card saved
-by a checkout, one charge for twenty concurrent debits below the threshold, one credit for a payment_intent.succeeded
-delivered ten times at once, three declines (authentication_required among them) turning it off, maxPerDay."""
+"""Auto top-up as deployed: the served API, a real worker and Redis, Stripe's SDK against the stand-in, a webhook
+receiver on loopback. A card saved by a checkout, one charge for twenty concurrent debits below the threshold, one
+credit (and one auto_top_up.succeeded) for a payment_intent.succeeded delivered ten times at once, three declines
+(authentication_required among them) each sending auto_top_up.failed and turning it off, maxPerDay."""
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import text
 
-from tests.auto_top_ups import (checkout_saving_the_card, credits_of, events_of, intents_for, listen, pay_and_report,
+from tests.auto_top_ups import (TOP_UP_EVENTS, checkout_saving_the_card, credits_of, intents_for, pay_and_report,
                                 settings, top_ups, turn_on, usage)
 from tests.processes import Stack, assert_sound, wait_for_operations, wait_until
 from tests.standins.stripe_api import signed_event
+from tests.standins.webhook_receiver import WebhookReceiver
 
 SECRET = "whsec_auto_top_up_flow"
 
@@ -17,12 +19,27 @@ SECRET = "whsec_auto_top_up_flow"
 @pytest.fixture(scope="module")
 def stack(database_url, tmp_path_factory, stripe_api):
     stack = Stack(database_url, tmp_path_factory.mktemp("auto-top-up-stack"))
-    stack.env.update(STRIPE_API_KEY="sk_test_flow", STRIPE_WEBHOOK_SECRET=SECRET, STRIPE_API_BASE=stripe_api.url)
+    stack.env.update(STRIPE_API_KEY="sk_test_flow", STRIPE_WEBHOOK_SECRET=SECRET, STRIPE_API_BASE=stripe_api.url,
+                     BILLING_WEBHOOKS_ALLOW_PRIVATE="1")
     try:
         stack.start()
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+def subscribe(stack, owner, ws, receiver: WebhookReceiver) -> str:
+    """A webhook endpoint of the workspace for the auto top-up events, at the receiver; its secret."""
+    created = stack.api.call("POST", f"/workspaces/{ws['id']}/webhook-endpoints", owner.key,
+                             json={"url": receiver.url, "events": list(TOP_UP_EVENTS)})
+    assert created.status_code == 201, created.text
+    return created.json["secret"]
 
 
 def card_saved(stack, stripe_api, card=("visa", "4242")):
@@ -73,10 +90,10 @@ def test_a_checkout_that_saves_its_payment_method_shows_the_card_in_the_billing_
 
 
 def test_twenty_concurrent_debits_below_the_threshold_charge_once_and_ten_deliveries_credit_once(
-        stack, stripe_api, services, engine):
+        stack, stripe_api, services, engine, receiver):
     owner, ws = card_saved(stack, stripe_api)
     account = ws["defaultBillingAccountId"]
-    listen(engine, ws["id"])
+    secret = subscribe(stack, owner, ws, receiver)
     turn_on(stack.api, owner, ws, threshold=1495, amount=1000)
     with ThreadPoolExecutor(20) as pool:
         posted = list(pool.map(lambda n: stack.api.operator("POST", f"/workspaces/{ws['id']}/billing/usage",
@@ -98,15 +115,18 @@ def test_twenty_concurrent_debits_below_the_threshold_charge_once_and_ten_delive
     balance = stack.api.call("GET", f"/workspaces/{ws['id']}/billing/balance", owner.key).json["balanceCents"]
     assert balance == 1500 - 20 * 10 + 1000
     assert len(intents_for(stripe_api, account)) == 1
-    assert [e["type"] for e in events_of(engine, ws["id"])] == ["auto_top_up.succeeded"]
+    [sent] = receiver.wait_for(1, workspace_id=ws["id"])
+    assert sent.verified(secret)["type"] == "auto_top_up.succeeded"
+    assert {k: sent.event["data"][k] for k in ("id", "amountCents", "status", "paymentIntentId")} == {
+        "id": top_up["id"], "amountCents": 1000, "status": "succeeded", "paymentIntentId": intent["id"]}
     assert_sound(services, account)
 
 
-def test_three_failures_in_a_row_each_emit_auto_top_up_failed_and_turn_auto_top_up_off(
-        stack, stripe_api, services, engine):
+def test_three_failures_in_a_row_each_send_auto_top_up_failed_and_turn_auto_top_up_off(
+        stack, stripe_api, services, engine, receiver):
     owner, ws = card_saved(stack, stripe_api)
     account = ws["defaultBillingAccountId"]
-    listen(engine, ws["id"])
+    secret = subscribe(stack, owner, ws, receiver)
     turn_on(stack.api, owner, ws, threshold=10_000)
     stripe_api.script_intents("card_declined", "authentication_required", "card_declined")
     for n in range(1, 4):
@@ -115,7 +135,8 @@ def test_three_failures_in_a_row_each_emit_auto_top_up_failed_and_turn_auto_top_
     assert settings(stack.api, owner.key, ws)["autoTopUp"]["enabled"] is False
     debit(stack, engine, ws, 10)
     assert len(top_ups(engine, account)) == 3 and len(intents_for(stripe_api, account)) == 3
-    failed = events_of(engine, ws["id"])
+    failed = sorted((r.verified(secret) for r in receiver.wait_for(3, workspace_id=ws["id"])),
+                    key=lambda e: e["data"]["failuresInARow"])
     assert [(e["type"], e["data"]["failureCode"], e["data"]["failuresInARow"]) for e in failed] == [
         ("auto_top_up.failed", "card_declined", 1), ("auto_top_up.failed", "authentication_required", 2),
         ("auto_top_up.failed", "card_declined", 3)]
