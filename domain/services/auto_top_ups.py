@@ -172,9 +172,11 @@ class AutoTopUpService:
                 amount_cents=top_up.amount_cents, idempotency_key=charge_key(top_up),
                 metadata={"auto_top_up_id": top_up.id, "billing_account_id": account_id,
                           "workspace_id": top_up.workspace_id})
-        except ProviderError as exc:  # Stripe refused the request itself (not a decline): this top-up failed
-            intent = Intent(id=None, status="refused", amount=top_up.amount_cents, currency=CURRENCY, metadata={},
-                            failure_code="stripe_refused", failure_message=exc.detail)
+        except ProviderError as exc:
+            # Stripe answered with an error that is not a decline (4xx, or a 5xx, which Stripe keeps as the answer to
+            # this idempotency key: asking again would get it again). Unreachable, or 429, is Unavailable: retried.
+            intent = Intent(id=None, status="error", amount=top_up.amount_cents, currency=CURRENCY, metadata={},
+                            failure_code="stripe_error", failure_message=exc.detail)
         with self._ctx.uow() as uow:
             top_up = store.get(uow.conn, account_id, top_up_id, for_update=True)
             outcome = self._answered(uow, top_up, intent)
