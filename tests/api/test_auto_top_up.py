@@ -384,3 +384,37 @@ def test_a_debit_through_a_workspace_whose_default_account_is_another_starts_no_
     assert run_queued(stripe_services, queue) == []  # the usage accepted before debits the old default account
     assert stripe_services.operations.get(OPERATOR, posted["id"]).status == "succeeded"
     assert top_ups(engine, account) == []
+
+
+def test_stripe_limiting_requests_leaves_the_top_up_pending_and_a_retry_charges_it_once(
+        sapi, stripe_services, queue, stripe_api, carded, engine):
+    owner, ws, account = carded
+    turn_on(sapi, owner, ws, threshold=2000)
+    sapi.operator("POST", f"/workspaces/{ws['id']}/billing/usage", json=usage(0, 10))
+    stripe_api.fail_status, stripe_api.fail_creates = 429, 2  # the SDK's own retry meets the second
+    try:
+        with pytest.raises(Exception) as raised:
+            run_queued(stripe_services, queue)
+    finally:
+        stripe_api.fail_status, stripe_api.fail_creates = 500, 0
+    assert type(raised.value).__name__ == "Unavailable"  # the task retries it
+    [top_up] = top_ups(engine, account)
+    assert (top_up["status"], top_up["attempts"]) == ("pending", 1)
+    assert stripe_services.auto_top_ups.charge(account, top_up["id"]) == "auto_top_up_charged"
+    assert len(intents_for(stripe_api, account)) == 1
+
+
+def test_a_stripe_error_that_is_not_a_decline_fails_the_top_up_as_stripe_error(sapi, stripe_services, queue,
+                                                                              stripe_api, carded, engine):
+    owner, ws, account = carded
+    listen(engine, ws["id"])
+    turn_on(sapi, owner, ws, threshold=2000)
+    stripe_api.fail_status, stripe_api.fail_creates = 400, 1
+    try:
+        assert debit(sapi, stripe_services, queue, ws, 10) == ["auto_top_up_failed"]
+    finally:
+        stripe_api.fail_status, stripe_api.fail_creates = 500, 0
+    [event] = events_of(engine, ws["id"])
+    assert (event["data"]["failureCode"], event["data"]["failuresInARow"]) == ("stripe_error", 1)
+    assert intents_for(stripe_api, account) == []
+    assert_sound(stripe_services, account)
