@@ -5,11 +5,17 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime.max.replace(tzinfo=UTC)  # 9999-12-31T23:59:59.999999Z
 
 
+_ZERO = timedelta(0)
+
+
 def rfc3339(value: datetime | None) -> str | None:
-    """The contract's time format: UTC, milliseconds, `Z` (2026-11-27T12:00:00.000Z)."""
+    """The contract's time format: UTC, milliseconds, `Z` (2026-11-27T12:00:00.000Z). isoformat, not strftime:
+    twice as fast (every timestamp of a page), and its year always has four digits."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if value.utcoffset() != _ZERO:  # the database's timestamps come in UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def in_range(value: datetime) -> datetime | None:

@@ -27,12 +27,14 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                          idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms)
     if enqueue is None:
         from worker.queue import enqueue  # the Celery app is only loaded where it is used
-    reads = make_engine(settings.database_url, pool_size, statement_timeout_ms=settings.db_statement_timeout_ms,
-                        autocommit=True)
+    # Autocommit: single-statement reads, and writes that are one statement (ctx.single)
+    reads = make_engine(settings.database_url, pool_size, lock_timeout_ms=settings.db_lock_timeout_ms,
+                        statement_timeout_ms=settings.db_statement_timeout_ms, autocommit=True)
     wake = MergedSends(enqueue, settings.wake_interval_ms / 1000)
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings, on_failed=metrics.observe_failed,
                                          on_deliveries=lambda: wake(Task.DISPATCH_WEBHOOKS)), enqueue=enqueue,
                   read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),
+                  single=lambda: RawRead(reads),
                   lagging=lagging(settings, lambda: UnitOfWork(reads), pool_size),
                   config=Config(intro_credit_cents=settings.intro_credit_cents,
                                 intro_credit_ttl_days=settings.intro_credit_ttl_days, tiers=settings.tiers,

@@ -3,7 +3,7 @@ import logging
 import os
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from domain import tracing
 
@@ -18,7 +18,7 @@ class _Correlation(logging.Filter):
 def json_handler(stream, service: str) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     handler.addFilter(_Correlation())
-    handler.setFormatter(JsonFormatter(
+    handler.setFormatter(OrjsonFormatter(  # orjson: half the cost of a line (one per request)
         "{asctime}{levelname}{name}{message}{request_id}{operation_id}", style="{",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         static_fields={"service": service}))

@@ -60,6 +60,10 @@ class Context:
     # A bare psycopg connection for domain.store.prepared's statements (domain.store.uow.RawRead on the read
     # engine). None: the driver connection of a `read` unit of work.
     raw_read: Callable[[], AbstractContextManager[Any]] | None = None
+    # A bare psycopg connection whose statements commit one by one (autocommit, on the primary, under the same
+    # lock_timeout as `uow`): for a write that is one statement, one round trip where a transaction costs three.
+    # None: the driver connection of a `uow`, committed when the block ends without an error.
+    single: Callable[[], AbstractContextManager[Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.ids is None:
@@ -71,6 +75,8 @@ class Context:
             object.__setattr__(self, "lagging", run_in(self.read))
         if self.raw_read is None:
             object.__setattr__(self, "raw_read", lambda: _driver_of(self.read))
+        if self.single is None:
+            object.__setattr__(self, "single", lambda: _driver_of(self.uow, commit=True))
 
 
 def run_in(unit: Callable[[], UnitOfWork]) -> Callable[[Callable[[Connection], T]], T]:
@@ -82,9 +88,11 @@ def run_in(unit: Callable[[], UnitOfWork]) -> Callable[[Callable[[Connection], T
 
 
 @contextmanager
-def _driver_of(read: Callable[[], UnitOfWork]):
-    with read() as unit:
+def _driver_of(unit_of_work: Callable[[], UnitOfWork], *, commit: bool = False):
+    with unit_of_work() as unit:
         yield unit.driver
+        if commit:
+            unit.commit()
 
 
 def _public_ids_key(uow: Callable[[], UnitOfWork]) -> bytes:

@@ -1,8 +1,8 @@
-"""Queued credits, applied in batches.
+"""Queued credits and hold captures, applied in batches.
 
-The task of one credit also claims other queued credits that no other transaction holds (FOR UPDATE SKIP
-LOCKED), locks their accounts without waiting on any, and posts every credit whose account it locked,
-marks them succeeded and stores their accounts' tiers, all in one transaction. Then it drains: the next
+The task of one credit (or capture) also claims other queued ones that no other transaction holds (FOR UPDATE
+SKIP LOCKED), locks their accounts (and a capture's workspace) without waiting on any, and posts every credit
+and capture whose locks it took, marks them succeeded and stores their accounts' tiers, all in one transaction. Then it drains: the next
 batches, each in its own transaction, until no credit is queued, so a backlog is applied at the pace of
 the database rather than of the messages. A message is thus a wake-up: the API merges the messages of
 many credits into one (worker.wakeups), and a drain that stops with credits still queued (out of time, or
@@ -20,14 +20,14 @@ from domain.errors import DomainError, Unavailable
 from domain.grants import DEFAULT_PRIORITY, Terms
 from domain.models import Entry, Operation
 from domain.names import EntryKind, GrantCategory, GrantSource, OperationStatus, Task
-from domain.services import grants
+from domain.services import grants, holds
 from domain.services.context import Context
-from domain.store import batch, ledger, operations
+from domain.store import batch, ledger, operations, usage
 from domain.store.uow import Connection, StoreError
 
 log = logging.getLogger(__name__)
 
-BATCHED_KINDS = ("credit",)  # applied in batches, their accounts' tiers computed in the same transaction
+BATCHED_KINDS = ("credit", holds.CAPTURE)  # applied in batches, their accounts' tiers computed in the same transaction
 BATCH_SIZE = 100  # operations applied by one transaction at most
 DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of queued credits
 
@@ -57,24 +57,32 @@ class CreditBatches:
         (or failed, refused) and store their accounts' tiers, in this transaction."""
         locked = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
         ready = [op for op in claimed if op.billing_account_id in locked]
-        posted = ledger.post_credits(conn, [_credit(op) for op in ready], kind=EntryKind.CREDIT_GRANT)
-        grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in ready if f"op:{op.id}" in posted])
+        # A capture counts as its workspace's spending, which usage batches and holds serialize on: its lock is
+        # taken without waiting too (a capture whose workspace is held waits for a later attempt).
+        spenders = usage.lock_free_workspaces(conn, list({op.workspace_id for op in ready if op.kind == holds.CAPTURE}))
+        ready = [op for op in ready if op.kind != holds.CAPTURE or op.workspace_id in spenders]
+        credits = [op for op in ready if op.kind != holds.CAPTURE]
+        posted = ledger.post_credits(conn, [_credit(op) for op in credits], kind=EntryKind.CREDIT_GRANT)
+        grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in credits if f"op:{op.id}" in posted])
         results: dict[str, dict] = {}
         refused: list[str] = []
         for op in ready:
             try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
-                entry = posted.get(f"op:{op.id}") or self.post_one(conn, op)
+                results[op.id] = self._apply_one(conn, op, posted)
             except Unavailable:
                 raise
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
                 operations.set_status(conn, op.id, OperationStatus.FAILED, attempt=True,
                                       error={"title": type(exc).__name__, "detail": exc.detail})
                 refused.append(op.id)
-                continue
-            results[op.id] = self.result_of(op, entry)
         operations.succeed_many(conn, results)
         self.store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return BatchOutcome([*results, *refused], {op.id for op in claimed} - {op.id for op in ready})
+
+    def _apply_one(self, conn: Connection, op: Operation, posted: dict[str, Entry]) -> dict:
+        if op.kind == holds.CAPTURE:
+            return holds.apply_capture(conn, op, self._ctx.ids, locked=True)
+        return self.result_of(op, posted.get(f"op:{op.id}") or self.post_one(conn, op))
 
     def drain(self, woken_by: str, passed_over: set[str]) -> None:
         """Apply the queued credits, a batch per transaction, until none is left or DRAIN_SECONDS pass,
@@ -129,14 +137,18 @@ class CreditBatches:
                 "amountCents": entry.amount_cents, "balanceAfterCents": entry.balance_after_cents}
 
     def store_tiers(self, conn: Connection, account_ids: set[str]) -> None:
-        """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
-        if not account_ids:
-            return
-        table, decided = self._ctx.config.tiers, {}
-        for account_id, (balance, paid, last_entry_id) in batch.tier_inputs(conn, list(account_ids)).items():
-            decision = tiers.decide(balance, paid, table)
-            decided[account_id] = (decision.tier, decision.reason, paid, balance, last_entry_id)
-        batch.save_tiers(conn, decided)
+        store_tiers(conn, self._ctx.config.tiers, account_ids)
+
+
+def store_tiers(conn: Connection, table: tiers.TierTable, account_ids: set[str]) -> None:
+    """The rate-limit tiers of accounts this transaction moved money on, from its own snapshot."""
+    if not account_ids:
+        return
+    decided = {}
+    for account_id, (balance, paid, last_entry_id) in batch.tier_inputs(conn, list(account_ids)).items():
+        decision = tiers.decide(balance, paid, table)
+        decided[account_id] = (decision.tier, decision.reason, paid, balance, last_entry_id)
+    batch.save_tiers(conn, decided)
 
 
 def terms_of(op: Operation) -> Terms:

@@ -33,13 +33,18 @@ class HoldService:
         """Reserve on the workspace's default account now, or refuse (402): what is available, or the spend
         limit, does not cover it. Under an Idempotency-Key, a retry gets the hold its first attempt made."""
         self._operator_only(caller, workspace_id, "only the operator places holds")
+        new = {"hold_id": new_id("hold"), "workspace_id": workspace_id, "amount_cents": amount_cents,
+               "seconds": seconds, "description": description, "reference": reference, "created_by": caller.name,
+               "scope": idempotency_scope}
+        if idempotency_scope is None:  # one statement, unless the workspace has a spend limit
+            with self._ctx.single() as driver:
+                if hold := holds.reserve(driver, **new, limited=False):
+                    return hold
         with self._ctx.uow() as uow:
             if idempotency_scope and (made := holds.by_scope(uow.conn, caller.name, idempotency_scope)):
                 return made
             usage.lock_workspace(uow.conn, workspace_id)
-            hold = holds.reserve(uow.conn, hold_id=new_id("hold"), workspace_id=workspace_id,
-                                 amount_cents=amount_cents, seconds=seconds, description=description,
-                                 reference=reference, created_by=caller.name, scope=idempotency_scope)
+            hold = holds.reserve(uow.driver, **new, limited=True)
             if hold is None:
                 self._refusal(uow.conn, workspace_id, amount_cents)
             uow.commit()
@@ -61,18 +66,20 @@ class HoldService:
         """Queue the capture of `amount_cents` (0: a release); capturing again answers the first capture's
         operation, whatever its amount."""
         self._operator_only(caller, workspace_id, "only the operator captures holds")
-        with self._ctx.uow() as uow:
-            hold = self._hold(uow.conn, workspace_id, hold_id, for_update=True)
+        if not looks_like("hold", hold_id):
+            raise NotFound("hold not found")
+        with self._ctx.single() as driver:  # one statement: the hold locked, its capture queued, the hold marked
+            hold, op = holds.queue_capture(driver, workspace_id, hold_id, amount_cents, operation_id=new_id("op"),
+                                           kind=CAPTURE, caller=caller.name, trace_parent=self._ctx.trace_parent())
+        if hold is None:
+            raise NotFound("hold not found")
+        if op is None:  # not queued: captured before, or it cannot be
             if hold.capture_operation_id is not None:
-                return operations.get(uow.conn, hold.capture_operation_id)
+                with self._ctx.read() as uow:
+                    return operations.get(uow.conn, hold.capture_operation_id)
             self._capturable(hold, amount_cents)
-            op, _ = operations.insert_operation(
-                uow.conn, operation_id=new_id("op"), kind=CAPTURE, caller=caller.name, idempotency_scope=None,
-                workspace_id=workspace_id, billing_account_id=hold.billing_account_id,
-                payload={"holdId": hold.id, "amountCents": amount_cents}, trace_parent=self._ctx.trace_parent())
-            holds.mark_captured(uow.conn, hold, amount_cents, op.id)
-            uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_OPERATION, operation_id=op.id))
-            uow.commit()
+            raise Conflict("the hold expired")  # between the statement's clock and this one's
+        (self._ctx.wake or self._ctx.enqueue)(Task.APPLY_OPERATION, operation_id=op.id)  # applied with the credits
         return op
 
     @staticmethod
@@ -131,28 +138,31 @@ class HoldService:
             raise NotFound("workspace not found")
 
     @staticmethod
-    def _hold(conn: Connection, workspace_id: str, hold_id: str, *, for_update: bool = False) -> Hold:
-        found = holds.get(conn, workspace_id, hold_id, for_update=for_update) \
+    def _hold(conn: Connection, workspace_id: str, hold_id: str) -> Hold:
+        found = holds.get(conn, workspace_id, hold_id) \
             if looks_like("ws", workspace_id) and looks_like("hold", hold_id) else None
         if found is None:
             raise NotFound("hold not found")
         return found
 
 
-def apply_capture(conn: Connection, op: Operation, ids: PublicIds) -> dict:
-    """Apply a queued capture in the worker's transaction: debit what was captured as usage once (drawn from the
-    grants, counted as the workspace's spending) and stop the hold reserving. The reservation covered it, so it
-    is debited even where a grant expired meanwhile took the balance below it (the balance may go below zero)."""
+def apply_capture(conn: Connection, op: Operation, ids: PublicIds, *, locked: bool = False) -> dict:
+    """Apply a queued capture in the worker's transaction: stop the hold reserving and debit what was captured as
+    usage once (drawn from the grants, counted as the workspace's spending). The reservation covered it, so it is
+    debited even where a grant expired meanwhile took the balance below it (the balance may go below zero).
+    `locked`: this transaction holds the workspace's and the account's locks already (a batch)."""
     account_id, hold_id = op.billing_account_id, op.payload["holdId"]
-    usage.lock_workspace(conn, op.workspace_id)
-    ledger.lock_account(conn, account_id)
-    hold = holds.locked(conn, account_id, hold_id)
+    if not locked:
+        usage.lock_workspace(conn, op.workspace_id)
+        ledger.lock_account(conn, account_id)
+    settled = holds.settle(conn, account_id, hold_id)
+    hold = settled or holds.locked(conn, account_id, hold_id)  # settled before: applied already (a redelivery)
     entry = None
     if hold.captured_cents:
         entry = grants.debit(conn, account_id, -hold.captured_cents, kind=EntryKind.USAGE, key=f"hold:{hold.id}",
                              workspace_id=hold.workspace_id, description=hold.description or "Hold captured",
                              reference=hold.reference or hold.id, allow_negative=True).entry
-    if holds.settle(conn, account_id, hold_id) is not None:
+    if settled is not None:
         spend.add(conn, hold.workspace_id, hold.captured_cents)
     return {"holdId": hold.id, "billingAccountId": account_id, "capturedCents": hold.captured_cents,
             "releasedCents": hold.amount_cents - hold.captured_cents,

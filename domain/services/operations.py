@@ -140,15 +140,16 @@ class OperationService:
         """Dispatch by kind."""
         if op.kind == "usage":
             return usage.apply_batch(conn, op, self._ctx.ids)
-        if op.kind == holds.CAPTURE:
-            return holds.apply_capture(conn, op, self._ctx.ids)
         if op.kind == "tier_refresh":
             return rate_limits.refresh_in(conn, op, self._ctx)
-        if op.kind == "credit":
+        if op.kind == holds.CAPTURE:
+            result = holds.apply_capture(conn, op, self._ctx.ids)
+        elif op.kind == "credit":
             result = self._batches.result_of(op, self._batches.post_one(conn, op))
-            self._batches.store_tiers(conn, {op.billing_account_id})
-            return result
-        raise NotFound(f"no handler for operations of kind {op.kind}")
+        else:
+            raise NotFound(f"no handler for operations of kind {op.kind}")
+        self._batches.store_tiers(conn, {op.billing_account_id})
+        return result
 
     def retry_later(self, operation_id: str, cause: str, *, fallback_attempt: int = 0) -> float:
         """An attempt stopped for a transient cause (a lock held elsewhere, a time limit, the database

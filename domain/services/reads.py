@@ -69,7 +69,8 @@ class ReadService:
 
         def read(conn) -> list:  # a psycopg connection
             account = access.workspace_read(conn, caller, workspace_id, account_id).account
-            return prepared.page(conn, account.id, limit=limit + 1, before_id=before_id, **query)
+            return prepared.page(conn, account.id, limit=limit + 1, public_id=self._ctx.ids.transaction,
+                                 before_id=before_id, **query)
         if self._ctx.routes_reads:
             if isinstance(caller, KeyHolder):  # checked on the primary: a replica may not have seen a revocation
                 caller = self._caller(caller)
@@ -99,7 +100,7 @@ class ReadService:
     def _page_of(self, found: list, limit: int) -> Page:
         """Newest first; entries and the cursor carry public ids (domain.public_ids), never the numbers."""
         ids = self._ctx.ids
-        entries = [dataclasses.replace(e, public_id=ids.transaction(e.id)) for e in found[:limit]]
+        entries = [e if e.public_id else dataclasses.replace(e, public_id=ids.transaction(e.id)) for e in found[:limit]]
         return Page(items=entries, next_cursor=ids.cursor(entries[-1].id) if len(found) > limit else None)
 
 

@@ -1,5 +1,6 @@
 """Stripe Checkout top-ups: create sessions, take webhooks, credit each paid checkout exactly once."""
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from domain.errors import DomainError, InvalidEvent, Unavailable
@@ -10,14 +11,17 @@ from domain.money import CURRENCY
 from domain.names import CheckoutStatus, EntryKind, GrantSource, Task
 from domain.providers.stripe_gateway import (INTENT_EVENTS, SESSION_EVENTS, Event, Session, StripeGateway,
                                              check_object, configured, intent_from_event, session_from_event)
-from domain.services import access, auto_top_ups, grants
+from domain.services import access, auto_top_ups, credit_batches, grants
 from domain.services.context import Context
 from domain.store import checkouts, ledger, stripe_events
-from domain.store.uow import Connection
+from domain.store.uow import Connection, StoreError
 
 log = logging.getLogger(__name__)
 
 
+
+EVENT_BATCH = 50  # stored events applied by one transaction at most
+DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of stored events
 
 # An event naming a checkout id that is still not there after this long names none of ours: it is closed
 # as unknown_session rather than retried by every reconcile run for ever.
@@ -79,33 +83,75 @@ class StripeCheckoutService:
         return checkout
 
     def receive(self, payload: bytes, signature: str | None) -> bool:
-        """Verify and store a webhook event, then queue it; False for a repeat delivery."""
+        """Verify and store a webhook event (one statement), then wake the worker; False for a repeat delivery.
+        The wake-ups of many events may be merged: the task of one applies every stored event (apply_event)."""
         event = self._stripe.parse_event(payload, signature)
-        with self._ctx.uow() as uow:
-            stored = stripe_events.insert_event(uow.conn, event.id, event.type, {"object": event.object})
-            if stored:
-                uow.after_commit(lambda: self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=event.id))
-            uow.commit()
+        with self._ctx.single() as driver:
+            stored = stripe_events.store(driver, event.id, event.type, {"object": event.object})
+        if stored:
+            (self._ctx.wake or self._ctx.enqueue)(Task.APPLY_STRIPE_EVENT, event_id=event.id)
         return stored
 
     def apply_event(self, event_id: str) -> str | None:
-        """Apply one stored event once; the credit's key is our checkout id, so two events for one
-        payment credit once."""
+        """Apply one stored event once (the credit's key is our checkout id, so two events for one payment
+        credit once), then the other events stored and not applied yet, in batches (drain)."""
+        try:
+            return self._apply_alone(event_id)
+        finally:
+            self._drain()
+
+    def _apply_alone(self, event_id: str) -> str | None:
+        """One event in a transaction of its own; an event whose checkout is not visible yet raises (a retry)."""
         with self._ctx.uow() as uow:
             row = stripe_events.get_for_update(uow.conn, event_id)
             if row is None or row["processed_at"] is not None:
                 return None
-            event = Event(id=row["id"], type=row["type"], object=row["payload"]["object"])
-            try:
-                outcome = self._apply(uow, event)
-            except CheckoutNotVisibleYet:
-                if datetime.now(UTC) - row["received_at"] < GHOST_AFTER:
-                    raise
-                outcome = "unknown_session"  # a checkout id of ours that never existed (another deployment's)
-            stripe_events.mark_processed(uow.conn, event_id, outcome)
+            outcome = self._apply_stored(uow, row, patient=True)
+            stripe_events.mark_processed(uow.conn, {event_id: outcome})
             uow.commit()
-        log.info("stripe event %s (%s): %s", event_id, event.type, outcome)
+        log.info("stripe event %s (%s): %s", event_id, row["type"], outcome)
         return outcome
+
+    def _apply_stored(self, uow, row, *, patient: bool) -> str:
+        event = Event(id=row["id"], type=row["type"], object=row["payload"]["object"])
+        try:
+            return self._apply(uow, event)
+        except CheckoutNotVisibleYet:
+            if patient and datetime.now(UTC) - row["received_at"] < GHOST_AFTER:
+                raise
+            return "unknown_session"  # a checkout id of ours that never existed (another deployment's)
+
+    def _drain(self) -> None:
+        """Apply the stored events nobody holds, EVENT_BATCH per transaction, for up to DRAIN_SECONDS. An event
+        whose checkout is not visible yet is passed over (its own message's retries, or the reconcile job, come
+        back to it); a batch that fails otherwise rolls back whole, and each of its events gets a message of its
+        own, retried with backoff as one event's is."""
+        deadline, passed_over = time.monotonic() + DRAIN_SECONDS, []
+        while time.monotonic() < deadline:
+            rows = []
+            try:
+                with self._ctx.uow() as uow:
+                    rows = stripe_events.claim_unprocessed(uow.conn, limit=EVENT_BATCH, but=passed_over)
+                    outcomes = {}
+                    for row in rows:
+                        try:
+                            outcomes[row["id"]] = self._apply_stored(uow, row, patient=True)
+                        except CheckoutNotVisibleYet:  # raised before the event wrote anything
+                            passed_over.append(row["id"])
+                    stripe_events.mark_processed(uow.conn, outcomes)
+                    uow.commit()
+            except (Unavailable, StoreError) as exc:
+                if not rows:
+                    raise  # nothing claimed: the database itself, which the task's retry comes back to
+                log.warning("a batch of %d stripe events failed (%s); each goes alone", len(rows), exc)
+                for row in rows:
+                    self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=row["id"])
+                return
+            if outcomes:
+                log.info("stripe events applied in a batch: %s", outcomes)
+            if len(rows) < EVENT_BATCH:
+                return
+        self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=rows[-1]["id"])  # out of time, more stored: a drain
 
     def _apply(self, uow, event: Event) -> str:
         try:
@@ -136,8 +182,8 @@ class StripeCheckoutService:
         return outcome
 
     def _tier_changes(self, uow, account_id: str) -> None:
-        """Money moved: recompute the account's rate-limit tier once this commits."""
-        uow.after_commit(lambda: self._ctx.enqueue(Task.RECOMPUTE_TIER, account_id=account_id))
+        """Money moved: the account's rate-limit tier, from this transaction's snapshot."""
+        credit_batches.store_tiers(uow.conn, self._ctx.config.tiers, {account_id})
 
     def _credited(self, uow, checkout: Checkout) -> None:
         """A checkout was credited: its account's tier changes, and the card it asked to save is read from Stripe

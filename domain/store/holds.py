@@ -5,10 +5,13 @@ Statements that change what an account reserves hold its row locked, taken first
 """
 from datetime import datetime
 
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, text
 
-from domain.models import Hold
-from domain.store import spend
+from domain.models import Hold, Operation
+from domain.store import operations, spend
+from domain.store.prepared import psycopg_style
 
 _COLUMNS = ("h.billing_account_id, h.id, h.workspace_id, h.amount_cents, h.captured_cents, h.status, h.description, "
             "h.reference, h.expires_at, h.created_at, h.settled_at, h.capture_operation_id")
@@ -22,15 +25,18 @@ def _hold(row) -> Hold:
                 capture_operation_id=row["capture_operation_id"])
 
 
-# The workspace's default account reserves the amount only if what is available covers it and the month's
-# spending, what the workspace's holds reserve and this amount stay within its spend limit; the UPDATE locks the
-# account row and re-checks the balance on it, so concurrent holds never reserve more than is available.
-_RESERVE = text(f"""
+# The workspace's default account reserves the amount only if what is available covers it and (:limited) the
+# month's spending, what the workspace's holds reserve and this amount stay within its spend limit, or (not
+# :limited) the workspace has no limit; the UPDATE locks the account row and re-checks the balance on it, so
+# concurrent holds never reserve more than is available. A limit is checked under the workspace's spending lock
+# (store.usage.lock_workspace); without one the account's row lock is all a hold needs, so it is one statement.
+_WITHIN_LIMIT = f"({spend.LIMIT} IS NULL OR {spend.SPENT} + {spend.RESERVED} + :amount <= {spend.LIMIT})"
+_RESERVE = psycopg_style(f"""
 WITH reserved AS (
     UPDATE billing_accounts a SET held_cents = a.held_cents + :amount
     FROM workspaces w
     WHERE w.id = :workspace_id AND a.id = w.default_billing_account_id AND a.balance_cents - a.held_cents >= :amount
-      AND ({spend.LIMIT} IS NULL OR {spend.SPENT} + {spend.RESERVED} + :amount <= {spend.LIMIT})
+      AND CASE WHEN :limited THEN {_WITHIN_LIMIT} ELSE {spend.LIMIT} IS NULL END
     RETURNING a.id
 )
 INSERT INTO holds AS h (billing_account_id, id, workspace_id, amount_cents, description, reference, expires_at,
@@ -46,12 +52,15 @@ JOIN billing_accounts a ON a.id = w.default_billing_account_id WHERE w.id = :wor
 """)
 
 
-def reserve(conn: Connection, *, hold_id: str, workspace_id: str, amount_cents: int, seconds: int, description: str,
-            reference: str | None, created_by: str, scope: str | None) -> Hold | None:
-    """A new hold on the workspace's default account; None when it was refused (see available())."""
-    row = conn.execute(_RESERVE, {"id": hold_id, "workspace_id": workspace_id, "amount": amount_cents,
-                                  "seconds": seconds, "description": description, "reference": reference,
-                                  "created_by": created_by, "scope": scope}).mappings().first()
+def reserve(driver: psycopg.Connection, *, hold_id: str, workspace_id: str, amount_cents: int, seconds: int,
+            description: str, reference: str | None, created_by: str, scope: str | None,
+            limited: bool) -> Hold | None:
+    """A new hold on the workspace's default account; None when it was refused (see available()), or, not
+    `limited`, when the workspace has a spend limit (reserve under its spending lock, `limited`, instead)."""
+    row = driver.cursor(row_factory=dict_row).execute(_RESERVE, {
+        "id": hold_id, "workspace_id": workspace_id, "amount": amount_cents, "seconds": seconds,
+        "description": description, "reference": reference, "created_by": created_by, "scope": scope,
+        "limited": limited}, prepare=True).fetchone()
     return _hold(row) if row else None
 
 
@@ -61,8 +70,7 @@ def available(conn: Connection, workspace_id: str) -> int | None:
 
 
 _BY_SCOPE = text(f"SELECT {_COLUMNS} FROM holds h WHERE h.created_by = :created_by AND h.idempotency_scope = :scope")
-_GET = {False: text(f"SELECT {_COLUMNS} FROM holds h WHERE h.workspace_id = :workspace_id AND h.id = :id"),
-        True: text(f"SELECT {_COLUMNS} FROM holds h WHERE h.workspace_id = :workspace_id AND h.id = :id FOR UPDATE")}
+_GET = text(f"SELECT {_COLUMNS} FROM holds h WHERE h.workspace_id = :workspace_id AND h.id = :id")
 _OF_ACCOUNT = text(f"SELECT {_COLUMNS} FROM holds h WHERE h.billing_account_id = :account_id AND h.id = :id "
                    "FOR UPDATE")
 
@@ -72,8 +80,8 @@ def by_scope(conn: Connection, created_by: str, scope: str) -> Hold | None:
     return _hold(row) if row else None
 
 
-def get(conn: Connection, workspace_id: str, hold_id: str, *, for_update: bool = False) -> Hold | None:
-    row = conn.execute(_GET[for_update], {"workspace_id": workspace_id, "id": hold_id}).mappings().first()
+def get(conn: Connection, workspace_id: str, hold_id: str) -> Hold | None:
+    row = conn.execute(_GET, {"workspace_id": workspace_id, "id": hold_id}).mappings().first()
     return _hold(row) if row else None
 
 
@@ -83,19 +91,41 @@ def locked(conn: Connection, account_id: str, hold_id: str) -> Hold | None:
     return _hold(row) if row else None
 
 
-_CAPTURING = text(f"""
-UPDATE holds h SET status = :status, captured_cents = :captured, capture_operation_id = :operation_id
-WHERE h.billing_account_id = :account_id AND h.id = :id AND h.status = 'active'
-RETURNING {_COLUMNS}
+# Lock the hold, queue its capture and mark it, in one statement, when it can be captured: active, not expired, not
+# captured before, the amount within what it holds. The hold's row comes back either way (no row: no such hold),
+# so the caller can tell why no operation was queued. The hold reserves until the operation is applied.
+_QUEUE_CAPTURE = psycopg_style(f"""
+WITH hold AS (
+    SELECT {_COLUMNS}, clock_timestamp() AS now FROM holds h
+    WHERE h.workspace_id = :workspace_id AND h.id = :id FOR UPDATE
+), queued AS (
+    INSERT INTO operations (id, kind, caller, workspace_id, billing_account_id, payload, trace_parent)
+    SELECT :operation_id, :kind, :caller, hold.workspace_id, hold.billing_account_id,
+           jsonb_build_object('holdId', hold.id, 'amountCents', CAST(:captured AS bigint)), :trace_parent
+    FROM hold
+    WHERE hold.status = 'active' AND hold.capture_operation_id IS NULL AND hold.expires_at > hold.now
+      AND CAST(:captured AS bigint) <= hold.amount_cents
+    RETURNING {", ".join(operations.COLUMNS)}
+), marked AS (
+    UPDATE holds h SET status = CASE WHEN CAST(:captured AS bigint) > 0 THEN 'captured' ELSE 'released' END,
+                       captured_cents = :captured, capture_operation_id = queued.id
+    FROM queued WHERE h.billing_account_id = queued.billing_account_id AND h.id = :id
+)
+SELECT hold.*, {", ".join(f"queued.{column} AS queued_{column}" for column in operations.COLUMNS)}
+FROM hold LEFT JOIN queued ON true
 """)
 
 
-def mark_captured(conn: Connection, hold: Hold, captured_cents: int, operation_id: str) -> Hold:
-    """Record the capture (0: a release) its operation will apply; the hold reserves until then."""
-    row = conn.execute(_CAPTURING, {"account_id": hold.billing_account_id, "id": hold.id,
-                                    "status": "captured" if captured_cents else "released",
-                                    "captured": captured_cents, "operation_id": operation_id}).mappings().one()
-    return _hold(row)
+def queue_capture(driver: psycopg.Connection, workspace_id: str, hold_id: str, captured_cents: int, *, operation_id: str,
+                  kind: str, caller: str, trace_parent: str | None) -> tuple[Hold | None, Operation | None]:
+    """Queue the hold's capture of `captured_cents` (0: a release) as an operation and mark the hold: the hold as
+    it was, and the operation; no operation when it cannot be captured (see the hold), no hold when there is none."""
+    row = driver.cursor(row_factory=dict_row).execute(_QUEUE_CAPTURE, {
+        "workspace_id": workspace_id, "id": hold_id, "captured": captured_cents, "operation_id": operation_id,
+        "kind": kind, "caller": caller, "trace_parent": trace_parent}, prepare=True).fetchone()
+    if row is None:
+        return None, None
+    return _hold(row), operations.from_row(row, "queued_") if row["queued_id"] else None
 
 
 # The hold stops reserving: its account's held_cents goes down by its amount, once.

@@ -21,12 +21,12 @@ _COLUMNS = ("id, kind, status, caller, workspace_id, billing_account_id, payload
             "created_at, updated_at, last_error, next_attempt_at")
 
 
-def _operation(row) -> Operation:
-    return Operation(id=row["id"], kind=row["kind"], status=row["status"], caller=row["caller"],
-                     workspace_id=row["workspace_id"], billing_account_id=row["billing_account_id"],
-                     payload=row["payload"], result=row["result"], error=row["error"], attempts=row["attempts"],
-                     created_at=row["created_at"], updated_at=row["updated_at"], last_error=row["last_error"],
-                     next_attempt_at=row["next_attempt_at"])
+COLUMNS = _COLUMNS.split(", ")
+
+
+def from_row(row, prefix: str = "") -> Operation:
+    """An Operation from a row of COLUMNS, each named `prefix` + its column (another table's statement)."""
+    return Operation(**{column: row[prefix + column] for column in COLUMNS})
 
 
 def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: str,
@@ -42,10 +42,10 @@ def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: 
         .returning(operations))
     row = conn.execute(stmt).mappings().first()
     if row is not None:
-        return _operation(row), True
+        return from_row(row), True
     existing = conn.execute(select(operations).where(
         _o.caller == caller, _o.idempotency_scope == idempotency_scope)).mappings().one()
-    return _operation(existing), False
+    return from_row(existing), False
 
 
 # The workspace's current default account is read by the INSERT itself: one statement, one round trip.
@@ -69,11 +69,11 @@ def insert_for_workspace(conn: Connection, *, operation_id: str, kind: str, call
         "workspace_id": workspace_id, "payload": json.dumps(payload),
         "trace_parent": trace_parent}).mappings().first()
     if row is not None:
-        return _operation(row), True
+        return from_row(row), True
     if idempotency_scope is None:
         return None, False
     existing = conn.execute(_BY_SCOPE, {"caller": caller, "scope": idempotency_scope}).mappings().first()
-    return (_operation(existing), False) if existing else (None, False)
+    return (from_row(existing), False) if existing else (None, False)
 
 
 _GET = {
@@ -90,7 +90,7 @@ def get(conn: Connection, operation_id: str, *, for_update: bool = False,
         unfinished: bool = False) -> Operation | None:
     """The operation (locked, with for_update); with unfinished, None for a finished one too."""
     row = conn.execute(_GET[for_update, unfinished], {"id": operation_id}).mappings().first()
-    return _operation(row) if row else None
+    return from_row(row) if row else None
 
 
 _TRACE_PARENT = text("SELECT trace_parent FROM operations WHERE id = :id")
@@ -118,7 +118,7 @@ def set_status(conn: Connection, operation_id: str, status: str, *, result: dict
         "id": operation_id, "status": status, "attempt": 1 if attempt else 0,
         "result": None if result is None else json.dumps(result),
         "error": None if error is None else json.dumps(error)}).mappings().one()
-    op = _operation(row)
+    op = from_row(row)
     if status == OperationStatus.FAILED:
         note_failed(conn, row["kind"])
         if op.workspace_id is not None:
@@ -143,7 +143,7 @@ def claim_queued(conn: Connection, *, kinds: tuple[str, ...], limit: int, but: l
         return []
     rows = conn.execute(_CLAIM_QUEUED, {"kinds": list(kinds), "limit": limit,
                                         "but": but}).mappings()
-    return [_operation(row) for row in rows]
+    return [from_row(row) for row in rows]
 
 
 # Every row updated by one statement; each attempt counted, as a 'running' mark would have.

@@ -5,6 +5,8 @@ around it, and PostgreSQL plans it once. A caller known only by its API key (dom
 checked in the same statement, so such a read is one round trip to the database where the key lookup and
 the read were two. The connection comes from domain.store.uow.RawRead (autocommit, on the read engine).
 """
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +14,14 @@ from psycopg import Connection
 
 from domain.models import BillingAccount, Entry
 from domain.store import balances
+
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def psycopg_style(sql: str) -> str:
+    """A statement written with SQLAlchemy's :name parameters (shared fragments), in psycopg's %(name)s."""
+    return _NAMED.sub(r"%(\1)s", sql)
+
 
 _ACCOUNT_COLUMNS = "a.id, a.name, a.owner_user_id, a.is_user_default, a.currency, a.balance_cents, a.created_at"
 _WORKSPACE_JOINS = """
@@ -97,13 +107,15 @@ def page_statement(before_id: bool = False, kind: bool = False, since: bool = Fa
     return sql
 
 
-def page(conn: Connection, account_id: str, *, limit: int, before_id: int | None = None, kind: str | None = None,
-         since: datetime | None = None, until: datetime | None = None) -> list[Entry]:
-    """Entries newest first, strictly older than before_id; limit+1 asks whether more exist."""
+def page(conn: Connection, account_id: str, *, limit: int, public_id: Callable[[int], str],
+         before_id: int | None = None, kind: str | None = None, since: datetime | None = None,
+         until: datetime | None = None) -> list[Entry]:
+    """Entries newest first, strictly older than before_id, each named by public_id(its id); limit+1 asks
+    whether more exist."""
     params = {"account_id": account_id, "limit": limit, "before_id": before_id, "kind": kind,
               "since": since, "until": until}
     sql = page_statement(*(params[name] is not None for name, _ in _FILTERS))
-    return [Entry(*row) for row in conn.execute(sql, params, prepare=True)]
+    return [Entry(*row, public_id(row[0])) for row in conn.execute(sql, params, prepare=True)]
 
 
 TIER_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspaces w "

@@ -58,8 +58,9 @@ def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = N
     pool for IDLE_PING_SECONDS, which is when a restarted server or a dropped link shows. One that dies
     while in steady use fails its unit of work as unavailable (503 in the API, a retry in the worker).
 
-    With autocommit (the engine of single-statement reads) a unit of work sends its statement alone: no
-    BEGIN before it, no ROLLBACK after, one round trip where a transaction costs three.
+    With autocommit (the engine of single-statement reads, and of writes that are one statement) a unit of
+    work sends its statement alone: no BEGIN before it, no ROLLBACK after, one round trip where a transaction
+    costs three.
 
     connect_timeout_s bounds a connection attempt (a read replica's: a host gone quiet costs a read that
     long once, then it is skipped)."""
@@ -71,9 +72,10 @@ def make_engine(url: str, pool_size: int = 5, *, lock_timeout_ms: int | None = N
     connect_args = {"options": options, **CLIENT_KEEPALIVES}
     if connect_timeout_s:
         connect_args["connect_timeout"] = connect_timeout_s
+    # In autocommit no transaction is left open to roll back at check-in: the pool's reset is skipped.
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
                            connect_args=connect_args,
-                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+                           **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}))
     _ping_when_idle(engine)
     return engine
 
@@ -206,9 +208,10 @@ class UnitOfWork:
 
 
 class RawRead:
-    """`with RawRead(engine) as conn:` a pooled psycopg connection for domain.store.prepared's statements.
+    """`with RawRead(engine) as conn:` a pooled psycopg connection for statements run on the driver
+    (domain.store.prepared's reads, a hold's one-statement writes).
 
-    On the read engine (autocommit) a statement goes alone: no BEGIN, no ROLLBACK, no SQLAlchemy execution.
+    On the autocommit engine a statement goes alone: no BEGIN, no ROLLBACK, no SQLAlchemy execution.
     On another engine the driver opens a transaction and the pool rolls it back at check-in. A connection
     that lost the server is dropped from the pool, and the error leaves as Unavailable."""
 

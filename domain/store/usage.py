@@ -12,6 +12,8 @@ from domain.store.uow import note_postings
 # Usage batches of one workspace run one at a time (their eventIds share a key space), then the
 # account row is locked: the same order everywhere, so two batches cannot deadlock.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:workspace_id AS text), 0))")
+_TRY_LOCKS = text("SELECT w FROM unnest(CAST(:ids AS text[])) AS w "
+                  "WHERE pg_try_advisory_xact_lock(hashtextextended('usage:' || w, 0))")
 _ACCOUNT = text("SELECT balance_cents, held_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
 # An eventId is looked for on the account debited and on every account linked to the workspace: one sent
 # again after the workspace changed its default account is still a duplicate. Each lookup is by
@@ -68,6 +70,13 @@ def key(workspace_id: str, event_id: str) -> str:
 def lock_workspace(conn: Connection, workspace_id: str) -> None:
     """Serialize what the workspace spends: usage batches, new holds and captures (store.spend)."""
     conn.execute(_LOCK, {"workspace_id": workspace_id})
+
+
+def lock_free_workspaces(conn: Connection, workspace_ids: list[str]) -> set[str]:
+    """lock_workspace for those of the workspaces no other transaction holds, without waiting; the ids locked."""
+    if not workspace_ids:
+        return set()
+    return set(conn.execute(_TRY_LOCKS, {"ids": sorted(workspace_ids)}).scalars())
 
 
 def lock_for_batch(conn: Connection, workspace_id: str, account_id: str) -> tuple[int, int]:

@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from domain.models import OPERATOR_CALLER
 from domain.names import Task
 from tests.api.checks import assert_problem, ledger_problems
+from tests.processes import entries_per_operation, statuses
 
 
 def _hold(api, ws: str, cents: int, **more):
@@ -247,3 +249,65 @@ def test_a_hold_on_an_account_another_transaction_holds_answers_503_naming_the_l
         assert _hold(api, ws["id"], 200).status_code == 201
     finally:
         bounded.dispose()
+
+
+def test_one_message_applies_queued_captures_with_the_credits_and_stores_their_tiers(api, services, queue, engine):
+    owners = [api.new_user() for _ in range(3)]
+    spaces = [api.new_workspace(owner)["id"] for owner in owners]
+    holds = [(ws, _hold(api, ws, 200).json["id"]) for ws in spaces for _ in range(2)]
+    queue.sent.clear()
+    ops = [api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold}/capture", json={"amountCents": 50}).json["id"]
+           for ws, hold in holds]
+    credit = services.operations.request_credit(OPERATOR_CALLER, spaces[0], 25, "with the captures").id
+
+    services.operations.apply(ops[0])  # one message: the batch takes the other captures and the credit along
+    assert statuses(engine, [*ops, credit]) == {i: "succeeded" for i in [*ops, credit]}
+    assert entries_per_operation(engine, ops) == {i: 0 for i in ops}  # a capture's entry is keyed by its hold
+    for owner, ws in zip(owners, spaces):
+        assert (_balance(api, owner, ws)["balanceCents"], _held(engine, owner.default_account_id)) == (
+            1000 - 100 + (25 if ws == spaces[0] else 0), 0)
+        assert ledger_problems(services, owner.default_account_id) == []
+    with engine.connect() as conn:
+        current = conn.execute(text(
+            "SELECT count(*) FROM account_tiers t WHERE t.billing_account_id = ANY(:a) AND t.as_of_entry_id = "
+            "(SELECT max(id) FROM ledger_entries e WHERE e.billing_account_id = t.billing_account_id)"),
+            {"a": [o.default_account_id for o in owners]}).scalar()
+    assert current == 3  # the tiers were computed with the captures
+    for operation_id in ops:  # each capture's own message comes later and changes nothing
+        services.operations.apply(operation_id)
+    assert _balance(api, owners[1], spaces[1])["balanceCents"] == 900
+
+
+def test_a_capture_whose_workspace_another_transaction_holds_waits_for_it_and_is_applied_once(api, services, queue,
+                                                                                             engine, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 300).json
+    other_ws = api.new_workspace(api.new_user())["id"]
+    other = _hold(api, other_ws, 100).json
+    op = api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold['id']}/capture", json={"amountCents": 300}).json
+    other_op = api.operator("POST", f"/workspaces/{other_ws}/billing/holds/{other['id']}/capture",
+                            json={"amountCents": 100}).json
+    with engine.connect() as blocker:  # a usage batch of the workspace, say, in its transaction
+        blocker.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('usage:' || CAST(:w AS text), 0))"),
+                        {"w": ws})
+        done = ThreadPoolExecutor(1).submit(services.operations.apply, other_op["id"])
+        done.result(timeout=30)  # the batch passes the held workspace over; the other capture is applied
+        assert statuses(engine, [op["id"], other_op["id"]]) == {op["id"]: "queued", other_op["id"]: "succeeded"}
+        blocker.rollback()
+    services.operations.apply(op["id"])
+    assert statuses(engine, [op["id"]]) == {op["id"]: "succeeded"}
+    assert _balance(api, owner, ws)["balanceCents"] == 700
+    assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_ten_concurrent_captures_of_one_hold_queue_one_operation(api, services, queue, owner_ws):
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 400).json
+    path = f"/workspaces/{ws}/billing/holds/{hold['id']}/capture"
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda n: api.operator("POST", path, json={"amountCents": 100 + n}), range(10)))
+    assert {a.status_code for a in answers} == {202} and len({a.json["id"] for a in answers}) == 1
+    _apply(services, queue)
+    captured = answers[0].json["result"] or api.operator("GET", f"/operations/{answers[0].json['id']}").json["result"]
+    assert _balance(api, owner, ws)["balanceCents"] == 1000 - captured["capturedCents"]
+    assert ledger_problems(services, owner.default_account_id) == []

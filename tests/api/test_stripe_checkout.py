@@ -56,10 +56,20 @@ def _deliver(api: Api, event_type: str, obj: dict, **kwargs):
 
 
 def _apply_queued(services: Services, queue) -> list:
-    outcomes = [services.stripe.apply_event(kwargs["event_id"]) for name, kwargs in queue.sent
-                if name == "payments.apply_stripe_event"]
+    """Apply the queued events (a message's task applies every stored event, its own first); each one's outcome,
+    in the order they were queued."""
+    events = [kwargs["event_id"] for name, kwargs in queue.sent if name == "payments.apply_stripe_event"]
     queue.sent.clear()
-    return outcomes
+    for event_id in events:
+        services.stripe.apply_event(event_id)
+    return _outcomes(services, events)
+
+
+def _outcomes(services: Services, events: list[str]) -> list:
+    with services.ctx.uow() as uow:
+        found = dict(uow.conn.execute(text("SELECT id, outcome FROM stripe_events WHERE id = ANY(:ids)"),
+                                      {"ids": events}).all())
+    return [found.get(event_id) for event_id in events]
 
 
 def _balance(api: Api, owner, ws) -> int:
@@ -115,9 +125,9 @@ def test_completed_and_async_payment_succeeded_for_one_checkout_credit_once(sapi
     _deliver(sapi, "checkout.session.completed", paid)
     events = [kwargs["event_id"] for name, kwargs in queue.sent if name == "payments.apply_stripe_event"]
     queue.sent.clear()
-    assert sorted(stripe_services.stripe.apply_event(event_id) for event_id in events) == ["already_credited",
-                                                                                        "credited"]
-    assert [name for name, _ in queue.sent] == [Task.RECOMPUTE_TIER]  # money moved once: one tier recompute
+    stripe_services.stripe.apply_event(events[0])  # its task applies the other stored event too
+    assert sorted(_outcomes(stripe_services, events)) == ["already_credited", "credited"]
+    assert queue.sent == []  # the tier was stored with the credit: no message for it
     assert _topups(engine, owner.default_account_id) == [900]
 
 
@@ -421,7 +431,8 @@ def test_refund_events_of_one_checkout_applied_concurrently_never_debit_more_tha
         _deliver(sapi, "charge.refunded", charge)
     events = [kwargs["event_id"] for _, kwargs in queue.sent]
     with ThreadPoolExecutor(len(events)) as pool:
-        outcomes = list(pool.map(stripe_services.stripe.apply_event, events))
+        list(pool.map(stripe_services.stripe.apply_event, events))
+    outcomes = _outcomes(stripe_services, events)
     assert sorted(outcomes).count("already_refunded") == 3, outcomes
     assert sum(_topups(engine, owner.default_account_id)) == 0
     assert _notices(stripe_services, checkout["id"]) == [_excess_notice(checkout, 700, [c["id"] for c in charges])]
@@ -543,3 +554,55 @@ def test_stripe_unreachable_answers_503_naming_stripe_and_no_address(engine, que
     detail = result.json["detail"]
     assert detail == "Stripe did not answer (connection failed)"
     assert not any(leak in detail for leak in ("127.0.0.1", str(port), "HTTPConnectionPool", "Errno"))
+
+
+def test_one_message_applies_every_stored_event_in_a_batch_and_stores_the_tiers(sapi, stripe_api, stripe_services,
+                                                                              queue, engine):
+    owners = [sapi.new_user() for _ in range(4)]
+    paid = []
+    for owner in owners:
+        checkout = _checkout(sapi, owner, sapi.new_workspace(owner), amount=600)
+        paid.append(stripe_api.pay(checkout["stripeSessionId"]))
+    queue.sent.clear()
+    for session in paid:
+        _deliver(sapi, "checkout.session.completed", session)
+        _deliver(sapi, "checkout.session.async_payment_succeeded", session)
+    events = [kwargs["event_id"] for _, kwargs in queue.sent]
+    queue.sent.clear()
+
+    stripe_services.stripe.apply_event(events[-1])  # one message: its task applies all eight
+    assert sorted(_outcomes(stripe_services, events)) == ["already_credited"] * 4 + ["credited"] * 4
+    assert queue.sent == []
+    with engine.connect() as conn:
+        tiers = conn.execute(text("SELECT billing_account_id, paid_cents FROM account_tiers WHERE billing_account_id "
+                                  "= ANY(:a)"), {"a": [o.default_account_id for o in owners]}).all()
+    assert sorted(paid for _, paid in tiers) == [600] * 4  # each tier computed with its credit
+    for owner in owners:
+        assert _topups(engine, owner.default_account_id) == [600]
+    assert [stripe_services.stripe.apply_event(e) for e in events] == [None] * 8  # their own messages: nothing
+
+
+def test_a_batch_passes_over_an_event_whose_checkout_is_not_visible_yet_and_applies_the_rest(
+        sapi, stripe_api, stripe_services, queue, owner_ws, engine):
+    owner, ws = owner_ws
+    ghost = "chk_" + "cd" * 16
+    early = {"id": "cs_test_early_batch", "object": "checkout.session", "status": "complete",
+             "payment_status": "paid", "amount_total": 300, "currency": "usd", "client_reference_id": ghost,
+             "payment_intent": "pi_early_batch"}
+    checkout = _checkout(sapi, owner, ws, amount=700)
+    queue.sent.clear()
+    _deliver(sapi, "checkout.session.completed", early)
+    _deliver(sapi, "checkout.session.completed", stripe_api.pay(checkout["stripeSessionId"]))
+    early_event, paid_event = [kwargs["event_id"] for _, kwargs in queue.sent]
+    queue.sent.clear()
+
+    stripe_services.stripe.apply_event(paid_event)  # applied; the drain passes the early one over
+    assert _outcomes(stripe_services, [early_event, paid_event]) == [None, "credited"]
+    assert queue.sent == []  # its own message (or the reconcile job) comes back to it
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO checkouts (id, provider, workspace_id, billing_account_id, amount_cents, "
+                          "created_by) VALUES (:id, 'stripe', :ws, :a, 300, :u)"),
+                     {"id": ghost, "ws": ws["id"], "a": owner.default_account_id, "u": owner.id})
+    stripe_services.stripe.apply_event(early_event)
+    assert _outcomes(stripe_services, [early_event]) == ["credited"]
+    assert sorted(_topups(engine, owner.default_account_id)) == [300, 700]
