@@ -106,7 +106,7 @@ class OperationService:
                 operations.set_status(uow.conn, operation_id, OperationStatus.RUNNING)
                 uow.commit()
                 return FirstStep(apply_alone=True, drain=False)
-            outcome = self._batches.apply_in(uow.conn, [op, *([] if alone else self._batches.claim_others(uow.conn, op))])
+            outcome = self._batches.apply_in(uow, [op, *([] if alone else self._batches.claim_others(uow.conn, op))])
             applied = op.id in outcome.finished
             if not applied:
                 operations.set_status(uow.conn, operation_id, OperationStatus.RUNNING)

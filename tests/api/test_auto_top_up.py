@@ -28,13 +28,20 @@ def run_queued(services: Services, queue) -> list[str]:
         name, kwargs = queue.sent.pop(0)
         if name == Task.APPLY_OPERATION:
             services.operations.apply(**kwargs)
-        elif name == Task.APPLY_STRIPE_EVENT:
-            outcomes.append(services.stripe.apply_event(**kwargs))
+        elif name == Task.APPLY_STRIPE_EVENT:  # applies its event, and drains the others stored
+            services.stripe.apply_event(**kwargs)
+            outcomes.append(stripe_outcome(services, kwargs["event_id"]))
         elif name == Task.SAVE_CARD:
             outcomes.append(services.auto_top_ups.save_card(**kwargs))
         elif name == Task.CHARGE_AUTO_TOP_UP:
             outcomes.append(services.auto_top_ups.charge(**kwargs))
     return outcomes
+
+
+def stripe_outcome(services: Services, event_id: str) -> str | None:
+    """What applying the stored Stripe event came to (by its own task or another's drain)."""
+    with services.ctx.uow() as uow:
+        return uow.conn.execute(text("SELECT outcome FROM stripe_events WHERE id = :id"), {"id": event_id}).scalar()
 
 
 def saved_card(sapi, services, queue, stripe_api, owner, ws, card=("visa", "4242")) -> dict:
@@ -402,6 +409,9 @@ def test_stripe_limiting_requests_leaves_the_top_up_pending_and_a_retry_charges_
     assert (top_up["status"], top_up["attempts"]) == ("pending", 1)
     assert stripe_services.auto_top_ups.charge(account, top_up["id"]) == "auto_top_up_charged"
     assert len(intents_for(stripe_api, account)) == 1
+    report_intents(sapi, stripe_api, account)
+    assert run_queued(stripe_services, queue) == ["auto_top_up_credited"]
+    assert_sound(stripe_services, account)
 
 
 def test_a_stripe_error_that_is_not_a_decline_fails_the_top_up_as_stripe_error(sapi, stripe_services, queue,
