@@ -3,7 +3,6 @@ from datetime import timedelta
 
 from domain.names import Task
 from tasks import RETRY
-from worker import metrics
 from worker.celery_app import app
 from worker.container import services
 from worker.settings import load
@@ -12,9 +11,7 @@ from worker.settings import load
 @app.task(name=Task.APPLY_STRIPE_EVENT, **RETRY)
 def apply_stripe_event(event_id: str) -> str | None:
     """Apply one stored Stripe event; a redelivery finds it processed and does nothing."""
-    outcome = services().stripe.apply_event(event_id)
-    metrics.observe_auto_top_up(outcome)
-    return outcome
+    return services().stripe.apply_event(event_id)
 
 
 @app.task(name=Task.RECONCILE_STRIPE, **RETRY)
@@ -27,9 +24,7 @@ def reconcile_stripe() -> int:
 def charge_auto_top_up(account_id: str, top_up_id: str) -> str:
     """Ask Stripe for a pending auto top-up's off-session PaymentIntent; a redelivery finds it charged already,
     and a retry asks under the same Stripe idempotency key."""
-    outcome = services().auto_top_ups.charge(account_id, top_up_id)
-    metrics.observe_auto_top_up(outcome)
-    return outcome
+    return services().auto_top_ups.charge(account_id, top_up_id)
 
 
 @app.task(name=Task.SAVE_CARD, **RETRY)
@@ -42,5 +37,4 @@ def save_card(checkout_id: str) -> str:
 def relay_auto_top_ups() -> dict[str, int]:
     """Send again the auto top-ups and card saves whose message was lost; ask Stripe about top-ups whose
     payment_intent event never came."""
-    found = services().auto_top_ups.relay(reconcile_after=timedelta(seconds=load().stripe_reconcile_after_seconds))
-    return found
+    return services().auto_top_ups.relay(reconcile_after=timedelta(seconds=load().stripe_reconcile_after_seconds))

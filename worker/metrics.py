@@ -31,8 +31,6 @@ DB_READS = Counter("billing_db_reads_total", "Reads that may lag, by the databas
                    ["database"])  # primary|replica1|replica2...
 REPLICA_LAG = Gauge("billing_db_replica_lag_seconds", "A read replica's replay lag, last measured (+Inf: unreachable)",
                     ["database"], multiprocess_mode="livemax")
-AUTO_TOP_UPS = Counter("billing_auto_top_ups_total", "Auto top-ups by what became of them",
-                       ["outcome"])  # charged (a PaymentIntent made) | credited | failed
 WEBHOOK_ATTEMPTS = Counter("billing_webhook_attempts_total", "Outbound webhook delivery attempts",
                            ["result"])  # succeeded|failed
 WEBHOOK_SECONDS = Histogram("billing_webhook_attempt_duration_seconds", "Outbound webhook attempt time",
@@ -92,12 +90,6 @@ def _bearer(app, token: str):
     return guarded
 
 
-def observe_auto_top_up(outcome: str | None) -> None:
-    """A task's outcome: counted when it is a step of an auto top-up (auto_top_up_charged, _credited, _failed)."""
-    if outcome and outcome.startswith("auto_top_up_"):
-        AUTO_TOP_UPS.labels(outcome.removeprefix("auto_top_up_")).inc()
-
-
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_SECONDS.labels(method, route).observe(seconds)
@@ -128,6 +120,8 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
             "billing_webhook_deliveries_pending": [({}, snapshot["webhooks_pending"])],
             "billing_webhook_oldest_pending_seconds": [({}, snapshot["webhooks_oldest_pending_seconds"])],
             "billing_webhook_overdue_seconds": [({}, snapshot["webhooks_overdue_seconds"])],
+            "billing_auto_top_ups": [({"status": status}, n) for status, n in snapshot["auto_top_ups"].items()],
+            "billing_auto_top_ups_oldest_in_flight_seconds": [({}, snapshot["auto_top_ups_oldest_in_flight_seconds"])],
         }
     depths = _queue_depths(broker_url)
     if depths is not None:

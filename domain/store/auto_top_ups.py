@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, text
 
 from domain.models import AutoTopUp, AutoTopUpSettings, SavedCard
-from domain.names import AutoTopUpStatus
+from domain.names import AutoTopUpStatus, IN_FLIGHT
 
 # The workspace's auto top-up lives in its billing_settings row (auto_top_up_* columns; enabled NULL: not set up).
 _SETTINGS = text("""
@@ -191,3 +191,16 @@ def unfinished(conn: Connection, status: str, *, older_than: timedelta, limit: i
 
 def age(conn: Connection, top_up: AutoTopUp) -> timedelta:
     return conn.execute(text("SELECT clock_timestamp() - CAST(:t AS timestamptz)"), {"t": top_up.created_at}).scalar_one()
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """Auto top-ups by status, every status named (metrics)."""
+    found = dict(conn.execute(text("SELECT status, count(*) FROM auto_top_ups GROUP BY status")).all())
+    return {status.value: found.get(status.value, 0) for status in AutoTopUpStatus}
+
+
+def oldest_in_flight_seconds(conn: Connection) -> float:
+    """Seconds since the oldest top-up still in flight was recorded (the auto_top_ups_unfinished index); 0: none."""
+    in_flight = ", ".join(f"'{status.value}'" for status in IN_FLIGHT)
+    return float(conn.execute(text(f"SELECT EXTRACT(EPOCH FROM now() - min(created_at)) FROM auto_top_ups "
+                                   f"WHERE status IN ({in_flight})")).scalar() or 0)
