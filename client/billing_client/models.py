@@ -429,6 +429,81 @@ class PutSpendLimit(Model):
     alert_percents: Annotated[AlertPercents | None, Field(alias="alertPercents")] = None
 
 
+class AutoTopUp(Model):
+    enabled: bool
+    threshold_cents: Annotated[
+        int,
+        Field(
+            alias="thresholdCents",
+            description="A debit (usage, a hold's capture) that leaves the workspace's default account below this starts a top-up, while a card is saved for the account. 0 to 100,000,000.",
+            ge=0,
+            le=100000000,
+        ),
+    ]
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="What each top-up charges the saved card and credits: 500 to 1,000,000 cents.",
+            ge=500,
+            le=1000000,
+        ),
+    ]
+    max_per_day: Annotated[
+        int | None,
+        Field(
+            alias="maxPerDay",
+            description="Top-ups of the account started per UTC day at most (failed ones count), 1 to 20; default 3.",
+            ge=1,
+            le=20,
+        ),
+    ] = 3
+
+
+class PaymentMethod(Model):
+    brand: Annotated[
+        str | None,
+        Field(
+            description="The card's brand as Stripe names it: visa, mastercard, amex, ..."
+        ),
+    ]
+    last4: str | None
+
+
+class BillingSettings(Model):
+    workspace_id: Annotated[str, Field(alias="workspaceId")]
+    low_balance_cents: Annotated[int | None, Field(alias="lowBalanceCents")]
+    auto_top_up: Annotated[AutoTopUp, Field(alias="autoTopUp")]
+
+
+class LowBalanceCents(RootModel[int]):
+    root: Annotated[
+        int,
+        Field(
+            description="`balance.low` is sent when a debit takes the default account's balance from at or above this to below it; null: never. Left out: unchanged.",
+            ge=0,
+            le=1000000000000,
+        ),
+    ] = None
+
+
+class PutBillingSettings(Model):
+    low_balance_cents: Annotated[
+        LowBalanceCents | None,
+        Field(
+            alias="lowBalanceCents",
+            description="`balance.low` is sent when a debit takes the default account's balance from at or above this to below it; null: never. Left out: unchanged.",
+        ),
+    ] = None
+    auto_top_up: Annotated[
+        AutoTopUp | None,
+        Field(
+            alias="autoTopUp",
+            description="Auto top-up; null: not set up (off). Left out: unchanged.",
+        ),
+    ] = None
+
+
 class AddCredits(Model):
     amount_cents: Annotated[
         int,
@@ -582,6 +657,13 @@ class CreateCheckoutSession(Model):
             pattern="^https?://[^\\s/?#]+[^\\s]*$",
         ),
     ]
+    save_payment_method: Annotated[
+        bool | None,
+        Field(
+            alias="savePaymentMethod",
+            description="Save the card paid with for auto top-ups: the session gets the billing account's Stripe Customer (made once) and `setup_future_usage: off_session`; once the payment is credited the card becomes the account's saved payment method (`autoTopUp.paymentMethod` of the billing settings).",
+        ),
+    ] = False
 
 
 class Checkout(Model):
@@ -688,6 +770,101 @@ class X402PaymentRequired(Model):
 class WebhookReceipt(Model):
     received: bool
     duplicate: bool
+
+
+class WebhookEndpoint(Model):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: Annotated[
+        bool,
+        Field(
+            description="false once every attempt failed for 5 days; a delivery retried by hand that succeeds enables it again."
+        ),
+    ]
+    created_at: Annotated[str, Field(alias="createdAt")]
+
+
+class WebhookEndpointList(Model):
+    data: list[WebhookEndpoint]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
+
+
+class CreateWebhookEndpoint(Model):
+    url: Annotated[
+        str,
+        Field(
+            description="https on a public address; the name is resolved and each address checked now and at every attempt. http and loopback, private, link-local, shared or reserved addresses are refused (422) unless the service runs with BILLING_WEBHOOKS_ALLOW_PRIVATE=1.",
+            max_length=2000,
+            min_length=9,
+            pattern="^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#]+[^\\s]*$",
+        ),
+    ]
+    events: Annotated[
+        list[
+            Literal[
+                "balance.low",
+                "balance.depleted",
+                "transaction.created",
+                "checkout.completed",
+                "checkout.failed",
+                "operation.failed",
+                "grant.expiring",
+                "spend_limit.alert",
+                "auto_top_up.succeeded",
+                "auto_top_up.failed",
+            ]
+        ],
+        Field(
+            description="The event types sent to it (at least one).",
+            max_length=10,
+            min_length=1,
+        ),
+    ]
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class CreatedWebhookEndpoint(Model):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: Annotated[
+        bool,
+        Field(
+            description="false once every attempt failed for 5 days; a delivery retried by hand that succeeds enables it again."
+        ),
+    ]
+    created_at: Annotated[str, Field(alias="createdAt")]
+    secret: Annotated[
+        str,
+        Field(
+            description="whsec_...: the Standard Webhooks signing secret, shown this once."
+        ),
+    ]
+
+
+class WebhookDelivery(Model):
+    id: str
+    event_id: Annotated[
+        str,
+        Field(
+            alias="eventId",
+            description="The payload's id and the webhook-id header, the same on every attempt.",
+        ),
+    ]
+    type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    last_status_code: Annotated[int | None, Field(alias="lastStatusCode")]
+    last_error: Annotated[str | None, Field(alias="lastError")]
+    next_attempt_at: Annotated[str | None, Field(alias="nextAttemptAt")]
+
+
+class WebhookDeliveryList(Model):
+    data: list[WebhookDelivery]
+    next_cursor: Annotated[str | None, Field(alias="nextCursor")]
 
 
 class CheckoutList(Model):
