@@ -214,8 +214,8 @@ class PutBillingSettings(Body):
 
 
 class CreateWebhookEndpoint(Body):
-    model_config = examples({"url": "https://hooks.example.com/billing", "events": ["balance.low", "transaction.created"],
-                             "description": "alerts"})
+    model_config = examples({"url": "https://hooks.example.com/billing",
+                             "events": ["balance.low", "transaction.created"], "description": "alerts"})
 
     url: Annotated[str, Field(min_length=9, max_length=2000, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$",
                               description=(

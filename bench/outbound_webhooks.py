@@ -81,8 +81,8 @@ def credit_round(port: int, token: str, workspaces: range, credits: int, clients
     ids = [body["id"] for body in load.bodies if body.get("id", "").startswith("op_")]
     if len(ids) != credits:
         raise SetupError(f"{len(ids)} of {credits} credits accepted: {dict(load.statuses)}")
-    query = ("SELECT count(*) FILTER (WHERE status = 'succeeded'), EXTRACT(EPOCH FROM max(updated_at) - min(created_at)) "
-             "FROM operations WHERE id = ANY(%s)")
+    query = ("SELECT count(*) FILTER (WHERE status = 'succeeded'), "
+             "EXTRACT(EPOCH FROM max(updated_at) - min(created_at)) FROM operations WHERE id = ANY(%s)")
     with psycopg.connect(database_url, autocommit=True) as conn:
         deadline = time.monotonic() + 600
         while (found := conn.execute(query, (ids,)).fetchone())[0] < credits and time.monotonic() < deadline:

@@ -102,9 +102,9 @@ def observe_decision(decision) -> None:
 
 def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:
     """Scrape-time values: whether the database and the broker answered this scrape, queue depth per queue and
-    dead-letter queue (Redis or RabbitMQ broker), outbox backlog and its oldest operation's age, checkouts by state and the oldest
-    pending one's age per provider, pending webhook deliveries, the oldest one's age and how long the first due has
-    waited for its attempt. The database down leaves its gauges out, not the whole scrape."""
+    dead-letter queue (Redis or RabbitMQ broker), outbox backlog and its oldest operation's age, checkouts by state
+    and the oldest pending one's age per provider, pending webhook deliveries, the oldest one's age and how long the
+    first due has waited for its attempt. The database down leaves its gauges out, not the whole scrape."""
     try:
         snapshot = services.stats.snapshot()
     except Unavailable:

@@ -24,6 +24,4 @@ class CheckoutService:
             access.workspace(uow.conn, caller, workspace_id)
             found = checkouts.of_workspace(uow.conn, workspace_id, limit=limit + 1,
                                            before=keyset.position(cursor) if cursor else None)
-        more = len(found) > limit
-        found = found[:limit]
-        return Page(items=found, next_cursor=keyset.cursor_of(found[-1].created_at, found[-1].id) if more else None)
+        return keyset.page(found, limit)

@@ -115,8 +115,7 @@ class HoldService:
         with self._ctx.read() as uow:
             access.workspace(uow.conn, caller, workspace_id)
             found = holds.page(uow.conn, workspace_id, limit=limit + 1, status=status, before=before)
-        items = found[:limit]
-        return Page(items=items, next_cursor=keyset.cursor_of(items[-1].created_at, items[-1].id) if len(found) > limit else None)
+        return keyset.page(found, limit)
 
     def expire_due(self, limit: int = EXPIRE_BATCH) -> int:
         """Release every active hold past its expiresAt (a beat job), each under its account's lock; how many."""

@@ -2,6 +2,7 @@
 from datetime import datetime
 
 from domain.errors import InvalidInput
+from domain.models import Page
 
 
 def cursor_of(created_at: datetime, row_id: str) -> str:
@@ -15,3 +16,10 @@ def position(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(stamp), row_id
     except ValueError:
         raise InvalidInput("the cursor is not one this service issued", field="cursor") from None
+
+
+def page(found: list, limit: int) -> Page:
+    """A page of the rows read with limit + 1 (the one past the page says another follows)."""
+    items = found[:limit]
+    more = len(found) > limit
+    return Page(items=items, next_cursor=cursor_of(items[-1].created_at, items[-1].id) if more else None)

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from domain import times, views
 from domain.models import Grant
-from domain.names import Task, WebhookEventType
+from domain.names import DeliveryStatus, Task, WebhookEventType
 from domain.services.context import Context
 from domain.store import webhook_events, webhooks
 from domain.webhooks import DISABLE_AFTER, retry_delay
@@ -71,13 +71,15 @@ class WebhookDeliveryService:
         retry_in = None if attempt.succeeded else retry_delay(target.attempts, self._scale)
         countdown = retry_in is not None and retry_in <= COUNTDOWN_AT_MOST_SECONDS
         with self._ctx.uow() as uow:
-            if webhooks.record(uow.conn, delivery_id, ok=attempt.succeeded, status_code=attempt.status_code,
-                               error=attempt.error, retry_in=retry_in, countdown=countdown,
-                               disable_after=DISABLE_AFTER * self._scale):
-                log.warning("webhook endpoint of delivery %s disabled: every attempt failed for %s", delivery_id,
-                            DISABLE_AFTER * self._scale)
+            recorded = webhooks.record(uow.conn, delivery_id, ok=attempt.succeeded, status_code=attempt.status_code,
+                                       error=attempt.error, retry_in=retry_in, countdown=countdown,
+                                       disable_after=DISABLE_AFTER * self._scale)
             uow.commit()
-        return Delivered(attempt.succeeded, attempt.seconds, retry_in if countdown else None)
+        if recorded.disabled:
+            log.warning("webhook endpoint of delivery %s disabled: every attempt failed for %s", delivery_id,
+                        DISABLE_AFTER * self._scale)
+        again = countdown and recorded.status == DeliveryStatus.PENDING
+        return Delivered(attempt.succeeded, attempt.seconds, retry_in if again else None)
 
     def body(self, target: webhooks.Target) -> bytes:
         """The payload, the same on every attempt: the stored object, and the transaction of an entry's event."""

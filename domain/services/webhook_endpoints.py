@@ -36,7 +36,7 @@ class WebhookEndpointService:
             self._readable(uow.conn, caller, workspace_id)
             found = webhooks.of_workspace(uow.conn, workspace_id, limit=limit + 1,
                                           before=keyset.position(cursor) if cursor else None)
-        return _page(found, limit)
+        return keyset.page(found, limit)
 
     def get(self, caller: Caller, workspace_id: str, endpoint_id: str) -> WebhookEndpoint:
         with self._ctx.uow() as uow:
@@ -58,7 +58,7 @@ class WebhookEndpointService:
             _found(uow.conn, workspace_id, endpoint_id)
             found = webhooks.deliveries(uow.conn, endpoint_id, limit=limit + 1,
                                         before=keyset.position(cursor) if cursor else None)
-        return _page(found, limit)
+        return keyset.page(found, limit)
 
     def retry(self, caller: Caller, workspace_id: str, endpoint_id: str, delivery_id: str) -> WebhookDelivery:
         """Attempt the delivery again now (also one that succeeded or failed for good), with the same webhook-id."""
@@ -84,9 +84,3 @@ def _found(conn, workspace_id: str, endpoint_id: str) -> WebhookEndpoint:
     if found is None:
         raise NotFound("webhook endpoint not found")
     return found
-
-
-def _page(found: list, limit: int) -> Page:
-    items = found[:limit]
-    more = len(found) > limit
-    return Page(items=items, next_cursor=keyset.cursor_of(items[-1].created_at, items[-1].id) if more else None)

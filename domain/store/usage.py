@@ -54,7 +54,8 @@ WITH inserted AS (
     UPDATE billing_accounts SET balance_cents = balance_cents + (SELECT SUM(amount_cents) FROM inserted)
     WHERE id = :account_id RETURNING balance_cents
 )
-SELECT i.idempotency_key, i.id, i.amount_cents, i.balance_after_cents, (SELECT balance_cents FROM moved) AS balance_cents
+SELECT i.idempotency_key, i.id, i.amount_cents, i.balance_after_cents,
+       (SELECT balance_cents FROM moved) AS balance_cents
 FROM inserted i ORDER BY i.id
 """)
 

@@ -193,12 +193,17 @@ def claim_attempt(conn: Connection, delivery_id: str, *, lease_seconds: float) -
 # disable_after disables the endpoint. A success ends the streak, and enables an endpoint that was disabled
 # (a delivery retried by hand got through).
 _RECORD = text("""
-WITH recorded AS (
-    UPDATE webhook_deliveries SET status = :status, last_status_code = :code, last_error = :error,
+WITH outcome AS (  -- no retry for an endpoint deleted or disabled meanwhile (or disabled already: a retry by hand)
+    SELECT CASE WHEN :status = 'pending' AND NOT EXISTS (
+                    SELECT 1 FROM webhook_endpoints p JOIN webhook_deliveries d ON d.endpoint_id = p.id
+                    WHERE d.id = :id AND p.deleted_at IS NULL AND p.enabled) THEN 'failed'
+                ELSE :status END AS status
+), recorded AS (
+    UPDATE webhook_deliveries SET status = o.status, last_status_code = :code, last_error = :error,
            attempt_until = NULL, updated_at = now(),
-           next_attempt_at = CASE WHEN :status = 'pending' THEN now() + make_interval(secs => :retry_in) END,
-           enqueued_at = CASE WHEN :countdown THEN now() + make_interval(secs => :retry_in) END
-    WHERE id = :id RETURNING endpoint_id
+           next_attempt_at = CASE WHEN o.status = 'pending' THEN now() + make_interval(secs => :retry_in) END,
+           enqueued_at = CASE WHEN o.status = 'pending' AND :countdown THEN now() + make_interval(secs => :retry_in) END
+    FROM outcome o WHERE id = :id RETURNING endpoint_id, o.status
 )
 UPDATE webhook_endpoints p SET
     failing_since = CASE WHEN :ok THEN NULL ELSE COALESCE(p.failing_since, now()) END,
@@ -207,7 +212,7 @@ UPDATE webhook_endpoints p SET
                        WHEN p.enabled AND p.failing_since <= now() - make_interval(secs => :disable_after) THEN now()
                        ELSE p.disabled_at END
 FROM recorded r WHERE p.id = r.endpoint_id AND p.deleted_at IS NULL
-RETURNING p.id, p.enabled, p.disabled_at = now() AS disabled_now
+RETURNING p.id, r.status, p.disabled_at = now() AS disabled_now
 """)
 # A disabled endpoint's pending deliveries end failed: no attempt is made for them any more.
 _END_PENDING = text("""
@@ -217,19 +222,26 @@ WHERE endpoint_id = :endpoint_id AND status = 'pending'
 """)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    status: str  # the delivery's, after the attempt
+    disabled: bool  # the attempt disabled the endpoint (its pending deliveries ended failed)
+
+
 def record(conn: Connection, delivery_id: str, *, ok: bool, status_code: int | None, error: str | None,
-           retry_in: float | None, countdown: bool, disable_after: timedelta) -> bool:
-    """Record an attempt's outcome (retry_in None: no attempt is left, failed); True when it disabled the
-    endpoint, whose pending deliveries then end failed."""
-    status = DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.PENDING if retry_in is not None else DeliveryStatus.FAILED
+           retry_in: float | None, countdown: bool, disable_after: timedelta) -> Recorded:
+    """Record an attempt's outcome (retry_in None: no attempt is left, failed)."""
+    status = (DeliveryStatus.SUCCEEDED if ok else
+              DeliveryStatus.PENDING if retry_in is not None else DeliveryStatus.FAILED)
     row = conn.execute(_RECORD, {"id": delivery_id, "status": status, "ok": ok, "code": status_code, "error": error,
-                                 "retry_in": retry_in or 0, "countdown": countdown and status == DeliveryStatus.PENDING,
+                                 "retry_in": retry_in or 0, "countdown": countdown,
                                  "disable_after": disable_after.total_seconds()}).first()
-    if row is None or not row.disabled_now:
-        return False
-    conn.execute(_END_PENDING, {"endpoint_id": row.id, "reason": "the endpoint was disabled after failing every "
-                                f"attempt for {disable_after.total_seconds() / 86400:g} days"})
-    return True
+    if row is None:  # its endpoint was deleted meanwhile
+        return Recorded(DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED, False)
+    if row.disabled_now:
+        conn.execute(_END_PENDING, {"endpoint_id": row.id, "reason": "the endpoint was disabled after failing every "
+                                    f"attempt for {disable_after.total_seconds() / 86400:g} days"})
+    return Recorded(row.status, bool(row.disabled_now))
 
 
 # The literal predicate is the partial index webhook_deliveries_pending's.

@@ -38,8 +38,8 @@ def owner_ws(api):
 
 def test_an_emitted_event_is_written_with_a_delivery_for_each_subscribed_endpoint(services, engine, owner_ws):
     _, ws = owner_ws
-    first, second, other = (_endpoint(engine, ws, ["checkout.completed"]), _endpoint(engine, ws, ["checkout.completed"]),
-                            _endpoint(engine, ws, ["checkout.failed"]))
+    first, second = (_endpoint(engine, ws, ["checkout.completed"]) for _ in range(2))
+    other = _endpoint(engine, ws, ["checkout.failed"])
     with services.ctx.uow() as uow:
         webhook_events.emit(uow.conn, workspace_id=ws, type="checkout.completed", data={"id": "chk_1"})
         uow.commit()

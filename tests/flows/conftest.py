@@ -3,6 +3,7 @@ import pytest
 
 from tests.conftest import stack_broker
 from tests.processes import Stack
+from tests.standins.x402_facilitator import FacilitatorStandIn
 
 
 @pytest.fixture(scope="package")
@@ -14,3 +15,11 @@ def stack(database_url, tmp_path_factory, broker, request):
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def facilitator():
+    """The x402 facilitator stand-in (tests/standins/x402_facilitator.py) on a loopback port, one per module."""
+    standin = FacilitatorStandIn().start()
+    yield standin
+    standin.stop()

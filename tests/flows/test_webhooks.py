@@ -10,7 +10,7 @@ from domain.names import Task
 from tests.processes import X402_NETWORK, X402_PAY_TO, Stack, wait_for_operations, wait_until
 from tests.standins.stripe_api import signed_event
 from tests.standins.webhook_receiver import Answer, WebhookReceiver
-from tests.standins.x402_facilitator import FacilitatorStandIn, Wallet
+from tests.standins.x402_facilitator import Wallet
 
 STRIPE_SECRET = "whsec_flow_webhooks"
 # Retries 1,000 times sooner than in production (5 ms, 0.3 s, 1.8 s, 7.2 s...), and a receiver has 1 s.
@@ -18,13 +18,6 @@ WEBHOOKS = {"BILLING_WEBHOOKS_ALLOW_PRIVATE": "1", "BILLING_WEBHOOK_RETRY_SCALE"
             "BILLING_WEBHOOK_TIMEOUT_SECONDS": "1"}
 EMITTED = ["balance.low", "balance.depleted", "transaction.created", "checkout.completed", "checkout.failed",
            "operation.failed", "grant.expiring", "spend_limit.alert"]
-
-
-@pytest.fixture(scope="module")
-def facilitator():
-    standin = FacilitatorStandIn().start()
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,8 @@ def test_every_event_type_reaches_the_receiver_signed_with_the_endpoints_secret(
         stack, receiver, stripe_api, facilitator, engine):
     api = stack.api
     owner, ws, endpoint = _subscribed(api, receiver, EMITTED)
-    assert api.call("PUT", f"/workspaces/{ws}/billing/settings", owner.key, json={"lowBalanceCents": 500}).status_code == 200
+    settings = api.call("PUT", f"/workspaces/{ws}/billing/settings", owner.key, json={"lowBalanceCents": 500})
+    assert settings.status_code == 200
     assert api.call("PUT", f"/workspaces/{ws}/billing/spend-limit", owner.key,
                     json={"monthlyLimitCents": 2000, "alertPercents": [25]}).status_code == 200
     api.operator("POST", f"/workspaces/{ws}/billing/credits", json={"amountCents": 100})  # 1000 + 100

@@ -3,16 +3,9 @@ import pytest
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 
 from tests.processes import X402_NETWORK, assert_sound, wait_for_operations, x402_stack
-from tests.standins.x402_facilitator import FacilitatorStandIn, Wallet
+from tests.standins.x402_facilitator import Wallet
 
 NETWORK = X402_NETWORK
-
-
-@pytest.fixture(scope="module")
-def facilitator():
-    standin = FacilitatorStandIn().start()
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")
