@@ -108,6 +108,7 @@ def test_a_checkout_that_does_not_ask_saves_no_card(sapi, stripe_services, queue
     assert run_queued(stripe_services, queue) == ["credited"]
     assert stripe_services.auto_top_ups.save_card(created["id"]) == "nothing_to_save"
     assert settings(sapi, owner.key, ws)["autoTopUp"]["paymentMethod"] is None
+    assert_sound(stripe_services, ws["defaultBillingAccountId"])
 
 
 def test_auto_top_up_settings_are_kept_left_unchanged_when_left_out_and_removed_with_null(sapi, owner_ws):
@@ -339,6 +340,7 @@ def test_a_card_save_whose_message_was_lost_is_asked_again_by_the_relay(sapi, st
     assert run_queued(stripe_services, queue) == ["card_saved"]
     assert stripe_services.auto_top_ups.relay(reconcile_after=RECONCILE_AFTER)["cards"] == 0
     assert settings(sapi, owner.key, ws)["autoTopUp"]["paymentMethod"] == {"brand": "visa", "last4": "1881"}
+    assert_sound(stripe_services, ws["defaultBillingAccountId"])
 
 
 def test_a_payment_intent_event_of_a_checkout_is_left_to_the_checkout_events(sapi, stripe_services, queue,
@@ -349,6 +351,7 @@ def test_a_payment_intent_event_of_a_checkout_is_left_to_the_checkout_events(sap
     deliver(sapi, SECRET, *stripe_api.intent_event(session["payment_intent"]))
     assert sorted(run_queued(stripe_services, queue)) == ["card_saved", "credited", "ignored"]
     assert [amount for _, amount in credits_of(engine, ws["defaultBillingAccountId"])] == [500]
+    assert_sound(stripe_services, ws["defaultBillingAccountId"])
 
 
 def test_a_payment_intent_event_with_a_malformed_object_is_refused_and_not_stored(sapi, stripe_services, queue):
@@ -391,6 +394,7 @@ def test_a_debit_through_a_workspace_whose_default_account_is_another_starts_no_
     assert run_queued(stripe_services, queue) == []  # the usage accepted before debits the old default account
     assert stripe_services.operations.get(OPERATOR, posted["id"]).status == "succeeded"
     assert top_ups(engine, account) == []
+    assert_sound(stripe_services, account)
 
 
 def test_stripe_limiting_requests_leaves_the_top_up_pending_and_a_retry_charges_it_once(
