@@ -39,7 +39,7 @@ RESEND_AFTER = timedelta(seconds=30)  # a pending top-up untouched this long los
 # Stripe keeps an idempotency key for 24 hours: a top-up that could not be asked of Stripe by then is given up,
 # never asked again under a key Stripe no longer knows (which could charge twice).
 ABANDON_AFTER = timedelta(hours=23)
-CARD_SAVE_AFTER = timedelta(minutes=1)  # a card not saved this long after its checkout completed: asked again
+CARD_SAVE_AFTER = timedelta(minutes=1)  # a card not saved a minute after its checkout changed: asked again
 DECLINED = ("requires_payment_method", "requires_action", "canceled")  # what a failed off-session payment reads
 SUCCEEDED_EVENT, FAILED_EVENT = "auto_top_up.succeeded", "auto_top_up.failed"
 
@@ -217,12 +217,15 @@ class AutoTopUpService:
         return len(sent)
 
     def _send_card_saves(self) -> int:
+        sent: list[str] = []
         with self._ctx.uow() as uow:
-            due = checkouts.cards_to_save(uow.conn, older_than=CARD_SAVE_AFTER)
-        for n, checkout_id in enumerate(due):
-            if not self._ctx.enqueue(Task.SAVE_CARD, checkout_id=checkout_id):
-                return n
-        return len(due)
+            for checkout_id in checkouts.cards_to_save(uow.conn, older_than=CARD_SAVE_AFTER):
+                if not self._ctx.enqueue(Task.SAVE_CARD, checkout_id=checkout_id):
+                    break  # the broker is down: the next run tries again
+                sent.append(checkout_id)
+            checkouts.touch(uow.conn, sent)
+            uow.commit()
+        return len(sent)
 
     def _reconcile_processing(self, after: timedelta) -> int:
         if self._ctx.stripe is None:

@@ -104,11 +104,17 @@ def age(conn: Connection, checkout: Checkout) -> timedelta:
 
 
 def cards_to_save(conn: Connection, *, older_than: timedelta, limit: int = 500) -> list[str]:
-    """Completed Stripe checkouts that asked to save their card, completed `older_than` ago, card not saved yet
-    (the predicate of the checkouts_card_to_save index)."""
+    """Completed Stripe checkouts that asked to save their card and whose card is not saved yet, untouched for
+    `older_than` (the predicate of the checkouts_card_to_save index); locked, others' skipped."""
     query = text("""
     SELECT id FROM checkouts
     WHERE provider = 'stripe' AND status = 'completed' AND details ? 'savePaymentMethod' AND NOT details ? 'card'
-      AND completed_at < now() - :older_than
-    ORDER BY completed_at LIMIT :limit""")
+      AND updated_at < now() - :older_than
+    ORDER BY completed_at LIMIT :limit FOR UPDATE SKIP LOCKED""")
     return list(conn.execute(query, {"older_than": older_than, "limit": limit}).scalars())
+
+
+def touch(conn: Connection, checkout_ids: list[str]) -> None:
+    """Their messages were sent again: left alone for a while."""
+    if checkout_ids:
+        conn.execute(update(checkouts).where(_c.id.in_(checkout_ids)).values(updated_at=func.now()))

@@ -334,11 +334,15 @@ def test_a_card_save_whose_message_was_lost_is_asked_again_by_the_relay(sapi, st
     queue.up = True
     assert stripe_services.auto_top_ups.relay(reconcile_after=RECONCILE_AFTER)["cards"] == 0  # completed just now
     with engine.begin() as conn:
-        conn.execute(text("UPDATE checkouts SET completed_at = completed_at - interval '2 minutes' WHERE id = :id"),
+        conn.execute(text("UPDATE checkouts SET updated_at = updated_at - interval '2 minutes' WHERE id = :id"),
                      {"id": checkout["id"]})
     assert stripe_services.auto_top_ups.relay(reconcile_after=RECONCILE_AFTER)["cards"] == 1
+    assert stripe_services.auto_top_ups.relay(reconcile_after=RECONCILE_AFTER)["cards"] == 0  # sent just now
     assert run_queued(stripe_services, queue) == ["card_saved"]
-    assert stripe_services.auto_top_ups.relay(reconcile_after=RECONCILE_AFTER)["cards"] == 0
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE checkouts SET updated_at = updated_at - interval '2 minutes' WHERE id = :id"),
+                     {"id": checkout["id"]})
+    assert stripe_services.auto_top_ups.relay(reconcile_after=RECONCILE_AFTER)["cards"] == 0  # saved
     assert settings(sapi, owner.key, ws)["autoTopUp"]["paymentMethod"] == {"brand": "visa", "last4": "1881"}
     assert_sound(stripe_services, ws["defaultBillingAccountId"])
 
