@@ -7,7 +7,7 @@ Each step is recorded in PostgreSQL before the next one is asked for, so nothing
 2. that task asks Stripe for a confirmed off-session PaymentIntent under an idempotency key made from the account
    and the entry that crossed (a retry gets the same PaymentIntent): made, the top-up is processing; declined
    (card_declined, authentication_required, ...), it failed;
-3. payment_intent.succeeded, stored once per event id by the Stripe webhook and applied by its task, credits
+3. payment_intent.succeeded, stored once per event id by the Stripe webhook and applied by a task, credits
    stripe_topup once (ledger key auto_top_up:<id>) as a paid grant; payment_intent.payment_failed fails it;
 4. the relay (beat) sends pending top-ups again whose message was lost, and asks Stripe about processing ones
    whose event never came.
@@ -25,7 +25,7 @@ from domain.grants import PAID
 from domain.ids import looks_like, new_id
 from domain.models import AutoTopUp
 from domain.money import CURRENCY
-from domain.names import AutoTopUpStatus, CheckoutStatus, EntryKind, GrantSource, IN_FLIGHT, Task
+from domain.names import AutoTopUpStatus, CheckoutStatus, EntryKind, GrantSource, IN_FLIGHT, Task, WebhookEventType
 from domain.providers.stripe_gateway import Intent, StripeGateway, configured
 from domain.services import grants
 from domain.services.context import Context
@@ -41,7 +41,6 @@ RESEND_AFTER = timedelta(seconds=30)  # a pending top-up untouched this long los
 ABANDON_AFTER = timedelta(hours=23)
 CARD_SAVE_AFTER = timedelta(minutes=1)  # a card not saved a minute after its checkout changed: asked again
 DECLINED = ("requires_payment_method", "requires_action", "canceled")  # what a failed off-session payment reads
-SUCCEEDED_EVENT, FAILED_EVENT = "auto_top_up.succeeded", "auto_top_up.failed"
 
 
 def charge_key(top_up: AutoTopUp) -> str:
@@ -117,8 +116,8 @@ def _credit(uow: UnitOfWork, ctx: Context, top_up: AutoTopUp, intent: Intent) ->
                             description="Auto top-up", reference=intent.id)
     store.mark_succeeded(conn, top_up, intent.id)
     store.reset_failures(conn, top_up.workspace_id)
-    _emit(conn, top_up, SUCCEEDED_EVENT, status=AutoTopUpStatus.SUCCEEDED, paymentIntentId=intent.id,
-          transactionId=ctx.ids.transaction(posting.entry.id))
+    _emit(conn, top_up, WebhookEventType.AUTO_TOP_UP_SUCCEEDED, status=AutoTopUpStatus.SUCCEEDED,
+          paymentIntentId=intent.id, transactionId=ctx.ids.transaction(posting.entry.id))
     uow.after_commit(lambda: ctx.enqueue(Task.RECOMPUTE_TIER, account_id=top_up.billing_account_id))
     return "auto_top_up_credited"
 
@@ -129,9 +128,9 @@ def _fail(uow: UnitOfWork, top_up: AutoTopUp, intent_id: str | None, code: str, 
         return f"already_{top_up.status}"
     store.mark_failed(uow.conn, top_up, intent_id, code, message)
     failures, enabled = store.count_failure(uow.conn, top_up.workspace_id, FAILURES_TO_DISABLE)
-    _emit(uow.conn, top_up, FAILED_EVENT, status=AutoTopUpStatus.FAILED, paymentIntentId=intent_id or
-          top_up.payment_intent_id, failureCode=code, failureMessage=message, failuresInARow=failures,
-          autoTopUpEnabled=enabled)
+    _emit(uow.conn, top_up, WebhookEventType.AUTO_TOP_UP_FAILED, status=AutoTopUpStatus.FAILED,
+          paymentIntentId=intent_id or top_up.payment_intent_id, failureCode=code, failureMessage=message,
+          failuresInARow=failures, autoTopUpEnabled=enabled)
     if not enabled and failures >= FAILURES_TO_DISABLE:
         log.warning("auto top-up of workspace %s turned off after %d failures in a row", top_up.workspace_id, failures)
     return "auto_top_up_failed"

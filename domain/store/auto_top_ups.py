@@ -190,7 +190,8 @@ def unfinished(conn: Connection, status: str, *, older_than: timedelta, limit: i
 
 
 def age(conn: Connection, top_up: AutoTopUp) -> timedelta:
-    return conn.execute(text("SELECT clock_timestamp() - CAST(:t AS timestamptz)"), {"t": top_up.created_at}).scalar_one()
+    return conn.execute(text("SELECT clock_timestamp() - CAST(:t AS timestamptz)"),
+                        {"t": top_up.created_at}).scalar_one()
 
 
 def counts(conn: Connection) -> dict[str, int]:

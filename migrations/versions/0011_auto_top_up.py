@@ -1,10 +1,11 @@
-"""Auto top-up: each workspace's settings (columns of billing_settings), each billing account's Stripe Customer
-and saved card, and the top-ups (the outbox of the off-session payments they make).
+"""Auto top-up: each workspace's settings (columns of billing_settings), each billing account's Stripe Customer and
+saved card, and the top-ups (the outbox of the off-session payments they make).
 
-The settings are workspace-side, as spend limits are: the workspace's debits cross its threshold. The customer, its card and the top-ups belong to the billing account that is charged and credited (keyed by it, ready
-to distribute). A top-up is recorded in the transaction of the debit that crossed, keyed by that entry (its Stripe
-idempotency key is made from the account and the entry); at most one per account is in flight (pending: its
-PaymentIntent not made or its answer not recorded; processing: made, waiting for payment_intent.succeeded).
+The settings are workspace-side, as spend limits are: the workspace's debits cross its threshold. The customer, its
+card and the top-ups belong to the billing account that is charged and credited (keyed by it, ready to distribute).
+A top-up is recorded in the transaction of the debit that crossed, keyed by that entry (its Stripe idempotency key
+is made from the account and the entry); at most one per account is in flight (pending: its PaymentIntent not made
+or its answer not recorded; processing: made, waiting for payment_intent.succeeded).
 """
 from alembic import op
 

@@ -394,7 +394,8 @@ def test_a_debit_through_a_workspace_whose_default_account_is_another_starts_no_
     turn_on(sapi, owner, ws, threshold=100_000)
     posted = sapi.operator("POST", f"/workspaces/{ws['id']}/billing/usage", json=usage(0, 10)).json
     other = sapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts", owner.key, json={"name": "Other"}).json
-    assert sapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{other['id']}/default", owner.key).status_code == 200
+    made_default = sapi.call("POST", f"/workspaces/{ws['id']}/billing/accounts/{other['id']}/default", owner.key)
+    assert made_default.status_code == 200
     assert run_queued(stripe_services, queue) == []  # the usage accepted before debits the old default account
     assert stripe_services.operations.get(OPERATOR, posted["id"]).status == "succeeded"
     assert top_ups(engine, account) == []
