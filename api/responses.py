@@ -161,10 +161,24 @@ class SpendLimitShape(Shape):
     alerts: list[SpendAlertShape] = Field(description="The steps crossed this month, lowest first.")
 
 
+class PaymentMethodShape(Shape):
+    brand: str | None = Field(description="The card's brand as Stripe names it: visa, mastercard, amex, ...")
+    last4: str | None
+
+
+class AutoTopUpShape(Shape):
+    enabled: bool
+    thresholdCents: int | None = Field(description="null while auto top-up is not set up")
+    amountCents: int | None = Field(description="null while auto top-up is not set up")
+    maxPerDay: int
+    paymentMethod: PaymentMethodShape | None = Field(description=(
+        "The card saved for the workspace's default account (by a checkout with savePaymentMethod); null: none."))
+
+
 class BillingSettingsShape(Shape):
     workspaceId: str
     lowBalanceCents: int | None
-    autoTopUp: None = Field(description="Auto top-up's settings; null while it is not set up.")
+    autoTopUp: AutoTopUpShape
 
 
 class WebhookEndpointShape(Shape):

@@ -13,6 +13,7 @@ from api.json_body import read_json
 from domain import times, usage
 from domain.money import MAX_MOVEMENT_CENTS
 from domain.grants import DEFAULT_PRIORITY
+from domain.models import AutoTopUpSettings
 from domain.names import ENTRY_KINDS, GRANT_CATEGORIES, GRANT_STATUSES, HOLD_STATUSES, WEBHOOK_EVENT_TYPES
 
 
@@ -123,10 +124,16 @@ class CreateCheckoutSession(Body):
     """CreateCheckoutSessionDto."""
 
     model_config = examples({"amountCents": 2000, "successUrl": "https://app.example.com/billing/done",
-                             "cancelUrl": "https://app.example.com/billing"})
+                             "cancelUrl": "https://app.example.com/billing"},
+                            {"amountCents": 2000, "successUrl": "https://app.example.com/billing/done",
+                             "cancelUrl": "https://app.example.com/billing", "savePaymentMethod": True})
     amount_cents: Annotated[int, Field(ge=50, le=1_000_000, description="Integer cents, 50 to 1,000,000.")]
     success_url: HttpUrl
     cancel_url: HttpUrl
+    save_payment_method: bool = Field(False, description=(
+        "Save the card paid with for auto top-ups: the session gets the billing account's Stripe Customer "
+        "(made once) and `setup_future_usage: off_session`; once the payment is credited the card becomes the "
+        "account's saved payment method (`autoTopUp.paymentMethod` of the billing settings)."))
 
 
 class Window(Query):
@@ -178,12 +185,32 @@ class PutSpendLimit(Body):
     ] | None = None
 
 
+class AutoTopUp(Body):
+    enabled: bool
+    threshold_cents: Annotated[int, Field(ge=0, le=MAX_MOVEMENT_CENTS, description=(
+        "A debit (usage, a hold's capture) that leaves the workspace's default account below this starts a "
+        "top-up, while a card is saved for the account. 0 to 100,000,000."))]
+    amount_cents: Annotated[int, Field(ge=500, le=1_000_000, description=(
+        "What each top-up charges the saved card and credits: 500 to 1,000,000 cents."))]
+    max_per_day: Annotated[int, Field(ge=1, le=20, description=(
+        "Top-ups of the account started per UTC day at most (failed ones count), 1 to 20; default 3."))] = 3
+
+    def domain(self) -> AutoTopUpSettings:
+        return AutoTopUpSettings(enabled=self.enabled, threshold_cents=self.threshold_cents,
+                                 amount_cents=self.amount_cents, max_per_day=self.max_per_day)
+
+
 class PutBillingSettings(Body):
-    model_config = examples({"lowBalanceCents": 1000}, {"lowBalanceCents": None})
+    model_config = examples(
+        {"lowBalanceCents": 1000},
+        {"autoTopUp": {"enabled": True, "thresholdCents": 500, "amountCents": 2000, "maxPerDay": 3}},
+        {"lowBalanceCents": None, "autoTopUp": None})
 
     low_balance_cents: Annotated[int | None, Field(ge=0, le=10**12, description=(
         "`balance.low` is sent when a debit takes the default account's balance from at or above this to below "
         "it; null: never. Left out: unchanged."))] = None
+    auto_top_up: Annotated[AutoTopUp | None, Field(description=(
+        "Auto top-up; null: not set up (off). Left out: unchanged."))] = None
 
 
 class CreateWebhookEndpoint(Body):

@@ -55,7 +55,16 @@ def spend_limit(s) -> dict:
 
 
 def billing_settings(s) -> dict:
-    return {"workspaceId": s.workspace_id, "lowBalanceCents": s.low_balance_cents, "autoTopUp": None}
+    return {"workspaceId": s.workspace_id, "lowBalanceCents": s.low_balance_cents,
+            "autoTopUp": auto_top_up(s.auto_top_up, s.card)}
+
+
+def auto_top_up(a, card) -> dict:
+    method = {"brand": card.brand, "last4": card.last4} if card and card.payment_method_id else None
+    if a is None:
+        return {"enabled": False, "thresholdCents": None, "amountCents": None, "maxPerDay": 3, "paymentMethod": method}
+    return {"enabled": a.enabled, "thresholdCents": a.threshold_cents, "amountCents": a.amount_cents,
+            "maxPerDay": a.max_per_day, "paymentMethod": method}
 
 
 def webhook_endpoint(e) -> dict:

@@ -1,7 +1,7 @@
 """Opaque, prefixed identifiers."""
 import uuid
 
-PREFIXES = ("usr", "ba", "ws", "op", "key", "chk", "grt", "hold")
+PREFIXES = ("usr", "ba", "ws", "op", "key", "chk", "grt", "hold", "atu")
 
 
 def new_id(prefix: str) -> str:

@@ -257,6 +257,48 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class AutoTopUpSettings:
+    """A workspace's auto top-up: when a debit leaves its default account below threshold_cents, charge the
+    account's saved card amount_cents, at most max_per_day times a UTC day."""
+
+    enabled: bool
+    threshold_cents: int
+    amount_cents: int
+    max_per_day: int = 3
+    failures_in_a_row: int = 0  # three turn it off
+
+
+@dataclass(frozen=True)
+class SavedCard:
+    """A billing account's Stripe Customer and the card saved on it for off-session payments (None until one is)."""
+
+    billing_account_id: str
+    customer_id: str
+    payment_method_id: str | None
+    brand: str | None
+    last4: str | None
+
+
+@dataclass(frozen=True)
+class AutoTopUp:
+    """One off-session payment an auto top-up makes; recorded with the debit that crossed the threshold."""
+
+    id: str
+    billing_account_id: str
+    workspace_id: str
+    trigger_entry_id: int
+    amount_cents: int
+    status: str  # pending | processing | succeeded | failed
+    payment_intent_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
 class WebhookEndpoint:
     id: str
     workspace_id: str

@@ -108,6 +108,16 @@ class DeliveryStatus(StrEnum):
 DELIVERY_STATUSES = tuple(status.value for status in DeliveryStatus)
 
 
+class AutoTopUpStatus(StrEnum):
+    PENDING = "pending"  # recorded; its PaymentIntent not made, or Stripe's answer not recorded yet
+    PROCESSING = "processing"  # the PaymentIntent is made: payment_intent.succeeded credits it
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+IN_FLIGHT = (AutoTopUpStatus.PENDING, AutoTopUpStatus.PROCESSING)
+
+
 class Task(StrEnum):
     """Celery task names: the domain sends them, tasks/ registers them, beat_schedule.py schedules them
     (tests/unit/test_task_names.py checks each is registered and none is spelled anywhere else)."""
@@ -121,6 +131,9 @@ class Task(StrEnum):
     RECONCILE_STRIPE = "payments.reconcile_stripe"
     SETTLE_X402 = "payments.settle_x402"
     RECONCILE_X402 = "payments.reconcile_x402"
+    CHARGE_AUTO_TOP_UP = "payments.charge_auto_top_up"
+    SAVE_CARD = "payments.save_card"
+    RELAY_AUTO_TOP_UPS = "payments.relay_auto_top_ups"
     EXPIRE_GRANTS = "ledger.expire_grants"
     EXPIRE_HOLDS = "ledger.expire_holds"
     RELAY_OUTBOX = "maintenance.relay_outbox"

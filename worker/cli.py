@@ -83,6 +83,9 @@ def _cmd_audit(args, s) -> int:
 
 def _cmd_relay(args, s) -> int:
     print(f"relayed {_services().relay.send_due()} operation(s)")
+    found = _services().auto_top_ups.relay(reconcile_after=timedelta(seconds=s.stripe_reconcile_after_seconds))
+    print(f"relayed {found['sent']} auto top-up(s) and {found['cards']} card save(s); "
+          f"{found['reconciled']} auto top-up(s) settled by asking Stripe")
     return 0
 
 
@@ -317,7 +320,8 @@ def parser() -> argparse.ArgumentParser:
                                          "Stripe refunds beyond a checkout, are printed without failing)")
     audit.add_argument("--stuck-after", type=int, default=600, help="seconds before an unfinished operation counts as stuck")
     audit.set_defaults(run=_cmd_audit)
-    sub.add_parser("relay", help="send unfinished operations to the queue once").set_defaults(run=_cmd_relay)
+    sub.add_parser("relay", help="send unfinished operations, auto top-ups and card saves to the queue once (beat: "
+                                 "every 10 s)").set_defaults(run=_cmd_relay)
     _operator_commands(sub)
     return p
 

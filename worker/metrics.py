@@ -120,6 +120,8 @@ def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float
             "billing_webhook_deliveries_pending": [({}, snapshot["webhooks_pending"])],
             "billing_webhook_oldest_pending_seconds": [({}, snapshot["webhooks_oldest_pending_seconds"])],
             "billing_webhook_overdue_seconds": [({}, snapshot["webhooks_overdue_seconds"])],
+            "billing_auto_top_ups": [({"status": status}, n) for status, n in snapshot["auto_top_ups"].items()],
+            "billing_auto_top_ups_oldest_in_flight_seconds": [({}, snapshot["auto_top_ups_oldest_in_flight_seconds"])],
         }
     depths = _queue_depths(broker_url)
     if depths is not None:

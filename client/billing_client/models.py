@@ -429,16 +429,51 @@ class PutSpendLimit(Model):
     alert_percents: Annotated[AlertPercents | None, Field(alias="alertPercents")] = None
 
 
+class AutoTopUp(Model):
+    enabled: bool
+    threshold_cents: Annotated[
+        int,
+        Field(
+            alias="thresholdCents",
+            description="A debit (usage, a hold's capture) that leaves the workspace's default account below this starts a top-up, while a card is saved for the account. 0 to 100,000,000.",
+            ge=0,
+            le=100000000,
+        ),
+    ]
+    amount_cents: Annotated[
+        int,
+        Field(
+            alias="amountCents",
+            description="What each top-up charges the saved card and credits: 500 to 1,000,000 cents.",
+            ge=500,
+            le=1000000,
+        ),
+    ]
+    max_per_day: Annotated[
+        int | None,
+        Field(
+            alias="maxPerDay",
+            description="Top-ups of the account started per UTC day at most (failed ones count), 1 to 20; default 3.",
+            ge=1,
+            le=20,
+        ),
+    ] = 3
+
+
+class PaymentMethod(Model):
+    brand: Annotated[
+        str | None,
+        Field(
+            description="The card's brand as Stripe names it: visa, mastercard, amex, ..."
+        ),
+    ]
+    last4: str | None
+
+
 class BillingSettings(Model):
     workspace_id: Annotated[str, Field(alias="workspaceId")]
     low_balance_cents: Annotated[int | None, Field(alias="lowBalanceCents")]
-    auto_top_up: Annotated[
-        None,
-        Field(
-            alias="autoTopUp",
-            description="Auto top-up's settings; null while it is not set up.",
-        ),
-    ]
+    auto_top_up: Annotated[AutoTopUp, Field(alias="autoTopUp")]
 
 
 class LowBalanceCents(RootModel[int]):
@@ -458,6 +493,13 @@ class PutBillingSettings(Model):
         Field(
             alias="lowBalanceCents",
             description="`balance.low` is sent when a debit takes the default account's balance from at or above this to below it; null: never. Left out: unchanged.",
+        ),
+    ] = None
+    auto_top_up: Annotated[
+        AutoTopUp | None,
+        Field(
+            alias="autoTopUp",
+            description="Auto top-up; null: not set up (off). Left out: unchanged.",
         ),
     ] = None
 
@@ -615,6 +657,13 @@ class CreateCheckoutSession(Model):
             pattern="^https?://[^\\s/?#]+[^\\s]*$",
         ),
     ]
+    save_payment_method: Annotated[
+        bool | None,
+        Field(
+            alias="savePaymentMethod",
+            description="Save the card paid with for auto top-ups: the session gets the billing account's Stripe Customer (made once) and `setup_future_usage: off_session`; once the payment is credited the card becomes the account's saved payment method (`autoTopUp.paymentMethod` of the billing settings).",
+        ),
+    ] = False
 
 
 class Checkout(Model):

@@ -1,4 +1,5 @@
-"""The Stripe gateway: Checkout Sessions and webhook verification through the official SDK."""
+"""The Stripe gateway: Checkout Sessions, Customers, saved cards, off-session PaymentIntents and webhook
+verification, through the official SDK."""
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 
 SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
                   "checkout.session.async_payment_failed", "checkout.session.expired")
+INTENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
 MAX_ID_LENGTH = 255
 # Stripe's events nest far less. The JSON parser recurses, and a library we load (py_ecc, under x402) lifts
 # the recursion limit so high that a deep enough body would overflow the C stack rather than raise.
@@ -32,6 +34,27 @@ class Session:
     currency: str | None
     payment_intent: str | None
     checkout_id: str | None  # our id, from client_reference_id
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A PaymentIntent, or what a declined confirmation told of it."""
+    id: str | None
+    status: str  # succeeded | processing | requires_payment_method | requires_action | canceled | ...
+    amount: int | None
+    currency: str | None
+    metadata: dict
+    failure_code: str | None = None  # card_declined, authentication_required, ...
+    failure_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Card:
+    """A saved card: the PaymentMethod and the Customer it is attached to."""
+    payment_method_id: str
+    customer_id: str | None
+    brand: str | None
+    last4: str | None
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,26 @@ def session_from_event(event: Event) -> Session:
     return _session(event.object)
 
 
+def _data(obj) -> dict:
+    return obj if isinstance(obj, dict) else obj.to_dict()
+
+
+def _intent(obj) -> Intent:
+    data = _data(obj)
+    error = data.get("last_payment_error") or {}
+    return Intent(id=data.get("id"), status=data.get("status") or "unknown", amount=data.get("amount"),
+                  currency=data.get("currency"), metadata=dict(data.get("metadata") or {}),
+                  failure_code=error.get("code"), failure_message=error.get("message"))
+
+
+def intent_from_event(event: Event) -> Intent:
+    return _intent(event.object)
+
+
+def _customer_id(obj) -> str:
+    return _data(obj)["id"]
+
+
 def _printable(value) -> bool:
     return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
 
@@ -70,11 +113,14 @@ _ID = (_printable, f"1 to {MAX_ID_LENGTH} printable characters")
 _CENTS = (_cents, "a whole number of cents, 0 or more")
 _OPTIONAL_CENTS = (lambda v: v is None or _cents(v), "a whole number of cents, 0 or more, or null")
 _OPTIONAL_STR = (_optional_str, "a string or null")
+_OPTIONAL_OBJECT = (lambda v: v is None or isinstance(v, dict), "a JSON object or null")
 _SESSION_FIELDS = {"id": _ID, "amount_total": _OPTIONAL_CENTS, "currency": _OPTIONAL_STR,
                    "client_reference_id": _OPTIONAL_STR, "payment_intent": _OPTIONAL_STR, "status": _OPTIONAL_STR,
                    "payment_status": _OPTIONAL_STR, "url": _OPTIONAL_STR}
 # The fields we read of the objects of the events we act on, with the types Stripe documents for them.
-OBJECT_FIELDS = dict.fromkeys(SESSION_EVENTS, _SESSION_FIELDS) | {
+_INTENT_FIELDS = {"id": _ID, "amount": _CENTS, "currency": _OPTIONAL_STR, "status": _OPTIONAL_STR,
+                  "metadata": _OPTIONAL_OBJECT, "last_payment_error": _OPTIONAL_OBJECT}
+OBJECT_FIELDS = dict.fromkeys(SESSION_EVENTS, _SESSION_FIELDS) | dict.fromkeys(INTENT_EVENTS, _INTENT_FIELDS) | {
     "charge.refunded": {"id": _ID, "amount_refunded": _CENTS, "payment_intent": _OPTIONAL_STR}}
 
 
@@ -143,6 +189,13 @@ def _timed_out(exc: Exception) -> bool:
     return isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
 
 
+def configured(gateway: "StripeGateway | None") -> "StripeGateway":
+    """The gateway of a deployment that configured Stripe; else ProviderError (503) naming the setting."""
+    if gateway is None:
+        raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
+    return gateway
+
+
 class StripeGateway:
     def __init__(self, api_key: str, webhook_secret: str | None, api_base: str | None = None,
                  timeout_seconds: float = 10) -> None:
@@ -152,14 +205,17 @@ class StripeGateway:
         self._webhook_secret = webhook_secret
 
     def create_session(self, *, checkout_id: str, workspace_id: str, billing_account_id: str,
-                       amount_cents: int, success_url: str, cancel_url: str) -> Session:
-        """One Checkout Session per checkout: our id is the idempotency key, so a retry is the same session."""
+                       amount_cents: int, success_url: str, cancel_url: str, customer_id: str | None = None) -> Session:
+        """One Checkout Session per checkout: our id is the idempotency key, so a retry is the same session.
+        With a customer, the card paid with is saved on it for off-session payments."""
         metadata = {"checkout_id": checkout_id, "workspace_id": workspace_id,
                     "billing_account_id": billing_account_id}
+        saving = {"setup_future_usage": "off_session"} if customer_id else {}
         params = {
             "mode": "payment", "client_reference_id": checkout_id, "metadata": metadata,
             "success_url": success_url, "cancel_url": cancel_url,
-            "payment_intent_data": {"metadata": metadata},
+            "payment_intent_data": {"metadata": metadata, **saving},
+            **({"customer": customer_id} if customer_id else {}),
             "line_items": [{"quantity": 1, "price_data": {
                 "currency": CURRENCY, "unit_amount": amount_cents,
                 "product_data": {"name": "Billing credit top-up"}}}],
@@ -172,6 +228,48 @@ class StripeGateway:
 
     def expire_session(self, session_id: str) -> Session:
         return self._call(lambda: self._client.v1.checkout.sessions.expire(session_id))
+
+    def create_customer(self, billing_account_id: str) -> str:
+        """The billing account's Stripe Customer; the account id is the idempotency key, so racing callers get one."""
+        params = {"description": f"billing account {billing_account_id}",
+                  "metadata": {"billing_account_id": billing_account_id}}
+        return self._call(lambda: self._client.v1.customers.create(
+            params=params, options={"idempotency_key": f"customer-{billing_account_id}"}), _customer_id)
+
+    def card_of_payment(self, payment_intent_id: str) -> Card | None:
+        """The card a payment was made with (None when it has no card): its PaymentIntent, then its PaymentMethod."""
+        intent = self._call(lambda: self._client.v1.payment_intents.retrieve(payment_intent_id), _data)
+        method_id = intent.get("payment_method")
+        method_id = method_id if isinstance(method_id, str) or method_id is None else method_id.get("id")
+        if method_id is None:
+            return None
+        method = self._call(lambda: self._client.v1.payment_methods.retrieve(method_id), _data)
+        card = method.get("card") or {}
+        customer = method.get("customer") or intent.get("customer")
+        return Card(payment_method_id=method_id, brand=card.get("brand"), last4=card.get("last4"),
+                    customer_id=customer if isinstance(customer, str) or customer is None else customer.get("id"))
+
+    def charge_off_session(self, *, customer_id: str, payment_method_id: str, amount_cents: int,
+                           idempotency_key: str, metadata: dict) -> Intent:
+        """Confirm a PaymentIntent on a saved card without the payer present. A decline (card_declined,
+        authentication_required, ...) is an Intent that failed, not an error: Stripe answers 402 and tells why."""
+        params = {"amount": amount_cents, "currency": CURRENCY, "customer": customer_id,
+                  "payment_method": payment_method_id, "confirm": True, "off_session": True, "metadata": metadata,
+                  "description": "Auto top-up"}
+        try:
+            return self._call(lambda: self._client.v1.payment_intents.create(
+                params=params, options={"idempotency_key": idempotency_key}), _intent)
+        except ProviderError as exc:
+            declined = exc.__cause__
+            if not isinstance(declined, stripe.CardError):
+                raise
+            found = _intent(declined.error.payment_intent) if declined.error.payment_intent else None
+            return Intent(id=found.id if found else None, status=found.status if found else "requires_payment_method",
+                          amount=amount_cents, currency=CURRENCY, metadata=metadata,
+                          failure_code=declined.code or "card_error", failure_message=declined.user_message)
+
+    def retrieve_intent(self, payment_intent_id: str) -> Intent:
+        return self._call(lambda: self._client.v1.payment_intents.retrieve(payment_intent_id), _intent)
 
     def parse_event(self, payload: bytes, signature: str | None) -> Event:
         """Verify Stripe-Signature over the raw bytes (default 300 s tolerance), then read the event: a
@@ -197,11 +295,11 @@ class StripeGateway:
         return _event(data)
 
     @staticmethod
-    def _call(request) -> Session:
-        """One SDK call. A failure's detail names Stripe only: the SDK's message may carry an address (a proxy's,
-        a stand-in's); the log keeps it whole."""
+    def _call(request, convert=_session):
+        """One SDK call, its answer converted. A failure's detail names Stripe only: the SDK's message may carry
+        an address (a proxy's, a stand-in's); the log keeps it whole."""
         try:
-            return _session(request())
+            return convert(request())
         except stripe.StripeError as exc:
             log.warning("a Stripe request failed: %s: %s", type(exc).__name__, exc)
             if isinstance(exc, stripe.APIConnectionError):

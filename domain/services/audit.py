@@ -11,7 +11,8 @@ class AuditService:
 
     def problems(self, *, stuck_after: timedelta = timedelta(minutes=10)) -> list[str]:
         """One line per broken invariant (balance != entries, a broken chain, balance != active grants while
-        >= 0, a credit without its grant, a grant's draws that do not add up, a stuck operation)."""
+        >= 0, a credit without its grant, a grant's draws that do not add up, a stuck operation, an auto top-up
+        credited other than once exactly when it succeeded, or stuck in flight)."""
         with self._ctx.uow() as uow:
             return audit.problems(uow.conn, stuck_after=stuck_after)
 

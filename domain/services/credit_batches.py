@@ -20,10 +20,10 @@ from domain.errors import DomainError, Unavailable
 from domain.grants import DEFAULT_PRIORITY, Terms
 from domain.models import Entry, Operation
 from domain.names import EntryKind, GrantCategory, GrantSource, OperationStatus, Task
-from domain.services import grants, holds
+from domain.services import auto_top_ups, grants, holds
 from domain.services.context import Context
 from domain.store import batch, ledger, operations, usage
-from domain.store.uow import Connection, StoreError
+from domain.store.uow import Connection, StoreError, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,11 @@ class CreditBatches:
         """Queued credits no other transaction holds, to apply in `op`'s batch."""
         return operations.claim_queued(conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE - 1, but=[op.id])
 
-    def apply_in(self, conn: Connection, claimed: list[Operation]) -> BatchOutcome:
+    def apply_in(self, uow: UnitOfWork, claimed: list[Operation]) -> BatchOutcome:
         """Post the claimed (locked) credits whose accounts no other transaction holds, mark them succeeded
-        (or failed, refused) and store their accounts' tiers, in this transaction."""
+        (or failed, refused) and store their accounts' tiers, in this transaction (a capture that leaves its
+        account below its workspace's auto top-up threshold records a top-up in it too)."""
+        conn = uow.conn
         locked = batch.lock_free_accounts(conn, list({o.billing_account_id for o in claimed if o.billing_account_id}))
         ready = [op for op in claimed if op.billing_account_id in locked]
         # A capture counts as its workspace's spending, which usage batches and holds serialize on: its lock is
@@ -69,6 +71,8 @@ class CreditBatches:
         for op in ready:
             try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
                 results[op.id] = self._apply_one(conn, op, posted)
+                if results[op.id].get("capturedCents"):
+                    auto_top_ups.after_debit(uow, self._ctx, op.billing_account_id, op.workspace_id)
             except Unavailable:
                 raise
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
@@ -96,7 +100,7 @@ class CreditBatches:
                 with self._ctx.uow() as uow:
                     claimed = operations.claim_queued(uow.conn, kinds=BATCHED_KINDS, limit=BATCH_SIZE,
                                                       but=[*drained.passed_over, *drained.broken])
-                    drained.passed_over |= self.apply_in(uow.conn, claimed).left_queued
+                    drained.passed_over |= self.apply_in(uow, claimed).left_queued
                     uow.commit()
             except StoreError as exc:  # a database that cannot be reached leaves the unit of work as Unavailable
                 if not claimed:
@@ -118,7 +122,7 @@ class CreditBatches:
                 with self._ctx.uow() as uow:
                     op = operations.get(uow.conn, operation_id, for_update=True, unfinished=True)
                     if op is not None:
-                        drained.passed_over |= self.apply_in(uow.conn, [op]).left_queued
+                        drained.passed_over |= self.apply_in(uow, [op]).left_queued
                     uow.commit()
             except StoreError as exc:
                 log.warning("operation %s failed alone (%s)", operation_id, exc)

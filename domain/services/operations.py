@@ -14,7 +14,7 @@ from domain.grants import Terms
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Operation
 from domain.names import FINISHED, GrantSource, OperationStatus, Task
-from domain.services import access, grants, holds, rate_limits, usage
+from domain.services import access, auto_top_ups, grants, holds, rate_limits, usage
 from domain.services.context import Context
 from domain.services.credit_batches import BATCHED_KINDS, CreditBatches
 from domain.services.idempotency import Claim, IdempotencyService, Replay
@@ -24,6 +24,7 @@ from domain.store.uow import StoreError, transient_cause
 log = logging.getLogger(__name__)
 
 MOVES_MONEY = ("credit", "usage", holds.CAPTURE)  # kinds after which the account's rate-limit tier is recomputed
+DEBITS = ("usage", holds.CAPTURE)  # kinds whose debit may leave the balance below a workspace's auto top-up threshold
 RETRY_BASE_SECONDS = 1.0  # an attempt stopped by a transient cause is retried after 1, 2, 4, ... seconds
 RETRY_MAX_SECONDS = 300.0
 
@@ -105,7 +106,7 @@ class OperationService:
                 operations.set_status(uow.conn, operation_id, OperationStatus.RUNNING)
                 uow.commit()
                 return FirstStep(apply_alone=True, drain=False)
-            outcome = self._batches.apply_in(uow.conn, [op, *([] if alone else self._batches.claim_others(uow.conn, op))])
+            outcome = self._batches.apply_in(uow, [op, *([] if alone else self._batches.claim_others(uow.conn, op))])
             applied = op.id in outcome.finished
             if not applied:
                 operations.set_status(uow.conn, operation_id, OperationStatus.RUNNING)
@@ -126,6 +127,8 @@ class OperationService:
                 refusal = exc
             else:
                 operations.set_status(uow.conn, operation_id, OperationStatus.SUCCEEDED, result=result)
+                if op.kind in DEBITS and (result.get("debitedCents") or result.get("capturedCents")):
+                    auto_top_ups.after_debit(uow, self._ctx, op.billing_account_id, op.workspace_id)
                 if op.kind in MOVES_MONEY and op.kind not in BATCHED_KINDS:
                     uow.after_commit(lambda: self._ctx.enqueue(Task.RECOMPUTE_TIER,
                                                                account_id=op.billing_account_id))

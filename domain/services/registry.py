@@ -1,6 +1,7 @@
 """All services, built once from one context."""
 from domain.providers.webhook_sender import WebhookSender
 from domain.services.audit import AuditService
+from domain.services.auto_top_ups import AutoTopUpService
 from domain.services.billing_settings import BillingSettingsService
 from domain.services.checkouts import CheckoutService
 from domain.services.context import Context
@@ -39,6 +40,7 @@ class Services:
         self.audit = AuditService(ctx)
         self.checkouts = CheckoutService(ctx)
         self.stripe = StripeCheckoutService(ctx)
+        self.auto_top_ups = AutoTopUpService(ctx)
         self.usage = UsageService(ctx)
         self.rate_limits = RateLimitService(ctx)
         self.x402 = X402CheckoutService(ctx)

@@ -1,7 +1,7 @@
 """What operators watch: unfinished operations (the outbox), checkouts by provider and state, pending webhook
-deliveries, and the age of the oldest of each."""
+deliveries, auto top-ups by state, and the age of the oldest of each."""
 from domain.services.context import Context
-from domain.store import stats, webhooks
+from domain.store import auto_top_ups, stats, webhooks
 
 
 class StatsService:
@@ -15,4 +15,6 @@ class StatsService:
                     "oldest_unfinished_seconds": stats.oldest_unfinished_seconds(uow.conn),
                     "oldest_pending_checkouts": stats.oldest_pending_checkouts(uow.conn),
                     "webhooks_pending": pending, "webhooks_oldest_pending_seconds": oldest,
-                    "webhooks_overdue_seconds": max(overdue, 0.0)}
+                    "webhooks_overdue_seconds": max(overdue, 0.0),
+                    "auto_top_ups": auto_top_ups.counts(uow.conn),
+                    "auto_top_ups_oldest_in_flight_seconds": auto_top_ups.oldest_in_flight_seconds(uow.conn)}

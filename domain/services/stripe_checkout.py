@@ -3,15 +3,15 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-from domain.errors import DomainError, InvalidEvent, ProviderError, Unavailable
+from domain.errors import DomainError, InvalidEvent, Unavailable
 from domain.grants import PAID
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Checkout
 from domain.money import CURRENCY
 from domain.names import CheckoutStatus, EntryKind, GrantSource, Task
-from domain.providers.stripe_gateway import (SESSION_EVENTS, Event, Session, StripeGateway, check_object,
-                                             session_from_event)
-from domain.services import access, credit_batches, grants
+from domain.providers.stripe_gateway import (INTENT_EVENTS, SESSION_EVENTS, Event, Session, StripeGateway,
+                                             check_object, configured, intent_from_event, session_from_event)
+from domain.services import access, auto_top_ups, credit_batches, grants
 from domain.services.context import Context
 from domain.store import checkouts, ledger, stripe_events
 from domain.store.uow import Connection, StoreError
@@ -43,13 +43,12 @@ class StripeCheckoutService:
 
     @property
     def _stripe(self) -> StripeGateway:
-        if self._ctx.stripe is None:
-            raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
-        return self._ctx.stripe
+        return configured(self._ctx.stripe)
 
     def create(self, caller: Caller, workspace_id: str, amount_cents: int, success_url: str, cancel_url: str,
-               idempotency_scope: str | None) -> Checkout:
+               idempotency_scope: str | None, *, save_payment_method: bool = False) -> Checkout:
         """Record a pending checkout, then create its session (Stripe's idempotency key is the checkout id).
+        Saving the payment method, the session gets the account's Stripe Customer and saves the card on it.
 
         A Stripe failure closes the checkout as failed, except under an Idempotency-Key: the retry finds
         the same checkout by its scope and asks Stripe again under the same key, so a session Stripe made
@@ -62,15 +61,18 @@ class StripeCheckoutService:
                 uow.conn, checkout_id=new_id("chk"), provider="stripe", workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id, amount_cents=amount_cents,
                 created_by=caller.name, idempotency_scope=idempotency_scope,
-                details={"successUrl": success_url, "cancelUrl": cancel_url})
+                details={"successUrl": success_url, "cancelUrl": cancel_url,
+                         **({"savePaymentMethod": True} if save_payment_method else {})})
             uow.commit()
         if not created and (checkout.provider_ref or checkout.status != CheckoutStatus.PENDING):
             return checkout
         try:
+            customer_id = auto_top_ups.ensure_customer(self._ctx, stripe, checkout.billing_account_id) \
+                if checkout.details.get("savePaymentMethod") else None
             session = stripe.create_session(checkout_id=checkout.id, workspace_id=checkout.workspace_id,
                                             billing_account_id=checkout.billing_account_id,
                                             amount_cents=amount_cents, success_url=success_url,
-                                            cancel_url=cancel_url)
+                                            cancel_url=cancel_url, customer_id=customer_id)
         except DomainError as exc:
             if idempotency_scope is None:
                 self._close(checkout.id, CheckoutStatus.FAILED, f"creating the Stripe session failed: {exc.detail}")
@@ -159,6 +161,8 @@ class StripeCheckoutService:
             return "malformed"
         if event.type == "charge.refunded":
             return self._refund(uow, event.object)
+        if event.type in INTENT_EVENTS:
+            return auto_top_ups.apply_intent_event(uow, self._ctx, intent_from_event(event))
         if event.type not in SESSION_EVENTS:
             return "ignored"
         session = session_from_event(event)
@@ -174,12 +178,19 @@ class StripeCheckoutService:
             return "awaiting_payment"
         outcome = self._credit(uow.conn, checkout, session)
         if outcome == "credited":
-            self._tier_changes(uow, checkout.billing_account_id)
+            self._credited(uow, checkout)
         return outcome
 
     def _tier_changes(self, uow, account_id: str) -> None:
         """Money moved: the account's rate-limit tier, from this transaction's snapshot."""
         credit_batches.store_tiers(uow.conn, self._ctx.config.tiers, {account_id})
+
+    def _credited(self, uow, checkout: Checkout) -> None:
+        """A checkout was credited: its account's tier changes, and the card it asked to save is read from Stripe
+        (the relay asks again if this message is lost)."""
+        self._tier_changes(uow, checkout.billing_account_id)
+        if checkout.details.get("savePaymentMethod"):
+            uow.after_commit(lambda: self._ctx.enqueue(Task.SAVE_CARD, checkout_id=checkout.id))
 
     @staticmethod
     def _checkout_of(conn: Connection, session: Session) -> Checkout | None:
@@ -286,7 +297,7 @@ class StripeCheckoutService:
             checkout = checkouts.get(uow.conn, checkout_id, for_update=True)
             if session.status == "complete" and session.payment_status == "paid":
                 if self._credit(uow.conn, checkout, session) == "credited":
-                    self._tier_changes(uow, checkout.billing_account_id)
+                    self._credited(uow, checkout)
             elif session.status == "expired":
                 self._set_closed(uow.conn, checkout, CheckoutStatus.EXPIRED, "the Stripe session expired")
             uow.commit()

@@ -67,6 +67,22 @@ ORDER BY h.billing_account_id, h.id
 """)
 
 
+# An auto top-up is credited exactly when it succeeded: one stripe_topup entry of its amount under its key.
+_TOP_UP_MISMATCH = text("""
+SELECT t.billing_account_id, t.id, t.status, e.amount_cents FROM auto_top_ups t
+LEFT JOIN ledger_entries e ON e.billing_account_id = t.billing_account_id AND e.idempotency_key = 'auto_top_up:' || t.id
+WHERE (t.status = 'succeeded') <> (e.id IS NOT NULL)
+   OR (e.id IS NOT NULL AND (e.amount_cents <> t.amount_cents OR e.kind <> 'stripe_topup'))
+ORDER BY t.billing_account_id, t.id
+""")
+
+_TOP_UP_STUCK = text("""
+SELECT billing_account_id, id, status FROM auto_top_ups
+WHERE status IN ('pending', 'processing') AND created_at < now() - :older_than
+ORDER BY billing_account_id, id
+""")
+
+
 def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
     """One line per broken invariant; empty when the ledger is sound."""
     found = [f"account {row.id}: cached balance {row.balance_cents} != sum of entries {row.total}"
@@ -85,6 +101,10 @@ def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
               for row in conn.execute(_CAPTURE_MISMATCH)]
     found += [f"operation {op_id}: unfinished for more than {stuck_after}"
               for op_id in operations.stuck(conn, older_than=stuck_after)]
+    found += [f"auto top-up {row.id} of account {row.billing_account_id}: {row.status} but credited "
+              f"{row.amount_cents or 0} cents" for row in conn.execute(_TOP_UP_MISMATCH)]
+    found += [f"auto top-up {row.id} of account {row.billing_account_id}: {row.status} for more than {stuck_after}"
+              for row in conn.execute(_TOP_UP_STUCK, {"older_than": stuck_after})]
     return found
 
 

@@ -1,7 +1,7 @@
 """Checkout SQL, shared by the Stripe and x402 flows."""
 from datetime import timedelta
 
-from sqlalchemy import Connection, func, select, tuple_, update
+from sqlalchemy import Connection, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain import views
@@ -101,3 +101,20 @@ def by_payment_intent(conn: Connection, payment_intent: str, *, for_update: bool
 def age(conn: Connection, checkout: Checkout) -> timedelta:
     """How long ago the checkout was created, by the database's clock (which set created_at)."""
     return conn.execute(select(func.now())).scalar_one() - checkout.created_at
+
+
+def cards_to_save(conn: Connection, *, older_than: timedelta, limit: int = 500) -> list[str]:
+    """Completed Stripe checkouts that asked to save their card and whose card is not saved yet, untouched for
+    `older_than` (the predicate of the checkouts_card_to_save index); locked, others' skipped."""
+    query = text("""
+    SELECT id FROM checkouts
+    WHERE provider = 'stripe' AND status = 'completed' AND details ? 'savePaymentMethod' AND NOT details ? 'card'
+      AND updated_at < now() - :older_than
+    ORDER BY completed_at LIMIT :limit FOR UPDATE SKIP LOCKED""")
+    return list(conn.execute(query, {"older_than": older_than, "limit": limit}).scalars())
+
+
+def touch(conn: Connection, checkout_ids: list[str]) -> None:
+    """Their messages were sent again: left alone for a while."""
+    if checkout_ids:
+        conn.execute(update(checkouts).where(_c.id.in_(checkout_ids)).values(updated_at=func.now()))

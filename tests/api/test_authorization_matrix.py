@@ -33,7 +33,7 @@ MISSING = {"ws": "ws_" + "0" * 32, "ba": "ba_" + "0" * 32, "op": "op_" + "0" * 3
 # What a refused request must leave as it was: rows of these tables, and holds settled or captured.
 WRITE_TABLES = (*TABLES, "checkouts", "grants", "holds", "spend_limits", "billing_settings", "webhook_endpoints",
                 "webhook_endpoints WHERE deleted_at IS NOT NULL", "webhook_deliveries WHERE enqueued_at IS NOT NULL", "holds WHERE settled_at IS NOT NULL",
-                "holds WHERE capture_operation_id IS NOT NULL")
+                "holds WHERE capture_operation_id IS NOT NULL", "stripe_customers", "auto_top_ups")
 
 
 @dataclass
@@ -155,7 +155,8 @@ ENDPOINTS = [
              _json({"monthlyLimitCents": None})),
     Endpoint("GET", WS + "/billing/settings",                          (401, 401, 401, 404, 200, 200, 200, 200)),
     Endpoint("PUT", WS + "/billing/settings",                          (401, 401, 401, 404, 403, 200, 200, 403),
-             _json({"lowBalanceCents": 100})),
+             _json({"lowBalanceCents": 100,
+                    "autoTopUp": {"enabled": True, "thresholdCents": 100, "amountCents": 500}})),
     Endpoint("POST", WS + "/billing/credits",                          (401, 401, 401, 404, 403, 403, 403, 202),
              _json({"amountCents": 100})),
     Endpoint("POST", WS + "/billing/usage",                            (401, 401, 401, 404, 403, 403, 403, 202),
@@ -166,7 +167,7 @@ ENDPOINTS = [
     Endpoint("POST", WS + "/rate-limits/check",                        (401, 401, 401, 404, 403, 403, 403, 200),
              _json({"cost": 1})),
     Endpoint("POST", WS + "/billing/checkout",                         (401, 401, 401, 404, 403, 201, 201, 403),
-             _json(CHECKOUT)),
+             _json(CHECKOUT | {"savePaymentMethod": True})),
     # 402 is the unpaid request's answer: the terms to pay; a paid one answers 202 (tests/api/test_x402_checkout.py)
     Endpoint("POST", WS + "/billing/checkout/x402",                    (401, 401, 401, 404, 403, 402, 402, 403),
              _json({"amountCents": 500})),

@@ -6,7 +6,9 @@ def test_low_balance_is_set_read_kept_when_left_out_and_cleared_with_null(api):
     owner = api.new_user()
     ws = api.new_workspace(owner)["id"]
     path = f"/workspaces/{ws}/billing/settings"
-    assert api.call("GET", path, owner.key).json == {"workspaceId": ws, "lowBalanceCents": None, "autoTopUp": None}
+    not_set_up = {"enabled": False, "thresholdCents": None, "amountCents": None, "maxPerDay": 3, "paymentMethod": None}
+    assert api.call("GET", path, owner.key).json == {"workspaceId": ws, "lowBalanceCents": None,
+                                                     "autoTopUp": not_set_up}
     assert api.call("PUT", path, owner.key, json={"lowBalanceCents": 250}).json["lowBalanceCents"] == 250
     assert api.call("PUT", path, owner.key, json={}).json["lowBalanceCents"] == 250
     assert api.call("GET", path, owner.key).json["lowBalanceCents"] == 250
