@@ -13,3 +13,4 @@ def test_an_instant_is_written_in_utc_with_milliseconds_and_z():
 def test_the_year_always_has_four_digits_at_both_ends_of_the_range():
     assert rfc3339(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000Z"
     assert rfc3339(LATEST) == "9999-12-31T23:59:59.999Z"
+
