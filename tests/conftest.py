@@ -129,3 +129,11 @@ def _process_logs(request):
     yield
     if stack is not None:
         print(stack.logs())
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver in this process (tests/standins/webhook_receiver.py) on a loopback port."""
+    from tests.standins.webhook_receiver import WebhookReceiver
+    with WebhookReceiver() as receiver:
+        yield receiver

@@ -28,12 +28,6 @@ CONFIG = Config(webhooks_allow_private=True, webhook_retry_scale=0.001, webhook_
 
 
 @pytest.fixture
-def receiver():
-    with WebhookReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
 def hooks(engine):
     queue = RecordingQueue()
     services = Services(Context(uow=lambda: UnitOfWork(engine), enqueue=queue, config=CONFIG))

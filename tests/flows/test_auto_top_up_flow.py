@@ -29,12 +29,6 @@ def stack(database_url, tmp_path_factory, stripe_api):
         stack.stop()
 
 
-@pytest.fixture
-def receiver():
-    with WebhookReceiver() as receiver:
-        yield receiver
-
-
 def subscribe(stack, owner, ws, receiver: WebhookReceiver) -> str:
     """A webhook endpoint of the workspace for the auto top-up events, at the receiver; its secret."""
     created = stack.api.call("POST", f"/workspaces/{ws['id']}/webhook-endpoints", owner.key,

@@ -33,12 +33,6 @@ def stack(database_url, tmp_path_factory, stripe_api, facilitator):
         stack.stop()
 
 
-@pytest.fixture
-def receiver():
-    with WebhookReceiver() as receiver:
-        yield receiver
-
-
 def _subscribed(api, receiver: WebhookReceiver, events: list[str]):
     owner = api.new_user()
     ws = api.new_workspace(owner)["id"]
