@@ -4,25 +4,17 @@ from datetime import timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, func, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain.store.tables import stripe_events
 
 _e = stripe_events.c
 
 
-def insert_event(conn: Connection, event_id: str, event_type: str, payload: dict) -> bool:
-    """Store; False when this event id was stored before."""
-    stmt = (pg_insert(stripe_events).values(id=event_id, type=event_type, payload=payload)
-            .on_conflict_do_nothing().returning(_e.id))
-    return conn.execute(stmt).first() is not None
-
-
 _STORE = "INSERT INTO stripe_events (id, type, payload) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING id"
 
 
 def store(driver: psycopg.Connection, event_id: str, event_type: str, payload: dict) -> bool:
-    """insert_event in one prepared statement on the driver (the webhook's hot path)."""
+    """Store an event once per id, in one prepared statement on the driver; False when it was stored before."""
     return driver.execute(_STORE, (event_id, event_type, Jsonb(payload)), prepare=True).fetchone() is not None
 
 

@@ -60,7 +60,7 @@ def test_a_stripe_top_up_moves_a_free_workspace_to_tier1_once_the_worker_recompu
         checkouts.insert_checkout(uow.conn, checkout_id=checkout_id, provider="stripe", workspace_id=ws["id"],
                                   billing_account_id=ws["defaultBillingAccountId"], amount_cents=500,
                                   created_by=owner.id)
-        stripe_events.insert_event(uow.conn, event_id, "checkout.session.completed", {"object": session})
+        stripe_events.store(uow.driver, event_id, "checkout.session.completed", {"object": session})
         uow.commit()
 
     assert payments.stripe.apply_event(event_id) == "credited"
