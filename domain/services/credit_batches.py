@@ -2,9 +2,9 @@
 
 The task of one credit (or capture) also claims other queued ones that no other transaction holds (FOR UPDATE
 SKIP LOCKED), locks their accounts (and a capture's workspace) without waiting on any, and posts every credit
-and capture whose locks it took, marks them succeeded and stores their accounts' tiers, all in one transaction. Then it drains: the next
-batches, each in its own transaction, until no credit is queued, so a backlog is applied at the pace of
-the database rather than of the messages. A message is thus a wake-up: the API merges the messages of
+and capture whose locks it took, marks them succeeded and stores their accounts' tiers, all in one transaction.
+Then it drains: the next batches, each in its own transaction, until none is queued, so a backlog is applied
+at the pace of the database rather than of the messages. A message is thus a wake-up: the API merges the messages of
 many credits into one (worker.wakeups), and a drain that stops with credits still queued (out of time, or
 their accounts locked elsewhere) sends one more message for them. An attempt of a batched credit is
 counted when it is applied (a batch that fails or dies rolls back whole); a batch failing on a database
@@ -69,7 +69,7 @@ class CreditBatches:
         results: dict[str, dict] = {}
         refused: list[str] = []
         for op in ready:
-            try:  # one the batch did not post (posted before, or no account): the one-by-one way tells
+            try:  # a capture, or a credit the batch did not post (posted before, no account): one by one
                 results[op.id] = self._apply_one(conn, op, posted)
                 if results[op.id].get("capturedCents"):
                     auto_top_ups.after_debit(uow, self._ctx, op.billing_account_id, op.workspace_id)

@@ -116,8 +116,9 @@ FROM hold LEFT JOIN queued ON true
 """)
 
 
-def queue_capture(driver: psycopg.Connection, workspace_id: str, hold_id: str, captured_cents: int, *, operation_id: str,
-                  kind: str, caller: str, trace_parent: str | None) -> tuple[Hold | None, Operation | None]:
+def queue_capture(driver: psycopg.Connection, workspace_id: str, hold_id: str, captured_cents: int, *,
+                  operation_id: str, kind: str, caller: str,
+                  trace_parent: str | None) -> tuple[Hold | None, Operation | None]:
     """Queue the hold's capture of `captured_cents` (0: a release) as an operation and mark the hold: the hold as
     it was, and the operation; no operation when it cannot be captured (see the hold), no hold when there is none."""
     row = driver.cursor(row_factory=dict_row).execute(_QUEUE_CAPTURE, {
