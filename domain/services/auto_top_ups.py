@@ -53,13 +53,20 @@ def credit_key(top_up_id: str) -> str:
     return f"auto_top_up:{top_up_id}"
 
 
-def after_debit(uow: UnitOfWork, ctx: Context, account_id: str, workspace_id: str) -> AutoTopUp | None:
+def after_debit(uow: UnitOfWork, ctx: Context, account_id: str, workspace_id: str) -> None:
     """In the transaction of a debit of the workspace that holds the account's row: record a top-up when one is
     due, and queue its charge once that transaction commits."""
-    top_up = store.record_if_due(uow.conn, account_id, workspace_id, new_id("atu"))
-    if top_up is not None:
-        uow.after_commit(lambda: ctx.enqueue(Task.CHARGE_AUTO_TOP_UP, account_id=account_id, top_up_id=top_up.id))
-    return top_up
+    after_debits(uow, ctx, {(account_id, workspace_id)})
+
+
+def after_debits(uow: UnitOfWork, ctx: Context, debited: set[tuple[str, str]]) -> None:
+    """after_debit() for the (account id, workspace id) of many debits in this transaction, in one statement."""
+    if not debited:
+        return
+    recorded = store.record_if_due(uow.conn, [(account, workspace, new_id("atu")) for account, workspace in debited])
+    for top_up in recorded:
+        uow.after_commit(lambda t=top_up: ctx.enqueue(Task.CHARGE_AUTO_TOP_UP, account_id=t.billing_account_id,
+                                                      top_up_id=t.id))
 
 
 def ensure_customer(ctx: Context, stripe: StripeGateway, account_id: str) -> str:

@@ -64,15 +64,16 @@ class CreditBatches:
         spenders = usage.lock_free_workspaces(conn, list({op.workspace_id for op in ready if op.kind == holds.CAPTURE}))
         ready = [op for op in ready if op.kind != holds.CAPTURE or op.workspace_id in spenders]
         credits = [op for op in ready if op.kind != holds.CAPTURE]
-        posted = ledger.post_credits(conn, [_credit(op) for op in credits], kind=EntryKind.CREDIT_GRANT)
+        captures = [op for op in ready if op.kind == holds.CAPTURE]
+        posted = ledger.post_many(conn, [_credit(op) for op in credits], kind=EntryKind.CREDIT_GRANT)
         grants.open_grants(conn, [(posted[f"op:{op.id}"], terms_of(op)) for op in credits if f"op:{op.id}" in posted])
-        results: dict[str, dict] = {}
+        results: dict[str, dict] = holds.apply_captures(conn, captures, self._ctx.ids)
+        auto_top_ups.after_debits(uow, self._ctx, {(op.billing_account_id, op.workspace_id) for op in captures
+                                                   if results[op.id]["capturedCents"]})
         refused: list[str] = []
-        for op in ready:
-            try:  # a capture, or a credit the batch did not post (posted before, no account): one by one
-                results[op.id] = self._apply_one(conn, op, posted)
-                if results[op.id].get("capturedCents"):
-                    auto_top_ups.after_debit(uow, self._ctx, op.billing_account_id, op.workspace_id)
+        for op in credits:
+            try:  # a credit the batch did not post (posted before, no account): one by one
+                results[op.id] = self.result_of(op, posted.get(f"op:{op.id}") or self.post_one(conn, op))
             except Unavailable:
                 raise
             except DomainError as exc:  # a business refusal: recorded with the others, never retried
@@ -82,11 +83,6 @@ class CreditBatches:
         operations.succeed_many(conn, results)
         self.store_tiers(conn, {results[i]["billingAccountId"] for i in results})
         return BatchOutcome([*results, *refused], {op.id for op in claimed} - {op.id for op in ready})
-
-    def _apply_one(self, conn: Connection, op: Operation, posted: dict[str, Entry]) -> dict:
-        if op.kind == holds.CAPTURE:
-            return holds.apply_capture(conn, op, self._ctx.ids, locked=True)
-        return self.result_of(op, posted.get(f"op:{op.id}") or self.post_one(conn, op))
 
     def drain(self, woken_by: str, passed_over: set[str]) -> None:
         """Apply the queued credits, a batch per transaction, until none is left or DRAIN_SECONDS pass,
@@ -162,7 +158,7 @@ def terms_of(op: Operation) -> Terms:
                  op.payload.get("priority", DEFAULT_PRIORITY), datetime.fromisoformat(expires_at) if expires_at else None)
 
 
-def _credit(op: Operation) -> ledger.Credit:
-    return ledger.Credit(op.billing_account_id, op.payload["amountCents"], f"op:{op.id}",
+def _credit(op: Operation) -> ledger.NewEntry:
+    return ledger.NewEntry(op.billing_account_id, op.payload["amountCents"], f"op:{op.id}",
                          workspace_id=op.workspace_id,
                          description=op.payload.get("description") or "Credit grant", reference=op.id)

@@ -50,6 +50,11 @@ def drawn(conn: Connection, account_id: str, cents: int, last_entry_id: int) -> 
         grants.draw(conn, account_id, cents, last_entry_id)
 
 
+def draw_each(conn: Connection, debits: list[Entry]) -> None:
+    """Draw debit entries posted in this transaction (a batch), each from its account's grants in entry order."""
+    grants.draw_many(conn, [(e.billing_account_id, -e.amount_cents, e.id) for e in debits])
+
+
 class GrantService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx

@@ -145,25 +145,39 @@ class HoldService:
         return found
 
 
-def apply_capture(conn: Connection, op: Operation, ids: PublicIds, *, locked: bool = False) -> dict:
-    """Apply a queued capture in the worker's transaction: stop the hold reserving and debit what was captured as
-    usage once (drawn from the grants, counted as the workspace's spending). The reservation covered it, so it is
-    debited even where a grant expired meanwhile took the balance below it (the balance may go below zero).
-    `locked`: this transaction holds the workspace's and the account's locks already (a batch)."""
-    account_id, hold_id = op.billing_account_id, op.payload["holdId"]
-    if not locked:
-        usage.lock_workspace(conn, op.workspace_id)
-        ledger.lock_account(conn, account_id)
-    settled = holds.settle(conn, account_id, hold_id)
-    hold = settled or holds.locked(conn, account_id, hold_id)  # settled before: applied already (a redelivery)
-    entry = None
-    if hold.captured_cents:
-        entry = grants.debit(conn, account_id, -hold.captured_cents, kind=EntryKind.USAGE, key=f"hold:{hold.id}",
-                             workspace_id=hold.workspace_id, description=hold.description or "Hold captured",
-                             reference=hold.reference or hold.id, allow_negative=True).entry
-    if settled is not None:
-        spend.add(conn, hold.workspace_id, hold.captured_cents)
-    return {"holdId": hold.id, "billingAccountId": account_id, "capturedCents": hold.captured_cents,
-            "releasedCents": hold.amount_cents - hold.captured_cents,
-            "transactionId": ids.transaction(entry.id) if entry else None,
-            "balanceAfterCents": entry.balance_after_cents if entry else None}
+def apply_capture(conn: Connection, op: Operation, ids: PublicIds) -> dict:
+    """Apply a queued capture in the worker's transaction, its workspace's and account's locks taken first."""
+    usage.lock_workspace(conn, op.workspace_id)
+    ledger.lock_account(conn, op.billing_account_id)
+    return apply_captures(conn, [op], ids)[op.id]
+
+
+def apply_captures(conn: Connection, ops: list[Operation], ids: PublicIds) -> dict[str, dict]:
+    """Apply queued captures in the worker's transaction, which holds their workspaces' and accounts' locks: each
+    hold stops reserving and what was captured is debited as usage once (drawn from the grants, counted as the
+    workspace's spending), a statement for each step whatever the number of captures. The reservation covered
+    it, so it is debited even where a grant expired meanwhile took the balance below it (the balance may go below
+    zero). The results by operation id."""
+    settled = holds.settle_many(conn, [(op.billing_account_id, op.payload["holdId"]) for op in ops])
+    captured = [hold for hold in settled.values() if hold.captured_cents]
+    posted = ledger.post_many(conn, [ledger.NewEntry(
+        hold.billing_account_id, -hold.captured_cents, f"hold:{hold.id}", workspace_id=hold.workspace_id,
+        description=hold.description or "Hold captured", reference=hold.reference or hold.id) for hold in captured],
+        kind=EntryKind.USAGE)
+    grants.draw_each(conn, list(posted.values()))
+    spent: dict[str, int] = {}
+    for hold in captured:
+        spent[hold.workspace_id] = spent.get(hold.workspace_id, 0) + hold.captured_cents
+    spend.add_many(conn, spent)
+    results = {}
+    for op in ops:
+        hold_id = op.payload["holdId"]
+        hold = settled.get(hold_id) or holds.locked(conn, op.billing_account_id, hold_id)  # settled before: applied
+        entry = posted.get(f"hold:{hold_id}") or (ledger.find(conn, hold.billing_account_id, f"hold:{hold_id}")
+                                                  if hold.captured_cents else None)
+        results[op.id] = {"holdId": hold.id, "billingAccountId": hold.billing_account_id,
+                          "capturedCents": hold.captured_cents,
+                          "releasedCents": hold.amount_cents - hold.captured_cents,
+                          "transactionId": ids.transaction(entry.id) if entry else None,
+                          "balanceAfterCents": entry.balance_after_cents if entry else None}
+    return results

@@ -110,13 +110,15 @@ def save_card(conn: Connection, account_id: str, *, customer_id: str, payment_me
 # started this UTC day, and none is in flight (the partial unique index; ON CONFLICT covers it).
 _RECORD = text("""
 INSERT INTO auto_top_ups (billing_account_id, id, workspace_id, trigger_entry_id, amount_cents)
-SELECT a.id, :top_up_id, s.workspace_id,
+SELECT a.id, v.top_up_id, s.workspace_id,
        (SELECT max(e.id) FROM ledger_entries e WHERE e.billing_account_id = a.id), s.auto_top_up_amount_cents
-FROM billing_settings s
+FROM unnest(CAST(:accounts AS text[]), CAST(:workspaces AS text[]), CAST(:top_up_ids AS text[]))
+     AS v(account_id, workspace_id, top_up_id)
+JOIN billing_settings s ON s.workspace_id = v.workspace_id
 JOIN workspaces w ON w.id = s.workspace_id
 JOIN billing_accounts a ON a.id = w.default_billing_account_id
 JOIN stripe_customers c ON c.billing_account_id = a.id AND c.payment_method_id IS NOT NULL
-WHERE s.workspace_id = :workspace_id AND a.id = :account_id AND s.auto_top_up_enabled
+WHERE a.id = v.account_id AND s.auto_top_up_enabled
   AND a.balance_cents < s.auto_top_up_threshold_cents
   AND (SELECT count(*) FROM auto_top_ups t WHERE t.billing_account_id = a.id
        AND t.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') < s.auto_top_up_max_per_day
@@ -125,10 +127,11 @@ RETURNING *
 """)
 
 
-def record_if_due(conn: Connection, account_id: str, workspace_id: str, top_up_id: str) -> AutoTopUp | None:
-    row = conn.execute(_RECORD, {"account_id": account_id, "workspace_id": workspace_id,
-                                 "top_up_id": top_up_id}).mappings().first()
-    return _top_up(row) if row else None
+def record_if_due(conn: Connection, debited: list[tuple[str, str, str]]) -> list[AutoTopUp]:
+    """The top-ups recorded for debits (account id, workspace id, a new top-up id) that were due one."""
+    rows = conn.execute(_RECORD, {"accounts": [d[0] for d in debited], "workspaces": [d[1] for d in debited],
+                                  "top_up_ids": [d[2] for d in debited]}).mappings()
+    return [_top_up(row) for row in rows]
 
 
 def _top_up(row) -> AutoTopUp:

@@ -42,37 +42,57 @@ def open_for(conn: Connection, credits: list[tuple[Entry, Terms]]) -> None:
     conn.execute(_OPEN, {"rows": json.dumps(rows)})
 
 
-# Take `cents` from the active grants in the contract's order (the grant of the credit keyed :first_key, a
-# refunded payment's, first): each grant's running total before it says how much is still owed when its turn
-# comes. A debit beyond them all (allowed below zero) leaves them at zero. Each grant drawn keeps a draw row
-# with what it has left, so a balance as of any instant knows its grants.
+# Take each debit from the active grants of its account in the contract's order (the grant of the credit keyed
+# :first_key, a refunded payment's, first), the debits one after another in entry order: a grant covers the
+# range of its account's running total of remaining cents that ends at its own, a debit the range of the
+# running total of the account's debits that ends at its own, and a debit draws from each grant what their
+# ranges share. Debits beyond every grant (allowed below zero) leave them at zero. Each grant a debit draws keeps
+# a draw row with what it has left then, so a balance as of any instant knows its grants.
 _DRAW = text("""
-WITH first AS (
-    SELECT g.id FROM grants g JOIN ledger_entries e ON e.id = g.entry_id
-    WHERE g.billing_account_id = :account_id AND e.billing_account_id = :account_id
+WITH debit AS (
+    SELECT v.*, SUM(v.cents) OVER (PARTITION BY v.account_id ORDER BY v.entry_id) AS upto
+    FROM unnest(CAST(:accounts AS text[]), CAST(:cents AS bigint[]), CAST(:entry_ids AS bigint[]))
+         AS v(account_id, cents, entry_id)
+), first AS (
+    SELECT g.billing_account_id, g.id FROM grants g JOIN ledger_entries e ON e.id = g.entry_id
+    WHERE g.billing_account_id = ANY(CAST(:accounts AS text[])) AND e.billing_account_id = g.billing_account_id
       AND e.idempotency_key = CAST(:first_key AS text)
 ), ordered AS (
-    SELECT id, remaining_cents,
-           SUM(remaining_cents) OVER (ORDER BY id IS NOT DISTINCT FROM (SELECT id FROM first) DESC, priority,
-                                      expires_at, entry_id ROWS UNBOUNDED PRECEDING) - remaining_cents AS before
-    FROM grants WHERE billing_account_id = :account_id AND status = 'active'
+    SELECT g.billing_account_id, g.id, g.remaining_cents,
+           SUM(g.remaining_cents) OVER (PARTITION BY g.billing_account_id
+                                        ORDER BY f.id IS NOT NULL DESC, g.priority, g.expires_at, g.entry_id
+                                        ROWS UNBOUNDED PRECEDING) AS upto
+    FROM grants g LEFT JOIN first f ON f.billing_account_id = g.billing_account_id AND f.id = g.id
+    WHERE g.billing_account_id = ANY(CAST(:accounts AS text[])) AND g.status = 'active'
 ), taken AS (
-    SELECT id, LEAST(remaining_cents, :cents - before) AS cents FROM ordered WHERE before < :cents
+    SELECT o.billing_account_id, o.id, d.entry_id,
+           LEAST(o.upto, d.upto) - GREATEST(o.upto - o.remaining_cents, d.upto - d.cents) AS cents,
+           o.upto - LEAST(o.upto, d.upto) AS remaining_after
+    FROM ordered o JOIN debit d ON d.account_id = o.billing_account_id
+    WHERE o.upto - o.remaining_cents < d.upto AND d.upto - d.cents < o.upto
 ), drawn AS (
-    UPDATE grants g SET remaining_cents = g.remaining_cents - t.cents,
-           status = CASE WHEN g.remaining_cents = t.cents THEN 'depleted' ELSE 'active' END,
-           closed_entry_id = CASE WHEN g.remaining_cents = t.cents THEN CAST(:entry_id AS bigint) END
-    FROM taken t WHERE g.billing_account_id = :account_id AND g.id = t.id
-    RETURNING g.id, t.cents, g.remaining_cents
+    UPDATE grants g SET remaining_cents = t.remaining_after,
+           status = CASE WHEN t.remaining_after = 0 THEN 'depleted' ELSE 'active' END,
+           closed_entry_id = CASE WHEN t.remaining_after = 0 THEN t.entry_id END
+    FROM (SELECT DISTINCT ON (billing_account_id, id) billing_account_id, id, entry_id, remaining_after FROM taken
+          ORDER BY billing_account_id, id, entry_id DESC) t
+    WHERE g.billing_account_id = t.billing_account_id AND g.id = t.id
 )
 INSERT INTO grant_draws (billing_account_id, grant_id, entry_id, amount_cents, remaining_after_cents)
-SELECT :account_id, id, :entry_id, cents, remaining_cents FROM drawn
+SELECT billing_account_id, id, entry_id, cents, remaining_after FROM taken
 """)
 
 
 def draw(conn: Connection, account_id: str, cents: int, entry_id: int, *, first_key: str | None = None) -> None:
     """Take `cents` (> 0) from the account's grants for the movement ending with entry `entry_id`."""
-    conn.execute(_DRAW, {"account_id": account_id, "cents": cents, "entry_id": entry_id, "first_key": first_key})
+    draw_many(conn, [(account_id, cents, entry_id)], first_key=first_key)
+
+
+def draw_many(conn: Connection, debits: list[tuple[str, int, int]], *, first_key: str | None = None) -> None:
+    """Take debits, each (account id, cents > 0, entry id), from their accounts' grants in one statement."""
+    if debits:
+        conn.execute(_DRAW, {"accounts": [d[0] for d in debits], "cents": [d[1] for d in debits],
+                             "entry_ids": [d[2] for d in debits], "first_key": first_key})
 
 
 _DUE = text("""

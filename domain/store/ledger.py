@@ -59,10 +59,9 @@ def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key
         note_postings(conn, [(kind, amount_cents)])
         webhook_events.note_entries(conn, [(account_id, row["id"], amount_cents, row["balance_after_cents"])])
         return Posting(_entry(row), created=True)
-    existing = conn.execute(select(ledger_entries).where(ledger_entries.c.billing_account_id == account_id,
-                                                         ledger_entries.c.idempotency_key == key)).mappings().first()
+    existing = find(conn, account_id, key)
     if existing is not None:
-        return Posting(_entry(existing), created=False)
+        return Posting(existing, created=False)
     balance = conn.execute(select(billing_accounts.c.balance_cents)
                            .where(billing_accounts.c.id == account_id)).scalar()
     if balance is None:
@@ -71,10 +70,17 @@ def post(conn: Connection, account_id: str, amount_cents: int, *, kind: str, key
                             balance_cents=balance)
 
 
-# Many postings on accounts this transaction holds locked, in one statement: each entry's balance_after is
-# its account's balance plus the running sum of that account's postings in batch order, entries take ids in
-# that order (so the chain reads right), and each account's cached balance moves to its last entry's.
-# Keys posted before are left out (post() tells what they were).
+def find(conn: Connection, account_id: str, key: str) -> Entry | None:
+    """The account's entry posted under `key`, if any."""
+    row = conn.execute(select(ledger_entries).where(ledger_entries.c.billing_account_id == account_id,
+                                                    ledger_entries.c.idempotency_key == key)).mappings().first()
+    return _entry(row) if row else None
+
+
+# Many postings (credits, or debits allowed below zero) on accounts this transaction holds locked, in one
+# statement: each entry's balance_after is its account's balance plus the running sum of that account's postings
+# in batch order, entries take ids in that order (so the chain reads right), and each account's cached balance
+# moves to its last entry's. Keys posted before are left out (post() and find() tell what they were).
 _POST_MANY = text("""
 WITH v AS (
     SELECT * FROM unnest(CAST(:accounts AS text[]), CAST(:amounts AS bigint[]), CAST(:keys AS text[]),
@@ -102,24 +108,24 @@ SELECT * FROM inserted
 
 
 @dataclass(frozen=True)
-class Credit:
+class NewEntry:
     account_id: str
-    amount_cents: int  # > 0
+    amount_cents: int  # a credit > 0, a debit < 0 (the batch does not refuse one below zero)
     key: str
     workspace_id: str | None = None
     description: str = ""
     reference: str | None = None
 
 
-def post_credits(conn: Connection, credits: list[Credit], *, kind: str) -> dict[str, Entry]:
-    """Post credits (positive amounts) on accounts this transaction holds locked, in one statement: the
-    new entries by key. A key posted before, or an account that does not exist, has none."""
-    if not credits:
+def post_many(conn: Connection, entries: list[NewEntry], *, kind: str) -> dict[str, Entry]:
+    """Post entries on accounts this transaction holds locked, in one statement, in the order given: the new
+    entries by key. A key posted before, or an account that does not exist, has none."""
+    if not entries:
         return {}
     rows = conn.execute(_POST_MANY, {
-        "accounts": [c.account_id for c in credits], "amounts": [c.amount_cents for c in credits],
-        "keys": [c.key for c in credits], "workspaces": [c.workspace_id for c in credits],
-        "descriptions": [c.description for c in credits], "refs": [c.reference for c in credits],
+        "accounts": [e.account_id for e in entries], "amounts": [e.amount_cents for e in entries],
+        "keys": [e.key for e in entries], "workspaces": [e.workspace_id for e in entries],
+        "descriptions": [e.description for e in entries], "refs": [e.reference for e in entries],
         "kind": kind}).mappings().all()
     note_postings(conn, [(kind, row["amount_cents"]) for row in rows])
     webhook_events.note_entries(conn, [(row["billing_account_id"], row["id"], row["amount_cents"],

@@ -47,32 +47,44 @@ def standing(conn: Connection, workspace_id: str) -> Standing:
                     list(row["alert_percents"]), row["month"])
 
 
-# Spending added, and every alert step the addition crossed (from below the step to at or above it) recorded once.
+# Spending added per workspace, and every alert step each addition crossed (from below the step to at or above it)
+# recorded once.
 _ADD = text(f"""
-WITH moved AS (
-    INSERT INTO workspace_spend AS s (workspace_id, month, spent_cents) VALUES (:workspace_id, {MONTH}, :cents)
+WITH added AS (
+    SELECT * FROM unnest(CAST(:workspaces AS text[]), CAST(:cents AS bigint[])) AS v(workspace_id, cents)
+), moved AS (
+    INSERT INTO workspace_spend AS s (workspace_id, month, spent_cents)
+    SELECT workspace_id, {MONTH}, cents FROM added ORDER BY workspace_id
     ON CONFLICT (workspace_id, month) DO UPDATE SET spent_cents = s.spent_cents + EXCLUDED.spent_cents
-    RETURNING s.month, s.spent_cents
+    RETURNING s.workspace_id, s.month, s.spent_cents
 )
 INSERT INTO spend_limit_alerts (workspace_id, month, percent, limit_cents, spent_cents)
-SELECT :workspace_id, moved.month, p.percent, l.monthly_limit_cents, moved.spent_cents
-FROM moved, spend_limits l, unnest(l.alert_percents) AS p(percent)
-WHERE l.workspace_id = :workspace_id AND l.monthly_limit_cents IS NOT NULL
-  AND (moved.spent_cents - :cents) * 100 < l.monthly_limit_cents * p.percent
+SELECT moved.workspace_id, moved.month, p.percent, l.monthly_limit_cents, moved.spent_cents
+FROM moved JOIN added ON added.workspace_id = moved.workspace_id
+JOIN spend_limits l ON l.workspace_id = moved.workspace_id, unnest(l.alert_percents) AS p(percent)
+WHERE l.monthly_limit_cents IS NOT NULL
+  AND (moved.spent_cents - added.cents) * 100 < l.monthly_limit_cents * p.percent
   AND moved.spent_cents * 100 >= l.monthly_limit_cents * p.percent
 ON CONFLICT DO NOTHING
-RETURNING month, percent, limit_cents, spent_cents, crossed_at
+RETURNING workspace_id, month, percent, limit_cents, spent_cents, crossed_at
 """)
 
 
 def add(conn: Connection, workspace_id: str, cents: int) -> None:
     """Count `cents` spent by the workspace this month (in the transaction that debits them); each alert step
     crossed emits spend_limit.alert."""
-    if cents <= 0:
+    add_many(conn, {workspace_id: cents})
+
+
+def add_many(conn: Connection, spent: dict[str, int]) -> None:
+    """add() for many workspaces in one statement."""
+    spent = {workspace_id: cents for workspace_id, cents in spent.items() if cents > 0}
+    if not spent:
         return
-    for row in conn.execute(_ADD, {"workspace_id": workspace_id, "cents": cents}):
-        webhook_events.emit(conn, workspace_id=workspace_id, type=WebhookEventType.SPEND_LIMIT_ALERT, data={
-            "workspaceId": workspace_id, "percent": row.percent, "limitCents": row.limit_cents,
+    crossed = conn.execute(_ADD, {"workspaces": list(spent), "cents": list(spent.values())}).all()
+    for row in sorted(crossed, key=lambda r: (r.workspace_id, r.percent)):
+        webhook_events.emit(conn, workspace_id=row.workspace_id, type=WebhookEventType.SPEND_LIMIT_ALERT, data={
+            "workspaceId": row.workspace_id, "percent": row.percent, "limitCents": row.limit_cents,
             "spentCents": row.spent_cents, "periodStart": times.rfc3339(_month_start(row.month)),
             "crossedAt": row.crossed_at})
 

@@ -74,17 +74,17 @@ def test_one_statement_posts_many_credits_per_account_in_order_and_never_a_key_t
     _, spaces = workspaces
     a, b = spaces[0]["defaultBillingAccountId"], spaces[1]["defaultBillingAccountId"]
     key = uuid.uuid4().hex
-    credits = [ledger.Credit(account, cents, f"{key}:{n}") for n, (account, cents) in
+    credits = [ledger.NewEntry(account, cents, f"{key}:{n}") for n, (account, cents) in
                enumerate([(a, 5), (b, 7), (a, 11), (a, 13), (b, 17)])]
     with engine.begin() as conn:
-        posted = ledger.post_credits(conn, credits, kind="credit_grant")
+        posted = ledger.post_many(conn, credits, kind="credit_grant")
         grants.open_grants(conn, [(posted[c.key], Terms("operator")) for c in credits])  # as the batch does
     assert [(posted[c.key].billing_account_id, posted[c.key].balance_after_cents) for c in credits] == [
         (a, 1005), (b, 1007), (a, 1016), (a, 1029), (b, 1024)]
     ids = [posted[c.key].id for c in credits]
     assert ids == sorted(ids)  # entries take ids in batch order, so each chain reads in that order
     with engine.begin() as conn:
-        assert ledger.post_credits(conn, credits, kind="credit_grant") == {}  # posted before: nothing
+        assert ledger.post_many(conn, credits, kind="credit_grant") == {}  # posted before: nothing
         balances = dict(conn.execute(text("SELECT id, balance_cents FROM billing_accounts WHERE id = ANY(:ids)"),
                                      {"ids": [a, b]}).all())
     assert balances == {a: 1029, b: 1024}
@@ -191,13 +191,13 @@ def test_a_batch_failing_on_one_credit_applies_the_others_alone(api, services, e
 
     _, spaces = workspaces
     bad, good = credit(services, spaces[0], 10), credit(services, spaces[1], 20)
-    post_credits = credit_batches.ledger.post_credits
+    post_many = credit_batches.ledger.post_many
 
     def failing(conn, credits, **kwargs):
         if f"op:{bad}" in [c.key for c in credits]:
             raise IntegrityError("INSERT ...", {}, Exception("a credit the ledger refuses"))
-        return post_credits(conn, credits, **kwargs)
-    monkeypatch.setattr(credit_batches.ledger, "post_credits", failing)
+        return post_many(conn, credits, **kwargs)
+    monkeypatch.setattr(credit_batches.ledger, "post_many", failing)
     services.operations.apply(good)  # its batch holds the bad one too: the batch fails, it goes alone
     assert statuses(engine, [bad, good]) == {bad: "queued", good: "succeeded"}
     with pytest.raises(IntegrityError):

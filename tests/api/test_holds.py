@@ -311,3 +311,29 @@ def test_ten_concurrent_captures_of_one_hold_queue_one_operation(api, services, 
     captured = answers[0].json["result"] or api.operator("GET", f"/operations/{answers[0].json['id']}").json["result"]
     assert _balance(api, owner, ws)["balanceCents"] == 1000 - captured["capturedCents"]
     assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_captures_of_one_account_in_one_batch_draw_the_grants_one_after_another(api, services, queue, engine, owner_ws):
+    owner, ws = owner_ws  # the intro grant: 1000, priority 50
+    api.operator("POST", f"/workspaces/{ws}/billing/credits", json={"amountCents": 300, "priority": 10})
+    _apply(services, queue)
+    holds = [_hold(api, ws, cents).json["id"] for cents in (200, 200, 500)]
+    ops = [api.operator("POST", f"/workspaces/{ws}/billing/holds/{hold}/capture",
+                        json={"amountCents": cents}).json["id"] for hold, cents in zip(holds, (200, 200, 500))]
+    services.operations.apply(ops[0])  # one batch takes the three
+    assert statuses(engine, ops) == {i: "succeeded" for i in ops}
+    with engine.connect() as conn:
+        draws = conn.execute(text("""
+            SELECT e.idempotency_key, g.priority, d.amount_cents, d.remaining_after_cents
+            FROM grant_draws d JOIN grants g ON g.billing_account_id = d.billing_account_id AND g.id = d.grant_id
+            JOIN ledger_entries e ON e.id = d.entry_id WHERE d.billing_account_id = :a ORDER BY d.entry_id, g.priority
+        """), {"a": owner.default_account_id}).all()
+        closed_by = conn.execute(text("SELECT e.idempotency_key FROM grants g JOIN ledger_entries e ON e.id = "
+                                      "g.closed_entry_id WHERE g.billing_account_id = :a AND g.priority = 10"),
+                                 {"a": owner.default_account_id}).scalar()
+    # each capture draws where the one before it left off: the priority-10 grant first, then the intro grant
+    assert [tuple(d) for d in draws] == [(f"hold:{holds[0]}", 10, 200, 100), (f"hold:{holds[1]}", 10, 100, 0),
+                                         (f"hold:{holds[1]}", 50, 100, 900), (f"hold:{holds[2]}", 50, 500, 400)]
+    assert closed_by == f"hold:{holds[1]}"
+    assert _balance(api, owner, ws)["balanceCents"] == 400
+    assert ledger_problems(services, owner.default_account_id) == []
