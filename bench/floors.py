@@ -50,9 +50,8 @@ import redis
 from bench.balance_read import open_loop
 from bench.floor import FACTORIES
 from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database,
-                           grant_seeded_credits, log, row, run_pgbench, run_with_children, seed_api_keys, service_env,
+                           grant_seeded_credits, log, machine_busy, row, run_pgbench, run_with_children, seed_api_keys, service_env,
                            start_redis, user_key, workspace_id, write_result)
-from bench.ratelimit import machine_busy
 
 TARGET = 0.8
 MOONSHOT = 0.3  # the balance read against pgbench of its statements

@@ -684,3 +684,79 @@ def row(name: str, project: str, ceiling: str, ratio: float | None, target: str,
     benchmark took several (else bench/run shows the one before the benchmark)."""
     return {"name": name, "project": project, "ceiling": ceiling, "ratio": None if ratio is None else round(ratio, 3),
             "target": target, "met": met, "value": value, "load_before": load_before}
+
+
+# --- CPU per process, to show where a request's time goes on a shared machine
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy so far (from /proc/stat), to show what else ran."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def cpu_of(pids) -> float:
+    """User + system CPU seconds of these live processes."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+class CpuMeter:
+    """CPU seconds between start() and stop() of each child by name (the API, the worker, Redis: their whole
+    process groups), the load generator (this process and the children it reaped: wrk, once it ended), the whole
+    machine, and our database's PostgreSQL backends, sampled every 0.2 s so that backends which come and go (with
+    more gunicorn threads than the engine's pool holds, overflow connections do) count from their start to their
+    last sample."""
+
+    def __init__(self, children: list[Child], database_url: str, database: str) -> None:
+        self.children, self.database_url, self.database = children, database_url, database
+        self.backends: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self._first: dict[int, float] = {}
+        self._stop = threading.Event()
+
+    def _sample(self, conn) -> None:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                                           "AND pid <> pg_backend_pid()", (self.database,))]
+        for pid in pids:
+            if (cpu := cpu_of([pid])) > 0:
+                self.backends[pid] = cpu
+
+    def _sampler(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while not self._stop.wait(0.2):
+                self._sample(conn)
+            self._sample(conn)
+
+    def start(self) -> dict:
+        self._stop.clear()
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            self._sample(conn)
+        self._first = dict(self.backends)
+        self._thread = threading.Thread(target=self._sampler, daemon=True)
+        self._thread.start()
+        return self._read(0.0)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return self._read(sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self.backends.items()))
+
+    def _read(self, postgres: float) -> dict:
+        own = os.times()
+        spent = {name: 0.0 for name in ("api", "redis")}
+        for child in self.children:
+            spent[child.name] = spent.get(child.name, 0.0) + child.cpu_seconds()
+        return spent | {"postgres": postgres, "loadgen": own.user + own.system + own.children_user
+                        + own.children_system, "machine": machine_busy()}
+
+
+def per_request_ms(before: dict, after: dict, requests: int) -> dict:
+    """CPU milliseconds per request of each part between two readings; `other`: what else the machine ran."""
+    spent = {k: after[k] - before[k] for k in before}
+    spent["other"] = spent["machine"] - sum(v for k, v in spent.items() if k != "machine")
+    return {k: round(v / max(requests, 1) * 1000, 3) for k, v in spent.items()}

@@ -17,10 +17,12 @@ import time
 
 import psycopg
 
-from bench.harness import (Child, Load, SetupError, audit, fresh_database, log, percentile, row, run_with_children,
-                           seed_api_keys, start_api, start_redis, user_key, workspace_id, write_result)
+from bench.harness import (Child, CpuMeter, Load, SetupError, audit, fresh_database, log, per_request_ms, percentile,
+                           row, run_with_children, seed_api_keys, start_api, start_redis, user_key, workspace_id,
+                           write_result)
 
 TARGET = 1.5  # issue 16: create and capture within 1.5x of a balance read
+SERVICE = ("api", "worker", "postgres")  # the CPU a request costs the service: API, worker, its database backends
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,21 +43,43 @@ def main() -> int:
     return run_with_children(run, parse_args())
 
 
-def phase(port: int, clients: int, requests: list[tuple]) -> tuple[Load, dict]:
-    """Run the requests (method, path, body, headers) from `clients` closed-loop clients; the load and its figures."""
+def phase(port: int, clients: int, requests: list[tuple], meter: CpuMeter | None = None,
+          settled=lambda: None) -> tuple[Load, dict]:
+    """Run the requests (method, path, body, headers) from `clients` closed-loop clients; the load and its figures,
+    with the CPU each part spent per request from the start until the load ended and `settled()` returned (a
+    capture's: until the worker applied them all)."""
     jobs, lock = iter(requests), threading.Lock()
 
     def next_request():
         with lock:
             return next(jobs, None)
     load = Load(port, clients, next_request, time.monotonic() + 600)
+    before = meter.start() if meter else None
     load.run()
     seconds = load.finished - load.started
+    settled()
     figures = {"requests": len(requests), "statuses": {str(k): v for k, v in load.statuses.items()},
                "per_s": round(len(load.latencies) / seconds, 1),
                "p50_ms": round(percentile(load.latencies, 0.5) * 1000, 2),
                "p99_ms": round(percentile(load.latencies, 0.99) * 1000, 2)}
+    if meter:
+        figures["cpu_ms"] = per_request_ms(before, meter.stop(), len(requests))
+        figures["cpu_ms"]["service"] = round(sum(figures["cpu_ms"][k] for k in SERVICE), 3)
     return load, figures
+
+
+def applied(database_url: str, timeout: float = 120) -> None:
+    """Wait until no capture is left queued."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM operations WHERE kind = 'hold_capture' AND status IN "
+                           "('queued', 'running')").fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _cpu_text(cpu_ms: dict) -> str:
+    return (f"{cpu_ms['service']} ms CPU (API {cpu_ms['api']}, worker {cpu_ms['worker']}, "
+            f"PostgreSQL {cpu_ms['postgres']})")
 
 
 def _median_round(rounds: list[dict], name: str) -> tuple[dict, dict]:
@@ -80,6 +104,7 @@ def run(args, children: list[Child]) -> int:
     children.append(worker)
     port = start_api(children, env, args.api_workers, args.api_threads)
     worker.wait_for(lambda: " ready." in worker.text(), 60, "the worker")
+    meter = CpuMeter(children, database_url, args.database)
     operator = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     n = args.requests
 
@@ -91,16 +116,16 @@ def run(args, children: list[Child]) -> int:
     rounds, operations, per_round = [], [], n // args.rounds
     for r in range(args.rounds):
         log(f"round {r + 1}/{args.rounds}: {per_round} balance reads, hold creations, captures from {args.clients} clients")
-        _, read = phase(port, args.clients, reads[:per_round])
+        _, read = phase(port, args.clients, reads[:per_round], meter)
         creates = [("POST", f"/workspaces/{workspace_id(i % w + 1)}/billing/holds",
                     '{"amountCents": 100, "expiresInSeconds": 3600}', operator) for i in range(per_round)]
-        made, create = phase(port, args.clients, creates)
+        made, create = phase(port, args.clients, creates, meter)
         holds = [(h["workspaceId"], h["id"]) for h in made.bodies if h.get("status") == "active"]
         if len(holds) != per_round:
             raise SetupError(f"{len(holds)} of {per_round} holds created: {create['statuses']}")
         captures = [("POST", f"/workspaces/{ws}/billing/holds/{hold}/capture", '{"amountCents": 60}', operator)
                     for ws, hold in holds]
-        queued, capture = phase(port, args.clients, captures)
+        queued, capture = phase(port, args.clients, captures, meter, lambda: applied(database_url))
         operations += [body["id"] for body in queued.bodies if body.get("status") in ("queued", "running", "succeeded")]
         log(f"  read {read}\n  create {create}\n  capture {capture}")
         rounds.append({"read": read, "create": create, "capture": capture})
@@ -123,6 +148,15 @@ def run(args, children: list[Child]) -> int:
         rows.append(row(f"{name} vs a balance read", f"{figures['per_s']:.0f} req/s, p50 {figures['p50_ms']} ms",
                         f"balance read {read['per_s']:.0f} req/s, p50 {read['p50_ms']} ms (same run, same clients)",
                         round(cost, 3), f"≤ {TARGET}× the read's cost", cost <= TARGET and ok))
+    for name, phase_name in (("hold create", "create"), ("hold capture, applied included", "capture")):
+        # the CPU the service spent per request (API, worker, its PostgreSQL backends), the median round's
+        ratios = sorted(r[phase_name]["cpu_ms"]["service"] / r["read"]["cpu_ms"]["service"] for r in rounds)
+        middle = next(r for r in rounds
+                      if r[phase_name]["cpu_ms"]["service"] / r["read"]["cpu_ms"]["service"] == ratios[len(ratios) // 2])
+        cpu = ratios[len(ratios) // 2]
+        rows.append(row(f"{name}: the service's CPU per request vs a balance read's",
+                        _cpu_text(middle[phase_name]["cpu_ms"]), f"balance read {_cpu_text(middle['read']['cpu_ms'])}",
+                        round(cpu, 3), f"≤ {TARGET}× the read's", cpu <= TARGET and ok))
     path = write_result("holds", {"rounds": rounds,
                                   "captures_succeeded": done[0], "captures_failed": done[1], "audit": checked,
                                   "summary": rows, "cpus": os.cpu_count(),

@@ -21,16 +21,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import psycopg
 import redis
 
-from bench.harness import (CLK_TCK, Child, LOGS, Load, RESULTS, SetupError, fresh_database, log, percentile,
-                           run_with_children, start_api, start_redis, workspace_id, write_result)
+from bench.harness import (Child, CpuMeter, LOGS, Load, RESULTS, SetupError, fresh_database, log,
+                           per_request_ms, percentile, run_with_children, start_api, start_redis, workspace_id,
+                           write_result)
 
 TARGET_RATIO = 0.3
 TARGET_P99_MS = 5.0
@@ -58,78 +57,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: sample the API's Python CPU (--gil) during the "
                    "max-rate run; raw stacks in bench/results/pyspy-ratelimit.txt (a profiled run is slower)")
     return p.parse_args()
-
-
-# --- CPU per process, to show where a decision's time goes on a shared machine
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine spent busy so far (from /proc/stat), to show what else ran."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_of(pids) -> float:
-    """User + system CPU seconds of these live processes."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-class CpuMeter:
-    """CPU seconds between start() and stop() of the API, Redis, the load generator (this process and the
-    children it reaped: wrk, once it ended), the whole machine, and our database's PostgreSQL backends, sampled
-    every 0.2 s so that backends which come and go (with more gunicorn threads than the engine's pool holds,
-    overflow connections do) count from their start to their last sample."""
-
-    def __init__(self, children: list[Child], database_url: str, database: str) -> None:
-        self.children, self.database_url, self.database = children, database_url, database
-        self.backends: dict[int, float] = {}  # pid -> CPU seconds at its last sample
-        self._first: dict[int, float] = {}
-        self._stop = threading.Event()
-
-    def _sample(self, conn) -> None:
-        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                                           "AND pid <> pg_backend_pid()", (self.database,))]
-        for pid in pids:
-            if (cpu := cpu_of([pid])) > 0:
-                self.backends[pid] = cpu
-
-    def _sampler(self) -> None:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            while not self._stop.wait(0.2):
-                self._sample(conn)
-            self._sample(conn)
-
-    def start(self) -> dict:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            self._sample(conn)
-        self._first = dict(self.backends)
-        self._thread = threading.Thread(target=self._sampler, daemon=True)
-        self._thread.start()
-        return self._read(0.0)
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        return self._read(sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self.backends.items()))
-
-    def _read(self, postgres: float) -> dict:
-        own = os.times()
-        return {"api": sum(c.cpu_seconds() for c in self.children if c.name == "api"),
-                "redis": sum(c.cpu_seconds() for c in self.children if c.name == "redis"),
-                "postgres": postgres, "loadgen": own.user + own.system + own.children_user + own.children_system,
-                "machine": machine_busy()}
-
-
-def per_decision_ms(before: dict, after: dict, decisions: int) -> dict:
-    spent = {k: after[k] - before[k] for k in before}
-    spent["other"] = spent["machine"] - sum(v for k, v in spent.items() if k != "machine")
-    return {k: round(v / max(decisions, 1) * 1000, 3) for k, v in spent.items()}
 
 
 # --- load: wrk, Python threads, and a paced open loop
@@ -324,7 +251,7 @@ def run(args, children: list[Child]) -> int:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
     before, after = top.pop("cpu")
-    top["cpu_ms_per_decision"] = per_decision_ms(before, after, top["decisions"])
+    top["cpu_ms_per_decision"] = per_request_ms(before, after, top["decisions"])
     top["machine_busy_cores"] = round((after["machine"] - before["machine"]) / top["seconds"], 2)
     log(f"max rate ({top['tool']}, {args.clients} connections, {args.api_workers} x {args.api_threads} gunicorn): "
         f"{top['decisions_per_s']} decisions/s, p50 {top['p50_ms']} ms, p99 {top['p99_ms']} ms")

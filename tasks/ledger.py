@@ -10,7 +10,7 @@ from domain.services.operations import stop_cause
 from tasks import OPERATION_RETRY, RETRY
 from worker import tracing as traces
 from worker.celery_app import app
-from worker.container import services
+from worker.container import services, wake_up_started
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def _join_the_accepting_trace(task=None, kwargs=None, **_) -> None:
 
 @app.task(name=Task.APPLY_OPERATION, base=OperationTask, **OPERATION_RETRY)
 def apply_operation(operation_id: str) -> None:
-    """Apply one queued operation. Safe to run twice: the ledger key is the operation id."""
+    """Apply one queued operation (and, a credit or capture, every one queued). Safe to run twice: the ledger key
+    is the operation id."""
+    wake_up_started(Task.APPLY_OPERATION)
     services().operations.apply(operation_id)
 
 

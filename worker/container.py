@@ -13,11 +13,12 @@ from domain.store.limiter import memory_limiter, redis_limiter
 from domain.store.replicas import ReadRouter, Replica
 from domain.store.uow import RawRead, UnitOfWork, make_engine
 from worker import metrics, payments, settings as settings_module, tracing
-from worker.wakeups import MergedSends
+from worker.wakeups import MergedSends, WaitingFlag
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _built: dict[int, Services] = {}
+_waiting: dict[int, WaitingFlag | None] = {}
 
 
 def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) -> Services:
@@ -30,7 +31,9 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
     # Autocommit: single-statement reads, and writes that are one statement (ctx.single)
     reads = make_engine(settings.database_url, pool_size, lock_timeout_ms=settings.db_lock_timeout_ms,
                         statement_timeout_ms=settings.db_statement_timeout_ms, autocommit=True)
-    wake = MergedSends(enqueue, settings.wake_interval_ms / 1000)
+    waiting = waiting_flag(settings)
+    _waiting[os.getpid()] = waiting
+    wake = MergedSends(enqueue, settings.wake_interval_ms / 1000, waiting, frozenset({Task.APPLY_OPERATION}))
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings, on_failed=metrics.observe_failed,
                                          on_deliveries=lambda: wake(Task.DISPATCH_WEBHOOKS)), enqueue=enqueue,
                   read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),
@@ -59,6 +62,20 @@ def lagging(settings: settings_module.Settings, primary, pool_size: int):
                 for i, url in enumerate(settings.database_read_urls, start=1)]
     return ReadRouter(primary, replicas, settings.read_max_lag_ms, on_served=metrics.observe_read,
                       on_lag=metrics.observe_replica_lag).run
+
+
+def waiting_flag(settings: settings_module.Settings) -> WaitingFlag | None:
+    """Skips a wake-up while another waits in the queue (worker.wakeups); needs REDIS_URL."""
+    if not settings.redis_url:
+        return None
+    return WaitingFlag(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5))
+
+
+def wake_up_started(task_name: str) -> None:
+    """A task that wake-ups start has started: lower its flag before it claims anything."""
+    services()
+    if flag := _waiting.get(os.getpid()):
+        flag.lower(task_name)
 
 
 def limiter(settings: settings_module.Settings) -> FailurePolicy:

@@ -1,9 +1,12 @@
 """Merged wake-ups: many calls, few sends, and never a call without a send after it."""
 import threading
 import time
+import uuid
+
+import redis
 
 from domain import tracing
-from worker.wakeups import MergedSends
+from worker.wakeups import MergedSends, WaitingFlag
 
 
 class Recorder:
@@ -64,3 +67,51 @@ def test_flush_sends_what_is_pending_at_once():
     wake("ledger.apply_operation", operation_id="op_2")
     wake.flush()
     assert [s[2] for s in recorder.sends] == [{"operation_id": "op_1"}, {"operation_id": "op_2"}]
+
+
+def _flagged(recorder, task_name: str, interval: float = 0.01) -> tuple[MergedSends, WaitingFlag]:
+    flag = WaitingFlag(redis.Redis.from_url("redis://127.0.0.1:6379/0"), ttl_ms=2000)  # the real Redis
+    return MergedSends(recorder, interval=interval, waiting=flag, flagged=frozenset({task_name})), flag
+
+
+def test_no_wake_up_is_sent_while_one_waits_in_the_queue_and_the_next_goes_once_its_task_started():
+    task = f"test.apply-{uuid.uuid4().hex}"  # a key of its own on the shared Redis
+    recorder = Recorder()
+    wake, flag = _flagged(recorder, task)
+    wake(task, operation_id="op_1")
+    wait_for(lambda: len(recorder.sends) == 1)
+    for n in range(2, 6):  # the first message has not been taken: nothing more is sent
+        wake(task, operation_id=f"op_{n}")
+        wake.flush()
+    assert len(recorder.sends) == 1
+    flag.lower(task)  # its task started: the next call sends again
+    wake(task, operation_id="op_6")
+    wait_for(lambda: len(recorder.sends) == 2)
+    assert recorder.sends[-1][2] == {"operation_id": "op_6"}
+
+
+def test_a_refused_send_lowers_the_flag_and_a_lost_message_lets_wake_ups_through_after_the_ttl():
+    task = f"test.apply-{uuid.uuid4().hex}"
+    refused = []
+    wake, flag = _flagged(lambda name, **kw: refused.append(kw) and False, task)
+    wake(task, operation_id="op_1")
+    wait_for(lambda: len(refused) == 1)
+    assert flag.raise_(task)  # the broker refused it: the flag is down, so the next wake-up is sent
+    recorder = Recorder()
+    wake, _ = _flagged(recorder, task)  # the flag just raised stands for a message lost on the way
+    wake(task, operation_id="op_2")
+    wake.flush()
+    assert recorder.sends == []
+    time.sleep(2.1)
+    wake(task, operation_id="op_3")
+    wait_for(lambda: len(recorder.sends) == 1, timeout=2)
+
+
+def test_tasks_not_flagged_and_redis_down_always_send():
+    recorder = Recorder()
+    down = WaitingFlag(redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.1))
+    wake = MergedSends(recorder, interval=0.01, waiting=down, flagged=frozenset({"ledger.apply_operation"}))
+    wake("ledger.apply_operation", operation_id="op_1")
+    wait_for(lambda: len(recorder.sends) == 1)
+    wake("webhooks.dispatch")
+    wait_for(lambda: len(recorder.sends) == 2)
