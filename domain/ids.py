@@ -2,6 +2,7 @@
 import uuid
 
 PREFIXES = ("usr", "ba", "ws", "op", "key", "chk", "grt", "hold", "atu")
+_HEX = frozenset("0123456789abcdef")
 
 
 def new_id(prefix: str) -> str:
@@ -11,7 +12,7 @@ def new_id(prefix: str) -> str:
 def looks_like(prefix: str, value: str) -> bool:
     """True when value has the shape of an id we would have issued with this prefix."""
     head, _, tail = value.partition("_")
-    return head == prefix and len(tail) == 32 and all(c in "0123456789abcdef" for c in tail)
+    return head == prefix and len(tail) == 32 and _HEX.issuperset(tail)
 
 
 def default_account_id(user_id: str) -> str:
