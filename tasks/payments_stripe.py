@@ -4,13 +4,14 @@ from datetime import timedelta
 from domain.names import Task
 from tasks import RETRY
 from worker.celery_app import app
-from worker.container import services
+from worker.container import services, wake_up_started
 from worker.settings import load
 
 
 @app.task(name=Task.APPLY_STRIPE_EVENT, **RETRY)
 def apply_stripe_event(event_id: str) -> str | None:
-    """Apply one stored Stripe event; a redelivery finds it processed and does nothing."""
+    """Apply one stored Stripe event, then every one stored (a wake-up); a redelivery finds it processed."""
+    wake_up_started(Task.APPLY_STRIPE_EVENT)
     return services().stripe.apply_event(event_id)
 
 

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _built: dict[int, Services] = {}
 _waiting: dict[int, WaitingFlag | None] = {}
+FLAGGED = frozenset({Task.APPLY_OPERATION, Task.APPLY_STRIPE_EVENT})  # their tasks call wake_up_started first
 
 
 def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) -> Services:
@@ -33,7 +34,7 @@ def build(settings: settings_module.Settings, enqueue=None, pool_size: int = 5) 
                         statement_timeout_ms=settings.db_statement_timeout_ms, autocommit=True)
     waiting = waiting_flag(settings)
     _waiting[os.getpid()] = waiting
-    wake = MergedSends(enqueue, settings.wake_interval_ms / 1000, waiting, frozenset({Task.APPLY_OPERATION}))
+    wake = MergedSends(enqueue, settings.wake_interval_ms / 1000, waiting, FLAGGED)
     ctx = Context(uow=lambda: UnitOfWork(engine, on_postings=metrics.observe_postings, on_failed=metrics.observe_failed,
                                          on_deliveries=lambda: wake(Task.DISPATCH_WEBHOOKS)), enqueue=enqueue,
                   read=lambda: UnitOfWork(reads), raw_read=lambda: RawRead(reads),

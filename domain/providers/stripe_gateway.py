@@ -77,6 +77,12 @@ def session_from_event(event: Event) -> Session:
     return _session(event.object)
 
 
+def session_checkout_id(obj: dict) -> str | None:
+    """The checkout id of ours a session object names (its client_reference_id), read before it is checked."""
+    value = obj.get("client_reference_id")
+    return value if isinstance(value, str) else None
+
+
 def _data(obj) -> dict:
     return obj if isinstance(obj, dict) else obj.to_dict()
 

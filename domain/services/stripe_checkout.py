@@ -7,11 +7,11 @@ from domain.errors import DomainError, InvalidEvent, Unavailable
 from domain.grants import PAID
 from domain.ids import looks_like, new_id
 from domain.models import Caller, Checkout
-from domain.money import CURRENCY
 from domain.names import CheckoutStatus, EntryKind, GrantSource, Task
 from domain.providers.stripe_gateway import (INTENT_EVENTS, SESSION_EVENTS, Event, Session, StripeGateway,
                                              check_object, configured, intent_from_event, session_from_event)
-from domain.services import access, auto_top_ups, credit_batches, grants
+from domain.services import access, auto_top_ups, credit_batches, grants, stripe_batches
+from domain.services.stripe_batches import credit_key, pays
 from domain.services.context import Context
 from domain.store import checkouts, ledger, stripe_events
 from domain.store.uow import Connection, StoreError
@@ -26,11 +26,6 @@ DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of stored even
 # An event naming a checkout id that is still not there after this long names none of ours: it is closed
 # as unknown_session rather than retried by every reconcile run for ever.
 GHOST_AFTER = timedelta(minutes=10)
-
-
-def _credit_key(checkout_id: str) -> str:
-    """The ledger key of a checkout's credit: once per checkout, and its refunds draw from its grant first."""
-    return f"stripe_checkout:{checkout_id}"
 
 
 class CheckoutNotVisibleYet(Unavailable):
@@ -122,22 +117,30 @@ class StripeCheckoutService:
             return "unknown_session"  # a checkout id of ours that never existed (another deployment's)
 
     def _drain(self) -> None:
-        """Apply the stored events nobody holds, EVENT_BATCH per transaction, for up to DRAIN_SECONDS. An event
-        whose checkout is not visible yet is passed over (its own message's retries, or the reconcile job, come
-        back to it); a batch that fails otherwise rolls back whole, and each of its events gets a message of its
-        own, retried with backoff as one event's is."""
-        deadline, passed_over = time.monotonic() + DRAIN_SECONDS, []
+        """Apply the stored events nobody holds, EVENT_BATCH per transaction, for up to DRAIN_SECONDS: those that can
+        go together first (stripe_batches: an event whose account or checkout another transaction holds is passed
+        over, and one message comes back for those at the end), then the others one by one. An event whose
+        checkout is not visible yet is passed over too (its own message's retries, or the reconcile job, come back
+        to it); a batch that fails otherwise rolls back whole, and each of its events gets a message of its own,
+        retried with backoff as one event's is."""
+        deadline, passed_over, busy = time.monotonic() + DRAIN_SECONDS, [], []
         while time.monotonic() < deadline:
             rows = []
             try:
                 with self._ctx.uow() as uow:
                     rows = stripe_events.claim_unprocessed(uow.conn, limit=EVENT_BATCH, but=passed_over)
-                    outcomes = {}
+                    together = stripe_batches.apply_together(uow.conn, rows)
+                    busy += together.busy
+                    passed_over += together.busy
+                    outcomes = dict(together.outcomes)
                     for row in rows:
+                        if row["id"] in outcomes or row["id"] in together.busy:
+                            continue
                         try:
                             outcomes[row["id"]] = self._apply_stored(uow, row, patient=True)
                         except CheckoutNotVisibleYet:  # raised before the event wrote anything
                             passed_over.append(row["id"])
+                    self._all_credited(uow, together.completed)
                     stripe_events.mark_processed(uow.conn, outcomes)
                     uow.commit()
             except (Unavailable, StoreError) as exc:
@@ -150,8 +153,18 @@ class StripeCheckoutService:
             if outcomes:
                 log.info("stripe events applied in a batch: %s", outcomes)
             if len(rows) < EVENT_BATCH:
-                return
-        self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=rows[-1]["id"])  # out of time, more stored: a drain
+                break
+        else:  # out of time, more stored: a drain
+            self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=rows[-1]["id"])
+        if busy:  # their accounts or checkouts were held by another transaction, done since maybe: one more drain
+            self._ctx.enqueue(Task.APPLY_STRIPE_EVENT, event_id=busy[0])
+
+    def _all_credited(self, uow, completed: list[Checkout]) -> None:
+        """_credited() for checkouts credited together: their accounts' tiers in one statement each."""
+        credit_batches.store_tiers(uow.conn, self._ctx.config.tiers, {c.billing_account_id for c in completed})
+        for checkout in completed:
+            if checkout.details.get("savePaymentMethod"):
+                uow.after_commit(lambda c=checkout: self._ctx.enqueue(Task.SAVE_CARD, checkout_id=c.id))
 
     def _apply(self, uow, event: Event) -> str:
         try:
@@ -207,13 +220,13 @@ class StripeCheckoutService:
         if checkout.status == CheckoutStatus.COMPLETED:
             return "already_credited"
         details = checkout.details | {"paymentIntent": session.payment_intent}
-        if session.amount_total != checkout.amount_cents or (session.currency or CURRENCY) != CURRENCY:
+        if not pays(checkout, session):
             checkouts.change(conn, checkout.id, status=CheckoutStatus.FAILED, details=details,
                              failure_reason=f"amount_mismatch: Stripe reports {session.amount_total} "
                                             f"{session.currency}, expected {checkout.amount_cents} usd")
             return "amount_mismatch"
         grants.credit(conn, checkout.billing_account_id, checkout.amount_cents, PAID[GrantSource.STRIPE],
-                      kind=EntryKind.STRIPE_TOPUP, key=_credit_key(checkout.id), workspace_id=checkout.workspace_id,
+                      kind=EntryKind.STRIPE_TOPUP, key=credit_key(checkout.id), workspace_id=checkout.workspace_id,
                       description="Stripe top-up", reference=session.id)
         checkouts.change(conn, checkout.id, status=CheckoutStatus.COMPLETED, provider_ref=session.id, details=details,
                          failure_reason=None)
@@ -249,7 +262,7 @@ class StripeCheckoutService:
         posting = grants.debit(conn, account, -due, kind=EntryKind.REFUND, allow_negative=True,
                                key=f"stripe_refund:{charge_id}:{of_charge + due}", reference=charge_id,
                                workspace_id=checkout.workspace_id, description="Stripe refund",
-                               first_key=_credit_key(checkout.id))
+                               first_key=credit_key(checkout.id))
         if capped:
             return "refund_capped"
         return "refunded" if posting.entry.balance_after_cents >= 0 else "refunded_below_zero"

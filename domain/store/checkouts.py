@@ -1,4 +1,5 @@
 """Checkout SQL, shared by the Stripe and x402 flows."""
+import json
 from datetime import timedelta
 
 from sqlalchemy import Connection, func, select, text, tuple_, update
@@ -46,6 +47,45 @@ def _one(conn: Connection, condition, *, for_update: bool = False) -> Checkout |
 
 def get(conn: Connection, checkout_id: str, *, for_update: bool = False) -> Checkout | None:
     return _one(conn, _c.id == checkout_id, for_update=for_update)
+
+
+def accounts_of(conn: Connection, checkout_ids: list[str]) -> dict[str, str]:
+    """The billing account of each checkout that exists, by checkout id."""
+    rows = conn.execute(select(_c.id, _c.billing_account_id).where(_c.id.in_(checkout_ids))) if checkout_ids else []
+    return {row.id: row.billing_account_id for row in rows}
+
+
+def lock_free(conn: Connection, checkout_ids: list[str]) -> dict[str, Checkout]:
+    """Row-lock those of the checkouts no other transaction holds, in id order; by id."""
+    if not checkout_ids:
+        return {}
+    rows = conn.execute(select(checkouts).where(_c.id.in_(checkout_ids)).order_by(_c.id)
+                        .with_for_update(skip_locked=True)).mappings()
+    return {row["id"]: _checkout(row) for row in rows}
+
+
+_COMPLETE = text("""
+UPDATE checkouts c SET status = 'completed', completed_at = now(), updated_at = now(), provider_ref = v.ref,
+       details = CAST(v.details AS jsonb), failure_reason = NULL
+FROM unnest(CAST(:ids AS text[]), CAST(:refs AS text[]), CAST(:details AS text[])) AS v(id, ref, details)
+WHERE c.id = v.id
+RETURNING c.*
+""")
+
+
+def complete_many(conn: Connection, completed: dict[str, tuple[str, dict]]) -> list[Checkout]:
+    """Complete checkouts this transaction holds locked, each with (provider_ref, details), in one statement; each
+    emits checkout.completed, as change() does."""
+    if not completed:
+        return []
+    rows = conn.execute(_COMPLETE, {"ids": list(completed), "refs": [ref for ref, _ in completed.values()],
+                                    "details": [json.dumps(details) for _, details in completed.values()]})
+    order = {checkout_id: n for n, checkout_id in enumerate(completed)}
+    done = sorted((_checkout(row) for row in rows.mappings()), key=lambda c: order[c.id])
+    for checkout in done:
+        webhook_events.emit(conn, workspace_id=checkout.workspace_id, type=_EVENTS[CheckoutStatus.COMPLETED],
+                            data=views.checkout(checkout))
+    return done
 
 
 def by_provider_ref(conn: Connection, provider: str, ref: str, *, for_update: bool = False) -> Checkout | None:

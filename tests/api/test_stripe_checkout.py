@@ -606,3 +606,54 @@ def test_a_batch_passes_over_an_event_whose_checkout_is_not_visible_yet_and_appl
     stripe_services.stripe.apply_event(early_event)
     assert _outcomes(stripe_services, [early_event]) == ["credited"]
     assert sorted(_topups(engine, owner.default_account_id)) == [300, 700]
+
+
+def test_a_batch_passes_over_events_whose_account_another_transaction_holds_and_sends_one_message_for_them(
+        sapi, stripe_api, stripe_services, queue, engine):
+    held_owner, free_owner = sapi.new_user(), sapi.new_user()
+    sessions = []
+    for owner in (held_owner, free_owner, held_owner):
+        checkout = _checkout(sapi, owner, sapi.new_workspace(owner), amount=400)
+        sessions.append(stripe_api.pay(checkout["stripeSessionId"]))
+    queue.sent.clear()
+    for session in sessions:
+        _deliver(sapi, "checkout.session.completed", session)
+    events = [kwargs["event_id"] for _, kwargs in queue.sent]
+    queue.sent.clear()
+    with engine.connect() as other:  # another worker's batch, say, holding the first owner's account
+        other.execute(text("SELECT 1 FROM billing_accounts WHERE id = :a FOR UPDATE"),
+                      {"a": held_owner.default_account_id})
+        started = time.monotonic()
+        stripe_services.stripe.apply_event(events[1])  # never waits on the held account
+        assert time.monotonic() - started < 2
+        assert _outcomes(stripe_services, events) == [None, "credited", None]
+        assert [(name, kw["event_id"] in (events[0], events[2])) for name, kw in queue.sent] == [
+            (Task.APPLY_STRIPE_EVENT, True)]  # one message for the two passed over
+        other.rollback()
+    stripe_services.stripe.apply_event(queue.sent[0][1]["event_id"])
+    assert _outcomes(stripe_services, events) == ["credited"] * 3
+    assert sorted(_topups(engine, held_owner.default_account_id)) == [400, 400]
+
+
+def test_a_batch_credits_paid_sessions_together_and_leaves_mismatches_and_unpaid_ones_to_go_one_by_one(
+        sapi, stripe_api, stripe_services, queue, engine):
+    owner = sapi.new_user()
+    ws = sapi.new_workspace(owner)
+    paid, mismatched, unpaid = (_checkout(sapi, owner, ws, amount=500) for _ in range(3))
+    queue.sent.clear()
+    paid_session = stripe_api.pay(paid["stripeSessionId"])
+    _deliver(sapi, "checkout.session.completed", paid_session)
+    _deliver(sapi, "checkout.session.completed", stripe_api.pay(mismatched["stripeSessionId"], amount_total=499))
+    _deliver(sapi, "checkout.session.completed", stripe_api.pay(unpaid["stripeSessionId"], paid=False))
+    _deliver(sapi, "checkout.session.async_payment_succeeded", paid_session)
+    events = [kwargs["event_id"] for _, kwargs in queue.sent]
+    queue.sent.clear()
+
+    stripe_services.stripe.apply_event("evt_none")  # a wake-up: the drain takes the four in one batch
+    assert _outcomes(stripe_services, events) == ["credited", "amount_mismatch", "awaiting_payment",
+                                                  "already_credited"]
+    statuses = {c["id"]: sapi.call("GET", f"/workspaces/{ws['id']}/billing/checkouts/{c['id']}", owner.key)
+                .json["status"] for c in (paid, mismatched, unpaid)}
+    assert statuses == {paid["id"]: "completed", mismatched["id"]: "failed", unpaid["id"]: "pending"}
+    assert _topups(engine, owner.default_account_id) == [500]
+    _assert_sound(stripe_services, owner.default_account_id)
