@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: processes, a fresh database, a private Redis, load, ceilings, audit."""
+import contextlib
 import http.client
 import json
 import os
@@ -506,10 +507,10 @@ def credit_ceiling(url: str, first: int, last: int, clients: int, seconds: int, 
 # API builds), so the ceiling follows the code as it changes.
 
 def capture_sql(env: dict, method: str, path: str, headers: dict, body: str | None = None) -> list[dict]:
-    """The transactions one request runs: [{"statements": [...], "end": "COMMIT"|"ROLLBACK"|"AUTOCOMMIT"}],
+    """The transactions one request runs: [{"statements": [...], "end": "COMMIT"|"ROLLBACK"|"AUTOCOMMIT"|"PIPELINE"}],
     parameters inlined as literals: those SQLAlchemy executes, and those domain.store.prepared sends on the bare
-    psycopg connection (each its own, in autocommit). The request is made twice and the second is taken
-    (connections and caches warm)."""
+    psycopg connection (each its own, in autocommit; those of one pipeline together, in the one transaction its
+    Sync ends). The request is made twice and the second is taken (connections and caches warm)."""
     from falcon import testing
     from sqlalchemy import Engine, event
 
@@ -538,24 +539,38 @@ def capture_sql(env: dict, method: str, path: str, headers: dict, body: str | No
         return end
     listeners = [("begin", begin), ("before_cursor_execute", execute), ("commit", ender("COMMIT")),
                  ("rollback", ender("ROLLBACK"))]
-    bare_execute = psycopg.Connection.execute
+    bare_execute, bare_pipeline = psycopg.Connection.execute, psycopg.Connection.pipeline
+    pipelined: list[dict] = []  # the open pipeline's statements
 
     def bare(conn, query, params=None, **kwargs):
-        if caught is not None and conn.autocommit:
-            caught.append({"statements": [psycopg.ClientCursor(conn).mogrify(query, params)], "end": "AUTOCOMMIT"})
+        statement = psycopg.ClientCursor(conn).mogrify(query, params)
+        if pipelined:
+            pipelined[-1]["statements"].append(statement)
+        elif conn.autocommit:
+            caught.append({"statements": [statement], "end": "AUTOCOMMIT"})
         return bare_execute(conn, query, params, **kwargs)
+
+    @contextlib.contextmanager
+    def pipeline(conn):
+        pipelined.append({"statements": [], "end": "PIPELINE"})
+        caught.append(pipelined[-1])
+        try:
+            with bare_pipeline(conn) as p:
+                yield p
+        finally:
+            pipelined.pop()
     try:
         for attempt in range(2):
             caught.clear()
             if attempt:
                 for name, fn in listeners:
                     event.listen(Engine, name, fn)
-                psycopg.Connection.execute = bare
+                psycopg.Connection.execute, psycopg.Connection.pipeline = bare, pipeline
             answer = client.simulate_request(method, path, headers=headers, body=body)
             if answer.status_code >= 400:
                 raise SetupError(f"{method} {path} answered {answer.status_code} in process: {answer.text[:300]}")
     finally:
-        psycopg.Connection.execute = bare_execute
+        psycopg.Connection.execute, psycopg.Connection.pipeline = bare_execute, bare_pipeline
         for name, fn in listeners:
             if event.contains(Engine, name, fn):
                 event.remove(Engine, name, fn)
@@ -595,14 +610,18 @@ def pgbench_script(transactions: list[dict], replace: dict[str, str] | None = No
     lines = [header.rstrip("\n")] if header else []
     for t in transactions:
         autocommit = t["end"] == "AUTOCOMMIT"  # one statement, its own transaction: no BEGIN, no end
-        if not autocommit:
+        if t["end"] == "PIPELINE":  # sent together, one Sync: one round trip, one transaction
+            lines.append("\\startpipeline")
+        elif not autocommit:
             lines.append("BEGIN;")
         for statement in t["statements"]:
             statement = _pgbench_safe(statement.strip().rstrip(";"))
             for literal, expression in (replace or {}).items():
                 statement = statement.replace(literal, expression)
             lines.append(statement + ";")
-        if not autocommit:
+        if t["end"] == "PIPELINE":
+            lines.append("\\endpipeline")
+        elif not autocommit:
             lines.append(f"{t['end'] or 'ROLLBACK'};")
     return "\n".join(lines) + "\n"
 

@@ -46,6 +46,8 @@ class Usage:
 
 
 class UsageOverview:
+    checks_key_itself = True  # api.auth: the overview's statement checks a user's key itself
+
     def __init__(self, usage: UsageService) -> None:
         self._usage = usage
 

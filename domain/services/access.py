@@ -1,11 +1,15 @@
 """Who may see and manage what. Unknown and foreign look the same: NotFound."""
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from domain.errors import Forbidden, NotFound, Unauthenticated
 from domain.ids import looks_like
 from domain.models import BillingAccount, Caller, KeyHolder, Membership
+from domain.services.context import Context
 from domain.store import accounts, prepared, workspaces
 from domain.store.uow import Connection, driver_of
+
+T = TypeVar("T")
 
 
 def workspace(conn: Connection, caller: Caller, workspace_id: str, *, manage: bool = False,
@@ -57,18 +61,44 @@ def workspace_read(driver, caller: Caller | KeyHolder, workspace_id: str, accoun
     statement: Unauthenticated when no live key has it; with_balance, the account's holds and grants too."""
     if account_id is not None and not looks_like("ba", account_id):
         account_id = ""  # links nothing
-    if not looks_like("ws", workspace_id):
-        workspace_id = ""  # names nothing, but a KeyHolder's key is still checked
-    if isinstance(caller, KeyHolder):
-        found = prepared.workspace_account(driver, workspace_id, account_id, key_hash=caller.key_hash,
-                                           with_balance=with_balance)
-        if found is None:
-            raise Unauthenticated("the key is unknown or revoked")
-    else:
-        found = prepared.workspace_account(driver, workspace_id, account_id, user_id=caller.user_id,
-                                           with_balance=with_balance)
+    return checked(prepared.workspace_account(driver, named(workspace_id), account_id, with_balance=with_balance,
+                                              **who(caller)))
+
+
+def named(workspace_id: str) -> str:
+    """The workspace id as a prepared statement looks it up: "" (no workspace) for one that does not parse,
+    as the caller's key is still checked."""
+    return workspace_id if looks_like("ws", workspace_id) else ""
+
+
+def who(caller: Caller | KeyHolder) -> dict:
+    """How a prepared statement knows the caller: key_hash= (a KeyHolder), or user_id= (None: the operator)."""
+    return {"key_hash": caller.key_hash} if isinstance(caller, KeyHolder) else {"user_id": caller.user_id}
+
+
+def checked(found: prepared.WorkspaceRead | None) -> prepared.WorkspaceRead:
+    """A caller's read of a workspace (domain.store.prepared), refused unless the caller may read it."""
+    if found is None:
+        raise Unauthenticated("the key is unknown or revoked")
     if not found.workspace_found or not (found.user_id is None or found.role):
         raise NotFound("workspace not found")
     if found.account is None:
         raise NotFound("billing account not linked to this workspace")
     return found
+
+
+def lagging_read(ctx: Context, caller: Caller | KeyHolder, read: Callable[..., T]) -> T:
+    """read(driver, caller) on a bare psycopg connection, for an answer that may lag (Context.lagging). Without
+    replicas: on raw_read, one round trip where the read's statement checks a KeyHolder's key. With them, a
+    KeyHolder's key is checked on the primary first (a replica may not have seen a revocation), and the read
+    runs where Context.lagging puts it."""
+    if not ctx.routes_reads:
+        with ctx.raw_read() as driver:
+            return read(driver, caller)
+    if isinstance(caller, KeyHolder):
+        with ctx.raw_read() as driver:
+            user_id = prepared.user_of_key(driver, caller.key_hash)
+        if user_id is None:
+            raise Unauthenticated("the key is unknown or revoked")
+        caller = Caller(user_id=user_id)
+    return ctx.lagging(lambda conn: read(driver_of(conn), caller))

@@ -4,7 +4,7 @@ Summaries and pages may lag the primary (Context.lagging: a read replica when co
 import dataclasses
 from datetime import UTC, datetime
 
-from domain.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from domain.errors import Forbidden, InvalidInput, NotFound
 from domain.ids import looks_like
 from domain.models import Balance, BillingAccount, Caller, KeyHolder, Page, Summary
 from domain.services import access
@@ -67,23 +67,11 @@ class ReadService:
                                **query) -> Page:
         before_id, limit = self._before(query.pop("cursor", None)), query.pop("limit")
 
-        def read(conn) -> list:  # a psycopg connection
-            account = access.workspace_read(conn, caller, workspace_id, account_id).account
-            return prepared.page(conn, account.id, limit=limit + 1, public_id=self._ctx.ids.transaction,
+        def read(driver, caller: Caller | KeyHolder) -> list:
+            account = access.workspace_read(driver, caller, workspace_id, account_id).account
+            return prepared.page(driver, account.id, limit=limit + 1, public_id=self._ctx.ids.transaction,
                                  before_id=before_id, **query)
-        if self._ctx.routes_reads:
-            if isinstance(caller, KeyHolder):  # checked on the primary: a replica may not have seen a revocation
-                caller = self._caller(caller)
-            return self._page_of(self._ctx.lagging(lambda conn: read(driver_of(conn))), limit)
-        with self._ctx.raw_read() as conn:  # no replica: one round trip, the key checked by the same statement
-            return self._page_of(read(conn), limit)
-
-    def _caller(self, holder: KeyHolder) -> Caller:
-        with self._ctx.raw_read() as conn:
-            user_id = prepared.user_of_key(conn, holder.key_hash)
-        if user_id is None:
-            raise Unauthenticated("the key is unknown or revoked")
-        return Caller(user_id=user_id)
+        return self._page_of(access.lagging_read(self._ctx, caller, read), limit)
 
     def _page(self, conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
               kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from domain import times, usage
 from domain.errors import InvalidInput
 from domain.ids import new_id
-from domain.models import Caller, MetricUsage, Operation, UsageOverview, UsagePeriod
+from domain.models import Caller, KeyHolder, MetricUsage, Operation, UsageOverview, UsagePeriod
 from domain.names import Task
 from domain.public_ids import PublicIds
 from domain.services import access, grants
@@ -45,20 +45,20 @@ class UsageService:
             uow.commit()
         return op
 
-    def overview(self, caller: Caller, workspace_id: str, since: datetime | None, until: datetime | None,
+    def overview(self, caller: Caller | KeyHolder, workspace_id: str, since: datetime | None, until: datetime | None,
                  granularity: str) -> UsageOverview:
         until = until or (times.shifted(since, DEFAULT_WINDOW) if since else datetime.now(UTC))
         since = since or times.shifted(until, -DEFAULT_WINDOW)
         if until - since > MAX_WINDOW[granularity]:
             raise InvalidInput(f"a window of granularity {granularity} spans at most "
                                f"{MAX_WINDOW[granularity].days} days", field="from")
-        def read(conn: Connection):
-            found = access.workspace(conn, caller, workspace_id).workspace
-            return found, store.overview(conn, found.id, since, until, granularity)
-        workspace, (series, metrics) = self._ctx.lagging(read)  # may lag: a read replica when configured
-        return UsageOverview(workspace_id=workspace.id, billing_account_id=workspace.default_billing_account_id,
-                             since=since, until=until, granularity=granularity,
-                             series=[UsagePeriod(*row) for row in series],
+        def read(driver, caller: Caller | KeyHolder):
+            found, series, metrics = store.overview(driver, access.named(workspace_id), since, until, granularity,
+                                                    **access.who(caller))
+            return access.checked(found).account, series, metrics
+        account, series, metrics = access.lagging_read(self._ctx, caller, read)  # may lag: a replica, when configured
+        return UsageOverview(workspace_id=workspace_id, billing_account_id=account.id, since=since, until=until,
+                             granularity=granularity, series=[UsagePeriod(*row) for row in series],
                              by_metric=[MetricUsage(*row) for row in metrics])
 
 

@@ -50,6 +50,7 @@ WHERE w.id = %(workspace_id)s"""
 
 
 WORKSPACE_FOR_KEY, WORKSPACE_FOR_USER = _statements(_ACCOUNT_COLUMNS, "")
+CALLER_COLUMNS = 10  # those of WORKSPACE_FOR_KEY and _FOR_USER: user, workspace, role and the account's 7
 BALANCE_FOR_KEY, BALANCE_FOR_USER = _statements(_ACCOUNT_COLUMNS + _BALANCE_COLUMNS, balances.SPLIT)
 
 
@@ -66,18 +67,29 @@ def workspace_account(conn: Connection, workspace_id: str, account_id: str | Non
                       key_hash: bytes | None = None, user_id: str | None = None,
                       with_balance: bool = False) -> WorkspaceRead | None:
     """By key_hash (None: no live key has it) or by user_id (None: the operator)."""
-    params = {"workspace_id": workspace_id, "account_id": account_id}
+    sql, params = caller_statement((BALANCE_FOR_KEY, BALANCE_FOR_USER) if with_balance else
+                                   (WORKSPACE_FOR_KEY, WORKSPACE_FOR_USER),
+                                   {"workspace_id": workspace_id, "account_id": account_id}, key_hash, user_id)
+    return caller_read(conn.execute(sql, params, prepare=True).fetchone(), key_hash, user_id, with_balance)
+
+
+def caller_statement(statements: tuple[str, str], params: dict, key_hash: bytes | None,
+                     user_id: str | None) -> tuple[str, dict]:
+    """The statement for a caller by key_hash, or by user_id (None: the operator), of a pair built on
+    (WORKSPACE_FOR_KEY, WORKSPACE_FOR_USER), with its parameters."""
     if key_hash is not None:
-        sql = BALANCE_FOR_KEY if with_balance else WORKSPACE_FOR_KEY
-        row = conn.execute(sql, params | {"key_hash": key_hash}, prepare=True).fetchone()
-        if row is None:
-            return None
-    else:
-        sql = BALANCE_FOR_USER if with_balance else WORKSPACE_FOR_USER
-        row = conn.execute(sql, params | {"user_id": user_id}, prepare=True).fetchone()
-        if row is None:
-            return WorkspaceRead(user_id=user_id, workspace_found=False, role=None, account=None)
-    account = BillingAccount(*row[3:10]) if row[3] is not None else None
+        return statements[0], params | {"key_hash": key_hash}
+    return statements[1], params | {"user_id": user_id}
+
+
+def caller_read(row: tuple | None, key_hash: bytes | None, user_id: str | None,
+                with_balance: bool = False) -> WorkspaceRead | None:
+    """The caller's row of a statement built on WORKSPACE_FOR_KEY or _FOR_USER (its first CALLER_COLUMNS);
+    None when no live key has key_hash."""
+    if row is None:
+        return None if key_hash is not None else WorkspaceRead(user_id=user_id, workspace_found=False, role=None,
+                                                               account=None)
+    account = BillingAccount(*row[3:CALLER_COLUMNS]) if row[3] is not None else None
     current = None
     if with_balance and account is not None:
         held, paid, promotional, expiry_at, expiry_cents = row[10:15]
@@ -85,6 +97,22 @@ def workspace_account(conn: Connection, workspace_id: str, account_id: str | Non
                                                             int(expiry_cents or 0)), int(held))
     return WorkspaceRead(user_id=row[0], workspace_found=row[1] is not None, role=row[2], account=account,
                          current=current)
+
+
+# Within the transaction a pipeline's one Sync ends (or the caller's own): plans chosen there are generic.
+_GENERIC_PLANS = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
+
+
+def on_generic_plan(conn: Connection, sql: str, params: dict) -> list[tuple]:
+    """The rows of a prepared statement run on its generic plan, planned once per connection (as pgbench -M
+    prepared runs it), in one round trip: a pipeline of the setting, local to its transaction, and the
+    statement. For a statement whose generic plan suits every input but looks costlier to PostgreSQL than its
+    custom plans (estimates made without the parameters' values): else it is planned again on each
+    execution."""
+    with conn.pipeline():
+        conn.execute(_GENERIC_PLANS, prepare=True)
+        cursor = conn.execute(sql, params, prepare=True)
+    return cursor.fetchall()
 
 
 _PAGE = ("SELECT id, billing_account_id, workspace_id, kind, amount_cents, balance_after_cents, description, "

@@ -227,8 +227,9 @@ def test_the_api_key_limit_adds_headers_and_answers_429_with_retry_after_past_it
 
 def test_a_read_that_checks_its_own_key_is_one_round_trip_and_still_answers_unknown_keys_401(engine, queue,
                                                                                              limiter):
-    """Balance and transaction reads check a user's key in their own statement (api.auth's KeyHolder): one
-    unit of work, and an unknown or revoked key is 401 before a 422 or 429, without RateLimit headers."""
+    """Balance, transaction and usage overview reads check a user's key in their own statement (api.auth's
+    KeyHolder): one unit of work, and an unknown or revoked key is 401 before a 422 or 429, without RateLimit
+    headers."""
     units = []
 
     def read():
@@ -236,26 +237,36 @@ def test_a_read_that_checks_its_own_key_is_one_round_trip_and_still_answers_unkn
         return UnitOfWork(engine)
     services = Services(Context(uow=lambda: units.append("uow") or UnitOfWork(engine), read=read, enqueue=queue,
                                 config=Config(), limiter=limiter))
-    api = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {}, api_rate_limit=3)))
+    api = Api(testing.TestClient(create_app(services, OPERATOR_TOKEN, {}, api_rate_limit=5)))
     owner = api.new_user()
     ws = api.new_workspace(owner)
     balance, transactions = f"/workspaces/{ws['id']}/billing/balance", f"/workspaces/{ws['id']}/billing/transactions"
+    overview = f"/workspaces/{ws['id']}/billing/usage-overview"
     units.clear()
     read_ok = api.call("GET", balance, owner.key)
     assert read_ok.status_code == 200 and read_ok.json["balanceCents"] == 1000
-    assert units == ["read"] and read_ok.headers["RateLimit-Remaining"] == "1"
+    assert units == ["read"] and read_ok.headers["RateLimit-Remaining"] == "3"
+    units.clear()
+    overview_ok = api.call("GET", overview, owner.key)
+    assert overview_ok.status_code == 200 and overview_ok.json["billingAccountId"] == ws["defaultBillingAccountId"]
+    assert units == ["read"] and overview_ok.headers["RateLimit-Remaining"] == "2"
     unknown = "bk_" + uuid.uuid4().hex
-    for _ in range(4):  # the fourth is past the unknown key's limit of 3: still 401, not 429
-        refused = api.call("GET", balance, unknown)
+    for path in (balance, overview) * 3:  # the sixth is past the unknown key's limit of 5: still 401, not 429
+        refused = api.call("GET", path, unknown)
         assert_problem(refused, 401)
         assert "RateLimit-Limit" not in refused.headers and refused.headers["WWW-Authenticate"].startswith("Bearer")
     assert_problem(api.call("GET", transactions + "?limit=0", "bk_" + uuid.uuid4().hex), 401)
     assert_problem(api.call("GET", transactions + "?cursor=nope", "bk_" + uuid.uuid4().hex), 401)
+    assert_problem(api.call("GET", overview + "?granularity=week", "bk_" + uuid.uuid4().hex), 401)
+    assert_problem(api.call("GET", overview + "?from=2026-01-01T00:00:00Z&granularity=hour&to=2026-03-01T00:00:00Z",
+                            "bk_" + uuid.uuid4().hex), 401)  # refused by the service's window check
     assert_problem(api.call("GET", transactions + "?limit=0", owner.key), 422)
-    assert_problem(api.call("GET", transactions, owner.key), 429)  # the owner's limit of 3 is spent
+    assert_problem(api.call("GET", overview + "?granularity=week", owner.key), 422)
+    assert_problem(api.call("GET", transactions, owner.key), 429)  # the owner's limit of 5 is spent
     with engine.begin() as conn:
         assert users_store.revoke_keys(conn, owner.id) == 1
     assert_problem(api.call("GET", balance, owner.key), 401)  # past the limit, and revoked: 401 first
+    assert_problem(api.call("GET", overview, owner.key), 401)
     assert api.operator("GET", balance).json["balanceCents"] == 1000
 
 

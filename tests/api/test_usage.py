@@ -5,10 +5,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
 from api import responses
+from domain.services.users import hash_key
+from domain.store import usage as usage_store
 from tests.api.checks import assert_problem, ledger_problems
 from tests.factories import new_linked_account, post
 
@@ -272,3 +275,21 @@ def test_members_read_the_overview_and_strangers_cannot_see_it(api, world):
     api.add_member(owner, ws["id"], member)
     assert api.call("GET", f"/workspaces/{ws['id']}/billing/usage-overview", member.key).status_code == 200
     assert_problem(api.call("GET", f"/workspaces/{ws['id']}/billing/usage-overview", stranger.key), 404)
+
+
+def test_the_overview_is_one_statement_on_its_generic_plan_that_leaves_the_session_as_it_was(api, services, world,
+                                                                                             database_url):
+    """PostgreSQL would plan the overview again on every execution (its estimates without the parameters'
+    values make the generic plan look costlier); it runs on its generic plan, planned once per connection,
+    and the setting that asks for it ends with the statement's transaction."""
+    owner, ws = world
+    record(api, services, ws, [ev("generic", 3, "tokens", 30)])
+    until = datetime.now(UTC) + timedelta(minutes=1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for n in range(7):
+            found, series, metrics = usage_store.overview(conn, ws["id"], until - timedelta(days=n + 1), until,
+                                                          "hour", key_hash=hash_key(owner.key))
+            assert (found.role, metrics, sum(p[1] for p in series)) == ("owner", [("tokens", 30, 3)], 3)
+        assert conn.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
+        assert conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                            "WHERE statement LIKE '%%may_read%%'").fetchall() == [(7, 0)]
