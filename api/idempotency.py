@@ -2,9 +2,9 @@
 
 The key is claimed (leased) before the responder runs and its answer stored after it, unless the answer
 is 5xx or 402 (released: the retry runs anew). A resource with `settles_idempotency = True` stores its
-answer in its own transaction instead (a queued credit): the middleware leaves it the claim (`claim(req)`)
-with the resource's `answer_for(created)` to render the answer, and the responder ends with `respond()`;
-should it fail before (a refusal), the middleware stores the refusal as the first answer. Whatever a keyed request
+answer with its own work instead (a queued credit: in the statement that queues it): the middleware leaves it
+the claim (`claim(req)`) with the resource's `answer_for(created)` to render the answer, and the responder ends
+with `respond()`; should it fail before (a refusal), the middleware stores the refusal as the first answer. Whatever a keyed request
 creates, it creates under `scope(req)`. A body the endpoint refuses (400, 413, 422) claims no key at all,
 so the corrected request may use the same key.
 """

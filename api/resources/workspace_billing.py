@@ -110,7 +110,7 @@ class Summary:
 
 
 class Credits:
-    settles_idempotency = True  # the operation and its Idempotency-Key answer commit together
+    settles_idempotency = True  # the operation and its Idempotency-Key answer: one statement
 
     def __init__(self, operations: OperationService) -> None:
         self._operations = operations

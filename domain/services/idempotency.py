@@ -2,9 +2,9 @@
 
 claim → run → finish (store the answer) or release (a 5xx, or an answer that asks for the same request
 again); a claimed key answers the next request with its stored first answer (a replay), or 409 when
-another request used it or it is still running. A request whose work is one transaction (a queued
-credit) does not claim first: it stores its answer in that same transaction (settle_in), so the key, the
-work and the answer commit together or not at all.
+another request used it or it is still running. A request whose work is one statement (a queued credit)
+does not claim first: that statement stores its answer too (first_answer), so the key, the work and the
+answer commit together or not at all.
 
 Everything a keyed request creates is unique per claim *scope*, not per raw key: after the window
 (BILLING_IDEMPOTENCY_TTL_SECONDS) the key gets a new scope and a new request under it is processed as
@@ -43,8 +43,8 @@ class KeyedRequest:
 @dataclass(frozen=True)
 class Claim:
     """The right to run a keyed request: what it creates, it creates under `scope`. A leased claim has a
-    `token`. One settled in the request's own transaction has none, and carries the adapter's `render`:
-    the answer (status, body, headers) for what the request created, stored in that transaction."""
+    `token`. One whose answer is stored with the request's work has none, and carries the adapter's `render`:
+    the answer (status, body, headers) for what the request creates, stored by the same statement."""
     request: KeyedRequest
     scope: str
     token: str | None = None
@@ -88,14 +88,22 @@ class IdempotencyService:
         return _replay(held, request.fingerprint)
 
     def unclaimed(self, request: KeyedRequest, render: Callable[[object], Replay]) -> Claim:
-        """A claim for a request that settles in its own transaction (settle_in): nothing stored yet."""
+        """A claim for a request that stores its answer with its work (first_answer): nothing stored yet."""
         return Claim(request, new_scope(), render=render)
 
-    def settle_in(self, conn: Connection, claim: Claim, created: object) -> Replay | None:
-        """In the request's transaction: store the answer for what it `created` as the key's first answer
-        (None: commit, send it), or the stored answer to send instead (roll back). Conflict: another
-        request holds the key."""
-        return self._store_in(conn, claim, claim.render(created))
+    def first_answer(self, claim: Claim, created: object) -> idempotency.FirstAnswer:
+        """The answer for what the request creates (`created`, as far as it is known before), for the statement
+        that creates it to store as the key's first answer (idempotency.answered_from), if the key is free."""
+        r, answer = claim.request, claim.render(created)
+        return idempotency.FirstAnswer(r.caller, r.key, r.fingerprint, claim.scope, self._ttl, answer.status,
+                                       answer.body, answer.headers)
+
+    def replay_for(self, claim: Claim) -> Replay:
+        """The stored answer to send instead, the key being held (first_answer stored nothing). Conflict: another
+        request holds it."""
+        with self._ctx.read() as uow:
+            return _replay(idempotency.stored(uow.conn, claim.request.caller, claim.request.key),
+                           claim.request.fingerprint)
 
     def _store_in(self, conn: Connection, claim: Claim, answer: Replay) -> Replay | None:
         r = claim.request
@@ -104,8 +112,8 @@ class IdempotencyService:
         return None if isinstance(held, str) else _replay(held, r.fingerprint)
 
     def settle(self, claim: Claim, answer: Replay) -> Replay | None:
-        """settle_in, in a transaction of its own: for an answer the request's work did not store (a
-        refusal raised before its transaction could)."""
+        """Store the answer as the key's first answer (None: send it), or the stored answer to send instead:
+        for an answer the request's work did not store (a refusal raised before its statement could)."""
         with self._ctx.uow() as uow:
             replay = self._store_in(uow.conn, claim, answer)
             uow.commit()

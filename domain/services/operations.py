@@ -1,6 +1,6 @@
 """Queued money movements: accept now, apply in the worker, exactly once, retried until applied.
 
-A credit is accepted in one transaction with its Idempotency-Key answer, and applied with a batch of
+A credit is accepted in one statement with its Idempotency-Key answer, and applied with a batch of
 queued credits (domain.services.credit_batches); usage batches and tier refreshes are applied one by one.
 An operation ends failed only for a business refusal; an attempt stopped for any other cause goes back to
 the queue with backoff (retry_later), and the relay (domain.services.relay) re-sends what is left behind.
@@ -40,8 +40,9 @@ class OperationService:
         """Record a credit to the workspace's current default account; the worker applies it, opening a grant
         on `terms` (category, priority, expiresAt; the source is the operator's).
 
-        With an Idempotency-Key `claim`, the key's answer is stored in the same transaction; when the key
-        holds a first answer already, that answer comes back instead (a Replay) and nothing is recorded."""
+        One statement, autocommitted: with an Idempotency-Key `claim` it stores the key's answer too, so both
+        commit or neither; when the key holds a first answer already, that answer comes back instead (a Replay)
+        and nothing is recorded."""
         if not caller.is_operator:
             with self._ctx.uow() as uow:
                 access.refuse_user(uow.conn, caller, workspace_id, "only the operator grants credits")
@@ -49,24 +50,19 @@ class OperationService:
             raise NotFound("workspace not found")
         terms = terms or Terms(GrantSource.OPERATOR)
         grants.expires_in_future(terms.expires_at, datetime.now(UTC))
-        with self._ctx.uow() as uow:
-            op, created = operations.insert_for_workspace(
-                uow.conn, operation_id=new_id("op"), kind="credit", caller=caller.name,
-                idempotency_scope=claim.scope if claim else None, workspace_id=workspace_id,
-                payload={"amountCents": amount_cents, "description": description, "category": terms.category,
-                         "priority": terms.priority,
-                         "expiresAt": terms.expires_at.astimezone(UTC).isoformat() if terms.expires_at else None},
-                trace_parent=self._ctx.trace_parent())
-            if op is None:
-                raise NotFound("workspace not found")
-            if claim is not None:
-                replay = self._idempotency.settle_in(uow.conn, claim, op)
-                if replay is not None:
-                    return replay  # rolled back: the key's first answer stands
-            if created:
-                wake = self._ctx.wake or self._ctx.enqueue
-                uow.after_commit(lambda: wake(Task.APPLY_OPERATION, operation_id=op.id))
-            uow.commit()
+        new = {"operation_id": new_id("op"), "kind": "credit", "caller": caller.name, "workspace_id": workspace_id,
+               "payload": {"amountCents": amount_cents, "description": description, "category": terms.category,
+                           "priority": terms.priority,
+                           "expiresAt": terms.expires_at.astimezone(UTC).isoformat() if terms.expires_at else None}}
+        answer = self._idempotency.first_answer(claim, operations.as_queued(**new)) if claim else None
+        with self._ctx.single() as driver:
+            op, found = operations.queue_for_workspace(driver, **new, trace_parent=self._ctx.trace_parent(),
+                                                       answer=answer)
+        if not found:
+            raise NotFound("workspace not found")
+        if op is None:
+            return self._idempotency.replay_for(claim)  # the key's first answer stands
+        (self._ctx.wake or self._ctx.enqueue)(Task.APPLY_OPERATION, operation_id=op.id)
         return op
 
     def get(self, caller: Caller, operation_id: str) -> Operation:

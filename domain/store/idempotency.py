@@ -25,25 +25,51 @@ _FREE = """(k.created_at < now() - make_interval(secs => :ttl)
            OR (k.response_status IS NULL AND (k.lease_expires_at IS NULL OR k.lease_expires_at < now())))"""
 _RETRY = "(k.fingerprint = EXCLUDED.fingerprint AND k.created_at >= now() - make_interval(secs => :ttl))"
 
-# Claim the key, or store a first answer outright (status given, no lease). No row back: the key is held.
-_CLAIM = text(f"""
+# Take the key if it is free: insert its row, or take a free row over. No row back: the key is held.
+_TAKE = f"""
 INSERT INTO idempotency_keys AS k (caller, key, fingerprint, scope, response_status, response_body,
                                    response_headers, lease_token, lease_expires_at)
-VALUES (:caller, :key, :fingerprint, :scope, :status, :body, CAST(:headers AS jsonb), :token,
-        CASE WHEN CAST(:token AS text) IS NULL THEN NULL ELSE now() + make_interval(secs => :lease) END)
+{{row}}
 ON CONFLICT (caller, key) DO UPDATE
 SET scope = CASE WHEN {_RETRY} THEN k.scope ELSE EXCLUDED.scope END,
     fingerprint = EXCLUDED.fingerprint, response_status = EXCLUDED.response_status,
     response_body = EXCLUDED.response_body, response_headers = EXCLUDED.response_headers,
     lease_token = EXCLUDED.lease_token, lease_expires_at = EXCLUDED.lease_expires_at, created_at = now()
 WHERE {_FREE}
-RETURNING k.scope
-""")
+RETURNING k.scope"""
+# Claim the key, or store a first answer outright (status given, no lease).
+_CLAIM = text(_TAKE.format(row="""VALUES (:caller, :key, :fingerprint, :scope, :status, :body, CAST(:headers AS jsonb),
+        :token, CASE WHEN CAST(:token AS text) IS NULL THEN NULL ELSE now() + make_interval(secs => :lease) END)"""))
 _STORED = text("""
 SELECT fingerprint, response_status, response_body, response_headers,
        GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0) AS lease_left
 FROM idempotency_keys WHERE caller = :caller AND key = :key
 """)
+
+
+@dataclass(frozen=True)
+class FirstAnswer:
+    """A keyed request's answer, stored by the statement that does the request's work (answered_from)."""
+    caller: str
+    key: str
+    fingerprint: str
+    scope: str
+    ttl_seconds: int
+    status: int
+    body: str
+    headers: dict
+
+    def params(self) -> dict:
+        return {"caller": self.caller, "key": self.key, "fingerprint": self.fingerprint, "scope": self.scope,
+                "ttl": self.ttl_seconds, "status": self.status, "body": self.body, "headers": json.dumps(self.headers)}
+
+
+def answered_from(source: str, body: str = ":body") -> str:
+    """SQL storing a FirstAnswer (its params(); `body`, the SQL of its body) under its key if the key is free, once
+    per row of `source`, one at most (none: nothing stored): for a statement that does the request's work and
+    stores its answer at once. It returns the scope as claim() does; no row when the key is held (stored())."""
+    return _TAKE.format(row=f"SELECT :caller, :key, :fingerprint, :scope, :status, {body}, CAST(:headers AS jsonb), "
+                            f"NULL, NULL FROM {source}")
 
 
 def claim(conn: Connection, caller: str, key: str, fingerprint: str, scope: str, *, ttl_seconds: int,
@@ -57,8 +83,11 @@ def claim(conn: Connection, caller: str, key: str, fingerprint: str, scope: str,
         "caller": caller, "key": key, "fingerprint": fingerprint, "scope": scope, "ttl": ttl_seconds,
         "lease": lease_seconds, "token": token, "status": status, "body": body,
         "headers": None if headers is None else json.dumps(headers)}).scalar()
-    if claimed is not None:
-        return claimed
+    return claimed if claimed is not None else stored(conn, caller, key)
+
+
+def stored(conn: Connection, caller: str, key: str) -> StoredRequest:
+    """What holds the key."""
     row = conn.execute(_STORED, {"caller": caller, "key": key}).mappings().one()
     return StoredRequest(row["fingerprint"], row["response_status"], row["response_body"],
                          row["response_headers"], float(row["lease_left"] or 0))

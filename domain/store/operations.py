@@ -1,18 +1,22 @@
 """Operation SQL: the queued intents that the worker applies and the relay re-drives.
 
-The hot paths (a credit accepted, a batch of credits applied) use fixed text() statements: no statement
-is built per call, and psycopg prepares each one on the server after a few executions.
+The hot paths use fixed statements: a credit accepted is one statement on the driver (prepared, autocommitted
+where the caller's connection is: domain.services.context's `single`), a batch of credits applied fixed text()
+statements, which psycopg prepares on the server after a few executions.
 """
 import json
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from domain import times, views
 from domain.models import Operation
 from domain.names import UNFINISHED, OperationStatus, WebhookEventType
-from domain.store import webhook_events
+from domain.store import idempotency, webhook_events
+from domain.store.prepared import psycopg_style
 from domain.store.tables import operations
 from domain.store.uow import note_failed
 
@@ -48,32 +52,52 @@ def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: 
     return from_row(existing), False
 
 
-# The workspace's current default account is read by the INSERT itself: one statement, one round trip.
-_INSERT_FOR_WORKSPACE = text(f"""
+# The workspace's current default account is read by the INSERT itself.
+_QUEUE = f"""
 INSERT INTO operations (id, kind, caller, idempotency_scope, workspace_id, billing_account_id, payload, trace_parent)
 SELECT :id, :kind, :caller, :scope, w.id, w.default_billing_account_id, CAST(:payload AS jsonb), :trace_parent
-FROM workspaces w WHERE w.id = :workspace_id
-ON CONFLICT ON CONSTRAINT operations_idempotency_scope DO NOTHING
-RETURNING {_COLUMNS}
+FROM {{source}}
+RETURNING {_COLUMNS}"""
+_QUEUE_FOR_WORKSPACE = psycopg_style(_QUEUE.format(source="workspaces w WHERE w.id = :workspace_id"))
+# With an Idempotency-Key: the key's first answer stored, and the operation queued, only if the key is free; in the
+# answer (rendered before, for as_queued()'s operation) the statement's now() stands where STATEMENT_NOW was, in
+# domain.times.rfc3339's format (UTC, milliseconds cut, not rounded: to_char's MS). No row: no such workspace.
+STATEMENT_NOW = datetime(1, 1, 1, tzinfo=UTC)
+_NOW_RFC3339 = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+_QUEUE_ANSWERED = psycopg_style(f"""
+WITH w AS (SELECT id, default_billing_account_id FROM workspaces WHERE id = :workspace_id),
+answered AS ({idempotency.answered_from("w", f"replace(:body, :statement_now, {_NOW_RFC3339})")}),
+queued AS ({_QUEUE.format(source="w, answered")})
+SELECT queued.* FROM w LEFT JOIN queued ON true
 """)
-_BY_SCOPE = text(f"SELECT {_COLUMNS} FROM operations WHERE caller = :caller AND idempotency_scope = :scope")
 
 
-def insert_for_workspace(conn: Connection, *, operation_id: str, kind: str, caller: str,
-                         idempotency_scope: str | None, workspace_id: str,
-                         payload: dict, trace_parent: str | None = None) -> tuple[Operation | None, bool]:
-    """Insert an operation on the workspace's default account: (op, True); (existing, False) when one
-    exists under this idempotency scope already; (None, False) when the workspace does not exist."""
-    row = conn.execute(_INSERT_FOR_WORKSPACE, {
-        "id": operation_id, "kind": kind, "caller": caller, "scope": idempotency_scope,
-        "workspace_id": workspace_id, "payload": json.dumps(payload),
-        "trace_parent": trace_parent}).mappings().first()
-    if row is not None:
-        return from_row(row), True
-    if idempotency_scope is None:
+def as_queued(*, operation_id: str, kind: str, caller: str, workspace_id: str, payload: dict) -> Operation:
+    """The operation queue_for_workspace() inserts, as far as it is known before: its account is not, its times
+    are STATEMENT_NOW (for an answer rendered before the statement runs)."""
+    return Operation(id=operation_id, kind=kind, status=OperationStatus.QUEUED, caller=caller,
+                     workspace_id=workspace_id, billing_account_id=None, payload=payload, result=None, error=None,
+                     attempts=0, created_at=STATEMENT_NOW, updated_at=STATEMENT_NOW)
+
+
+def queue_for_workspace(driver: psycopg.Connection, *, operation_id: str, kind: str, caller: str, workspace_id: str,
+                        payload: dict, trace_parent: str | None = None,
+                        answer: idempotency.FirstAnswer | None = None) -> tuple[Operation | None, bool]:
+    """Queue an operation on the workspace's default account, in one statement; with `answer` (an Idempotency-Key's,
+    its body rendered for as_queued()'s operation) only if the key is free, storing the answer beside it, under
+    its scope. (op, True); (None, True): the key is held, nothing queued (idempotency.stored()); (None, False):
+    no such workspace."""
+    params = {"id": operation_id, "kind": kind, "caller": caller, "scope": None, "workspace_id": workspace_id,
+              "payload": json.dumps(payload), "trace_parent": trace_parent}
+    cursor = driver.cursor(row_factory=dict_row)
+    if answer is None:
+        row = cursor.execute(_QUEUE_FOR_WORKSPACE, params, prepare=True).fetchone()
+        return (from_row(row), True) if row else (None, False)
+    row = cursor.execute(_QUEUE_ANSWERED, params | answer.params() | {
+        "statement_now": times.rfc3339(STATEMENT_NOW)}, prepare=True).fetchone()
+    if row is None:
         return None, False
-    existing = conn.execute(_BY_SCOPE, {"caller": caller, "scope": idempotency_scope}).mappings().first()
-    return (from_row(existing), False) if existing else (None, False)
+    return (from_row(row) if row["id"] else None), True
 
 
 _GET = {

@@ -58,11 +58,13 @@ def test_twenty_concurrent_posts_with_one_idempotency_key_credit_once(stack, ser
     assert {a.status_code for a in answers} <= {202, 409}, [a.text for a in answers]
     accepted = [a for a in answers if a.status_code == 202]
     assert accepted and {a.headers["Location"] for a in accepted} == {accepted[0].headers["Location"]}
+    assert {a.text for a in accepted} == {accepted[0].text}  # the replays' stored answer is the first, to the byte
     operation_id = accepted[0].json["id"]
     assert wait_for_operations(engine, [operation_id]) == {operation_id: "succeeded"}
     assert entries_per_operation(engine, [operation_id]) == {operation_id: 1}
     again = post(None)  # once settled, the key replays the first answer
-    assert (again.status_code, again.headers["Location"]) == (202, accepted[0].headers["Location"])
+    assert (again.status_code, again.headers["Location"], again.text) == (202, accepted[0].headers["Location"],
+                                                                          accepted[0].text)
     balance = api.call("GET", f"/workspaces/{workspace['id']}/billing/balance", owner.key).json
     assert balance["balanceCents"] == 1700
     assert_sound(services, workspace["defaultBillingAccountId"], operation_id)
