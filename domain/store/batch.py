@@ -1,5 +1,7 @@
 """SQL for applying queued credits in batches: account locks taken without waiting, and the tiers of
 many accounts read and stored by one statement each."""
+import json
+
 from sqlalchemy import Connection, text
 
 # Lock what is free, in id order, skipping (never waiting on) accounts another transaction holds. NO KEY
@@ -25,13 +27,14 @@ SELECT a.id, a.balance_cents,
 FROM billing_accounts a WHERE a.id = ANY(CAST(:ids AS text[]))
 """)
 
-# domain/store/tiers.py's save, for many accounts: a computation from an older ledger state never wins.
+# domain/store/tiers.py's save, for many accounts: a computation from an older ledger state never wins. The rows
+# come as JSON (a text[] of reasons, which need quotes, costs psycopg a regex per element).
 _SAVE_TIERS = text("""
 INSERT INTO account_tiers AS t (billing_account_id, tier, reason, paid_cents, balance_cents, as_of_entry_id,
                                 computed_at)
 SELECT v.id, v.tier, v.reason, v.paid, v.balance, v.as_of, now()
-FROM unnest(CAST(:ids AS text[]), CAST(:tiers AS text[]), CAST(:reasons AS text[]), CAST(:paid AS bigint[]),
-            CAST(:balances AS bigint[]), CAST(:as_of AS bigint[])) AS v(id, tier, reason, paid, balance, as_of)
+FROM json_to_recordset(CAST(:rows AS json)) AS v(id text, tier text, reason text, paid bigint, balance bigint,
+                                                 as_of bigint)
 ON CONFLICT (billing_account_id) DO UPDATE
 SET tier = EXCLUDED.tier, reason = EXCLUDED.reason, paid_cents = EXCLUDED.paid_cents,
     balance_cents = EXCLUDED.balance_cents, as_of_entry_id = EXCLUDED.as_of_entry_id, computed_at = now()
@@ -49,8 +52,6 @@ def save_tiers(conn: Connection, tiers: dict[str, tuple[str, str, int, int, int]
     """Store (tier, reason, paid, balance, as_of_entry_id) by account."""
     if not tiers:
         return
-    ids = sorted(tiers)
-    rows = [tiers[i] for i in ids]
-    conn.execute(_SAVE_TIERS, {"ids": ids, "tiers": [r[0] for r in rows], "reasons": [r[1] for r in rows],
-                               "paid": [r[2] for r in rows], "balances": [r[3] for r in rows],
-                               "as_of": [r[4] for r in rows]})
+    rows = [{"id": account_id, "tier": tier, "reason": reason, "paid": paid, "balance": balance, "as_of": as_of}
+            for account_id, (tier, reason, paid, balance, as_of) in sorted(tiers.items())]
+    conn.execute(_SAVE_TIERS, {"rows": json.dumps(rows)})

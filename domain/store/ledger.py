@@ -1,4 +1,5 @@
 """Ledger SQL: one statement per posting, keyset pages, window totals."""
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,12 +81,14 @@ def find(conn: Connection, account_id: str, key: str) -> Entry | None:
 # Many postings (credits, or debits allowed below zero) on accounts this transaction holds locked, in one
 # statement: each entry's balance_after is its account's balance plus the running sum of that account's postings
 # in batch order, entries take ids in that order (so the chain reads right), and each account's cached balance
-# moves to its last entry's. Keys posted before are left out (post() and find() tell what they were).
+# moves to its last entry's. Keys posted before are left out (post() and find() tell what they were). The entries
+# come as JSON rows, in batch order: psycopg dumps a text[] element by element, with a regex for each text that
+# needs quotes (a description).
 _POST_MANY = text("""
 WITH v AS (
-    SELECT * FROM unnest(CAST(:accounts AS text[]), CAST(:amounts AS bigint[]), CAST(:keys AS text[]),
-                         CAST(:workspaces AS text[]), CAST(:descriptions AS text[]), CAST(:refs AS text[]))
-         WITH ORDINALITY AS v(account_id, amount, key, workspace_id, description, reference, ord)
+    SELECT * FROM ROWS FROM (json_to_recordset(CAST(:entries AS json)) AS (
+        account_id text, amount bigint, key text, workspace_id text, description text, reference text))
+    WITH ORDINALITY AS v(account_id, amount, key, workspace_id, description, reference, ord)
 ), fresh AS (
     SELECT v.*, a.balance_cents + SUM(v.amount) OVER (PARTITION BY v.account_id ORDER BY v.ord) AS balance_after
     FROM v JOIN billing_accounts a ON a.id = v.account_id
@@ -122,11 +125,9 @@ def post_many(conn: Connection, entries: list[NewEntry], *, kind: str) -> dict[s
     entries by key. A key posted before, or an account that does not exist, has none."""
     if not entries:
         return {}
-    rows = conn.execute(_POST_MANY, {
-        "accounts": [e.account_id for e in entries], "amounts": [e.amount_cents for e in entries],
-        "keys": [e.key for e in entries], "workspaces": [e.workspace_id for e in entries],
-        "descriptions": [e.description for e in entries], "refs": [e.reference for e in entries],
-        "kind": kind}).mappings().all()
+    rows = conn.execute(_POST_MANY, {"entries": json.dumps([
+        {"account_id": e.account_id, "amount": e.amount_cents, "key": e.key, "workspace_id": e.workspace_id,
+         "description": e.description, "reference": e.reference} for e in entries]), "kind": kind}).mappings().all()
     note_postings(conn, [(kind, row["amount_cents"]) for row in rows])
     webhook_events.note_entries(conn, [(row["billing_account_id"], row["id"], row["amount_cents"],
                                         row["balance_after_cents"]) for row in rows])

@@ -170,11 +170,13 @@ def claim_queued(conn: Connection, *, kinds: tuple[str, ...], limit: int, but: l
     return [from_row(row) for row in rows]
 
 
-# Every row updated by one statement; each attempt counted, as a 'running' mark would have.
+# Every row updated by one statement; each attempt counted, as a 'running' mark would have. The results come as
+# one JSON object (operation id -> result): psycopg dumps a text[] of JSON strings element by element, escaping
+# each one's quotes with a regex, which cost more than the rest of a batch's Python.
 _SUCCEED_MANY = text("""
-UPDATE operations o SET status = 'succeeded', result = CAST(v.result AS jsonb), error = NULL,
+UPDATE operations o SET status = 'succeeded', result = v.result, error = NULL,
        attempts = o.attempts + 1, updated_at = now(), last_error = NULL, next_attempt_at = NULL
-FROM unnest(CAST(:ids AS text[]), CAST(:results AS text[])) AS v(id, result)
+FROM jsonb_each(CAST(:results AS jsonb)) AS v(id, result)
 WHERE o.id = v.id
 """)
 
@@ -182,7 +184,7 @@ WHERE o.id = v.id
 def succeed_many(conn: Connection, results: dict[str, dict]) -> None:
     """Mark operations succeeded with their results, counting the attempt that applied them."""
     if results:
-        conn.execute(_SUCCEED_MANY, {"ids": list(results), "results": [json.dumps(r) for r in results.values()]})
+        conn.execute(_SUCCEED_MANY, {"results": json.dumps(results)})
 
 
 # One more attempt counted (a running one was counted when it started), the cause shown, a retry due after
