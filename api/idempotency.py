@@ -4,9 +4,9 @@ The key is claimed (leased) before the responder runs and its answer stored afte
 is 5xx or 402 (released: the retry runs anew). A resource with `settles_idempotency = True` stores its
 answer with its own work instead (a queued credit: in the statement that queues it): the middleware leaves it
 the claim (`claim(req)`) with the resource's `answer_for(created)` to render the answer, and the responder ends
-with `respond()`; should it fail before (a refusal), the middleware stores the refusal as the first answer. Whatever a keyed request
-creates, it creates under `scope(req)`. A body the endpoint refuses (400, 413, 422) claims no key at all,
-so the corrected request may use the same key.
+with `respond()`; should it fail before (a refusal), the middleware stores the refusal as the first answer.
+Whatever a keyed request creates, it creates under `scope(req)`. A body the endpoint refuses (400, 413, 422)
+claims no key at all, so the corrected request may use the same key.
 """
 import json
 

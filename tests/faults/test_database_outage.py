@@ -12,10 +12,12 @@ OK = (200, 202)
 
 
 def credits_waiting(engine) -> int:
-    """Requests recording a credit that wait on a lock (the worker's statements may wait too)."""
+    """Requests recording a credit that wait on a lock (the worker's statements may wait too). A keyed credit is
+    one statement that stores the key's answer, then inserts the operation: pg_stat_activity cuts its text at
+    track_activity_query_size (1 kB by default) before the operation's INSERT, so it is known by the key's."""
     with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                 "AND query LIKE '%INSERT INTO operations %' AND pid <> pg_backend_pid()")).scalar()
+        return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                                 "query LIKE '%INSERT INTO idempotency_keys %' AND pid <> pg_backend_pid()")).scalar()
 
 
 def test_postgresql_restarted_under_load_costs_503s_only_and_loses_or_doubles_nothing(stack, postgres, api, services,
@@ -38,7 +40,7 @@ def test_postgresql_restarted_under_load_costs_503s_only_and_loses_or_doubles_no
 
     with Load(send, threads=3, pause=0.05) as load:
         wait_until(lambda: len(load.answers()) >= 30, 30, "answers before the outage")
-        # Credits wait inside their transactions (reads pass this lock) when the server crashes under them.
+        # Credits wait inside their statements (reads pass this lock) when the server crashes under them.
         blocker = engine.connect()
         blocker.begin()
         blocker.execute(text("LOCK TABLE operations IN EXCLUSIVE MODE"))
