@@ -159,7 +159,9 @@ def apply_captures(conn: Connection, ops: list[Operation], ids: PublicIds) -> di
     it, so it is debited even where a grant expired meanwhile took the balance below it (the balance may go below
     zero). The results by operation id."""
     settled = holds.settle_many(conn, [(op.billing_account_id, op.payload["holdId"]) for op in ops])
-    captured = [hold for hold in settled.values() if hold.captured_cents]
+    # Debited in the batch's order (the statement returns the holds in any order): each draws where the one before
+    # it left off.
+    captured = [hold for op in ops if (hold := settled.get(op.payload["holdId"])) and hold.captured_cents]
     posted = ledger.post_many(conn, [ledger.NewEntry(
         hold.billing_account_id, -hold.captured_cents, f"hold:{hold.id}", workspace_id=hold.workspace_id,
         description=hold.description or "Hold captured", reference=hold.reference or hold.id) for hold in captured],
