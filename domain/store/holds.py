@@ -154,6 +154,8 @@ def settle(conn: Connection, account_id: str, hold_id: str, status: str | None =
 
 def settle_many(conn: Connection, holds: list[tuple[str, str]], status: str | None = None) -> dict[str, Hold]:
     """settle() for many (account id, hold id) in one statement: the holds it stopped, by id."""
+    if not holds:  # a batch of credits without captures: no round trip
+        return {}
     rows = conn.execute(_SETTLE, {"accounts": [account for account, _ in holds], "ids": [hold for _, hold in holds],
                                   "status": status}).mappings()
     return {row["id"]: _hold(row) for row in rows}
