@@ -1,10 +1,12 @@
 """JSON log lines on stderr, each carrying the request id and operation id in effect."""
 import logging
 import os
+import re
 import sys
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+import beat_schedule
 from domain import tracing
 
 
@@ -13,6 +15,30 @@ class _Correlation(logging.Filter):
         record.request_id = getattr(record, "request_id", None) or tracing.request_id.get()
         record.operation_id = getattr(record, "operation_id", None) or tracing.operation_id.get()
         return True
+
+
+class QuietRoutine(logging.Filter):
+    """Leaves out the INFO lines of beat's periodic jobs that found nothing to do: beat's "Sending due task",
+    the worker's "received" and "succeeded" of a scheduled task whose result holds no number but 0. A job
+    that did work (relayed 3 operations, expired a grant), and every warning and error, is still logged."""
+
+    def __init__(self, task_names: frozenset[str]) -> None:
+        super().__init__()
+        self._routine = task_names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        if record.name == "celery.beat":
+            return not record.getMessage().startswith("Scheduler: Sending due task")
+        data = getattr(record, "data", None)
+        if not isinstance(data, dict) or data.get("name") not in self._routine:
+            return True
+        return "return_value" in data and _did_work(data["return_value"])
+
+
+def _did_work(result: object) -> bool:
+    return re.search(r"[1-9]", str(result)) is not None
 
 
 def json_handler(stream, service: str) -> logging.Handler:
@@ -32,5 +58,7 @@ def configure(service: str) -> None:
         return
     handler = json_handler(sys.stderr, service)
     handler.billing_json = True
+    if os.environ.get("BILLING_LOG_ROUTINE_JOBS", "1") == "0":  # `billing standalone` sets it: a terminal to read
+        handler.addFilter(QuietRoutine(frozenset(job["task"] for job in beat_schedule.SCHEDULE.values())))
     root.handlers = [handler]
     root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())

@@ -69,6 +69,7 @@ def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1
     metrics_port = os.environ.get("WORKER_METRICS_PORT") or str(_free_port())  # two on one host never clash
     env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker, BILLING_OPERATOR_TOKEN=token,
                WORKER_METRICS_PORT=metrics_port)
+    env.setdefault("BILLING_LOG_ROUTINE_JOBS", "0")  # beat's jobs that found nothing to do would fill the terminal
     migrate(database_url)
     if broker.startswith("sqla+"):
         _create_broker_tables(broker)
@@ -80,8 +81,20 @@ def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1
     # Outbound webhooks on a worker of their own: a slow receiver never holds a slot the ledger needs.
     children.append(subprocess.Popen(worker_argv("webhooks", concurrency=2, name="standalone-webhooks@%h"),
                                      env=env | {"WORKER_METRICS_PORT": "0"}))
+    _wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
     print(_banner(port, host, token, broker, metrics_port, settings, data_dir), flush=True)
     return _supervise(children)
+
+
+def _wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
+    """Until the API accepts connections (at most `timeout`), so that the banner comes after the start-up lines."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
 
 
 def _supervise(children: list[subprocess.Popen]) -> int:

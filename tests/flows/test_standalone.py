@@ -1,6 +1,7 @@
 """`billing standalone` with no DATABASE_URL or REDIS_URL: the README's run command, as a newcomer uses it."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,3 +122,6 @@ def test_standalone_listens_on_loopback_and_operator_commands_reach_its_queue(st
         "pg_stat_activity WHERE state = 'idle in transaction' AND now() - state_change > interval '5 seconds' "
         "AND pid <> pg_backend_pid()\").scalar())")], capture_output=True, text=True, timeout=60, env=env)
     assert idle.stdout.strip() == "0", idle.stdout + idle.stderr
+    printed = _printed(log)  # beat ran its 5-second job at least once meanwhile: not a line of it, the credit's are there
+    assert "webhooks.dispatch[" not in printed and "Sending due task" not in printed
+    assert re.search(r"ledger\.apply_operation\[\S+\] succeeded", printed)
