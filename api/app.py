@@ -1,11 +1,13 @@
 """The Falcon app: create_app(services, settings) and get_app() for the WSGI server."""
 import functools
+import os
 from collections.abc import Callable
 
 import falcon
 import orjson
 
 from api import errors, openapi
+from api.connections import closing_unread_bodies
 from api.auth import Authentication
 from api.idempotency import IdempotencyKeys
 from api.metrics import NO_METRICS, Metrics, MetricsPort, RequestMetrics
@@ -90,17 +92,20 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
     return app
 
 
-def get_app() -> falcon.App:
-    """The production app, wired from the environment (gunicorn 'api.app:get_app()')."""
+def get_app():
+    """The production WSGI app, wired from the environment (granian's factory `api.app:get_app`, worker.http_server)."""
     # The composition root, imported here only: create_app and the tests take their services from outside.
     from worker import health, logs, metrics, settings, tracing
     from worker.container import services
 
     logs.configure("api")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics.forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     loaded = settings.load()
     tracing.setup("billing-api", loaded.otlp_endpoint)  # before the app is made: it patches falcon.App
     port = MetricsPort(metrics.observe_request,
                        lambda: metrics.render(lambda: metrics.gauges(services(), loaded.broker_url)),
                        token=loaded.metrics_token)
-    return create_app(services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"),
-                      health.checks(loaded), api_rate_limit=loaded.api_rate_limit, metrics=port)
+    return closing_unread_bodies(create_app(
+        services(), settings.require(loaded.operator_token, "BILLING_OPERATOR_TOKEN"), health.checks(loaded),
+        api_rate_limit=loaded.api_rate_limit, metrics=port))

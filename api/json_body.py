@@ -52,8 +52,8 @@ def raw_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 def _unsized(req: falcon.Request, most: int) -> bytes:
     """Up to `most` bytes of a body sent without Content-Length (chunked), which Falcon's bounded_stream
-    reads as empty. Only a server that ends wsgi.input with the body (gunicorn) is read: elsewhere the read
-    could wait for the client to close."""
+    reads as empty. Only a server that ends wsgi.input with the body (granian, gunicorn) is read: elsewhere
+    the read could wait for the client to close. No JSON endpoint takes an empty body sent chunked: 400."""
     if not req.env.get("wsgi.input_terminated"):
         return b""
     chunks, size = [], 0
@@ -66,6 +66,9 @@ def _unsized(req: falcon.Request, most: int) -> bytes:
             size += len(chunk)
     except Exception:  # the server's own error for broken chunk framing, or for a client gone mid-body
         raise Problem(400, "Bad Request", "the chunked request body is malformed or ended early") from None
+    if not chunks:  # granian hands the app a body whose chunk framing is broken as an empty one, then closes
+        raise Problem(400, "Bad Request", "the chunked request body is empty, or its chunk framing is broken",
+                      headers={"Connection": "close"})
     return b"".join(chunks)
 
 

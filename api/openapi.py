@@ -59,9 +59,10 @@ offset. Every date given, in a query or a body, must lie from 1970-01-01T00:00:0
 once converted to UTC (else 422 naming the field).
 
 HTTP/1.1: request bodies may be sent with `Transfer-Encoding: chunked` and are read like any other (413 past
-the limit). An answer given without reading the whole request body (413, 401, 404, ...) carries
-`Connection: close` and the connection is then closed; otherwise it is kept alive (75 seconds idle by
-default, `BILLING_HTTP_KEEPALIVE_SECONDS`).
+the limit); an empty chunked body is 400, and the body of a request whose chunk framing breaks ends where it
+broke (the connection closes after the answer). An answer given without reading the whole request body (413,
+401, 404, ...) carries `Connection: close` and the connection is then closed; otherwise it is kept alive (75
+seconds idle by default, `BILLING_HTTP_KEEPALIVE_SECONDS`).
 
 Workspace transaction and summary routes show every entry of the billing account, including entries
 made through other workspaces bound to the same account, so that they add up to its balance.

@@ -3,7 +3,7 @@
 Creates a fresh database, migrates it, seeds users/accounts/workspaces (with real intro-credit ledger
 entries), measures the raw PostgreSQL ceilings with pgbench on the same table shapes (issue 14's: the
 accept and the apply, two transactions per credit, bench/two_commits.py; issue 9's: one transaction per
-credit), starts the real API (gunicorn, worker.cli.api_argv) and a real Celery worker
+credit), starts the real API (granian, worker.cli.api_argv) and a real Celery worker
 (worker.cli.worker_argv) on a private redis-server, drives the credits endpoint from a keep-alive load
 generator, waits until every operation succeeded, reports accepted/s, applied/s, accept-to-applied p50/p99
 and applied/s as a ratio of each ceiling, then runs the services audit. Exit 1 when an invariant broke (or
@@ -346,7 +346,7 @@ def _frame_keys(frame: str) -> list[str]:
 
 def summarize_py_spy(path: Path, top: int = 15) -> dict:
     """From py-spy's raw (collapsed) output: the share of samples per process role (1 = the root process,
-    e.g. Celery's consumer or gunicorn's arbiter; 2 = its children: pool workers), per package, per
+    e.g. Celery's consumer or granian's main process; 2 = its children: pool workers), per package, per
     project function (inclusive) and per leaf frame (self)."""
     if not path.exists():
         return {}
@@ -388,8 +388,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2,
                    help="Celery worker processes, and pgbench clients for the one-transaction ceiling (default 2)")
     p.add_argument("--clients", type=int, default=8, help="load-generator keep-alive connections (default 8)")
-    p.add_argument("--api-workers", type=int, default=2, help="gunicorn workers (default 2)")
-    p.add_argument("--api-threads", type=int, default=4, help="gunicorn threads per worker (default 4)")
+    p.add_argument("--api-workers", type=int, default=2, help="API worker processes (default 2)")
+    p.add_argument("--api-threads", type=int, default=4, help="API threads per worker process (default 4)")
     p.add_argument("--accounts", type=int, default=10_000, help="users/accounts/workspaces (default 10000)")
     p.add_argument("--no-idempotency-key", action="store_true",
                    help="send credits without an Idempotency-Key header (default: one unique key each)")
@@ -575,15 +575,15 @@ def ready(port: int) -> bool:
 
 
 def start_the_api(args, children: list[Child], service: Service) -> None:
-    """The real API (harness.start_api), once /ready answers and each gunicorn worker has its pools."""
+    """The real API (harness.start_api), once /ready answers and each API worker process has its pools."""
     from worker.cli import api_argv
 
-    log(f"starting the API: gunicorn {args.api_workers} x {args.api_threads}")
+    log(f"starting the API: granian {args.api_workers} x {args.api_threads}")
     service.port = start_api(children, service.env, args.api_workers, args.api_threads)
     service.api, service.api_argv = children[-1], api_argv(service.port, args.api_workers, args.api_threads)
     log(f"the API runs: {' '.join(service.api_argv[1:])}")
     wait_until(lambda: ready(service.port), 60, "the API's /ready", interval=0.1)
-    for _ in range(4 * args.api_workers):  # let each gunicorn worker open its engine and broker pools
+    for _ in range(4 * args.api_workers):  # let each API worker process open its engine and broker pools
         ready(service.port)
 
 
@@ -915,7 +915,7 @@ def report(res: dict, out: Path) -> None:
     lines = ["", "=" * 78,
              f"bench/credits  {c['credits']} credits over {c['accounts']} workspaces, mode {c['mode']}, "
              f"{c['cpus']} CPUs",
-             f"  API gunicorn {c['api_workers']} workers x {c['api_threads']} threads; Celery worker concurrency "
+             f"  API granian {c['api_workers']} workers x {c['api_threads']} threads; Celery worker concurrency "
              f"{c['worker_concurrency']}; {c['clients']} keep-alive clients; Idempotency-Key "
              f"{'on' if c['idempotency_key'] else 'off'}; synchronous_commit {c['synchronous_commit']}"
              + ("; PROFILED (py-spy)" if c["py_spy"] else ""), "-" * 78]

@@ -11,8 +11,8 @@ call as cProfile's, which inflates call-heavy code): the share of each piece, an
 CPU per read.
 
 Run by bench/floors (--profile-requests) with the service's environment (DATABASE_URL, REDIS_URL,
-BILLING_OPERATOR_TOKEN, PROMETHEUS_MULTIPROC_DIR set before anything imports prometheus_client, as gunicorn's
-on_starting does); prints one JSON document on stdout. The app's log lines go to stderr.
+BILLING_OPERATOR_TOKEN, PROMETHEUS_MULTIPROC_DIR set before anything imports prometheus_client, as
+worker/http_server.py does); prints one JSON document on stdout. The app's log lines go to stderr.
 """
 import argparse
 import cProfile

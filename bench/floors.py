@@ -9,8 +9,8 @@ floor, and a cProfile of the service's reads (bench/floor_profile.py). Then, per
 the service and then its floor, each started on its own port and stopped after (so that the two share the
 machine's moment while another engineer's load comes and goes):
 
-* gunicorn: the service as `billing api` serves it (worker.processes.api_argv: 2 x 4, its worker class,
-  Prometheus multiprocess metrics), the floor under stock gthread with the same shape (--gunicorn);
+* the service as `billing api` serves it (worker.processes.api_argv: granian 2 x 4 through worker/http_server.py,
+  Prometheus multiprocess metrics), and the floor under gunicorn's stock gthread with the same shape (--gunicorn);
 * granian (WSGI, the app factory: `api.app:get_app`, `bench.floor:<path>_app`), each of --granian-shapes
   (workers x blocking threads); the service's with PROMETHEUS_MULTIPROC_DIR set, as in production.
 
@@ -84,7 +84,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16, help="wrk's connections (issue 14: -t2 -c16)")
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument("--paced-connections", type=int, default=16)
-    p.add_argument("--gunicorn", default="2x4", help="workers x threads of the service (billing api) and the floors")
+    p.add_argument("--gunicorn", default="2x4",
+                   help="workers x threads of the service as `billing api` serves it and of the floors under gunicorn")
     p.add_argument("--granian-shapes", default="2x1,2x2,2x4", help="workers x blocking threads, comma-separated")
     p.add_argument("--paths", default=",".join(PATHS), help="hot paths to measure: " + ",".join(PATHS))
     p.add_argument("--profile-requests", type=int, default=2000, help="in-process balance reads timed and "
@@ -248,7 +249,7 @@ def servers(args) -> list[dict]:
     out = []
     for path in args.paths:
         floor = f"bench.floor:{FACTORIES[path]}"
-        out += [{"app": "service", "server": f"gunicorn {gw}x{gt} (billing api)", "path": path, "metrics_dir": False,
+        out += [{"app": "service", "server": f"granian {gw}x{gt} (billing api)", "path": path, "metrics_dir": False,
                  "argv": lambda port: api_argv(port, gw, gt), "env": {}},
                 {"app": "floor", "server": f"gunicorn {gw}x{gt}", "path": path, "metrics_dir": False,
                  "argv": lambda port, f=floor: gunicorn_argv(f + "()", port, gw, gt),
@@ -444,7 +445,7 @@ def run(args, children: list[Child]) -> int:
             statements = balance_pgbench(database_url, args)
         extra = dict(server["env"])
         metrics_dir = None
-        if server["metrics_dir"]:  # as gunicorn_conf's on_starting does for `billing api`
+        if server["metrics_dir"]:  # as worker/http_server.py does for `billing api`
             metrics_dir = tempfile.mkdtemp(prefix="bench-floors-metrics-")
             extra["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         name = f"{server['app']}-{path}-{server['server'].split(' (')[0].replace(' ', '-')}"
@@ -504,7 +505,7 @@ def report(args, cells: list[dict], sql: dict, profile: dict | None, checked: di
         lines.append(f"| {LABELS[c['path']]} | {c['app']} | {c['server']} | {c['req_per_s']:,.0f} | {c['p99_ms']} ms | "
                      f"{paced} | {c['server_cpu_ms_per_req']} | {c['load_before']} |")
     ratios = ["", ("| hot path | service, best server | floor, best server | ratio | service as deployed "
-                   "(gunicorn) / floor | server CPU per request, floor / service | target | met |"),
+                   "(billing api) / floor | server CPU per request, floor / service | target | met |"),
               "|---|---|---|---|---|---|---|---|"]
     summary = []
     figures = {}

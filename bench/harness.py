@@ -675,7 +675,7 @@ def timed_requests(port: int, requests: list[tuple[str, str, str, dict]], count:
 
 def process_memory(child: Child) -> dict[int, dict]:
     """pid -> {cmd, role, hwm_mb (VmHWM, the peak RSS), rss_mb} of every process in the child's group;
-    role is "main" for the child itself (gunicorn's arbiter, Celery's consumer), "child" for its workers."""
+    role is "main" for the child itself (granian's main process, Celery's consumer), "child" for its workers."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -729,7 +729,7 @@ class CpuMeter:
     """CPU seconds between start() and stop() of each child by name (the API, the worker, Redis: their whole
     process groups), the load generator (this process and the children it reaped: wrk, once it ended), the whole
     machine, and our database's PostgreSQL backends, sampled every 0.2 s so that backends which come and go (with
-    more gunicorn threads than the engine's pool holds, overflow connections do) count from their start to their
+    more API threads than the engine's pool holds, overflow connections do) count from their start to their
     last sample."""
 
     def __init__(self, children: list[Child], database_url: str, database: str) -> None:

@@ -1,6 +1,6 @@
 """bench/holds: what a hold costs an agent's critical path, beside a balance read in the same run (issue 16).
 
-One service (gunicorn as `billing api` runs it, a worker), one database of workspaces with large balances and a
+One service (the API as `billing api` runs it, a worker), one database of workspaces with large balances and a
 user key each. Rounds of three closed-loop phases from the same clients, one after another: balance reads with a user's
 key (the hot read), hold creations (201, synchronous: the account locked, what is available re-checked, the
 hold written and committed), then one capture of each hold (202: the capture queued as an operation). Per

@@ -2,7 +2,7 @@
 take over from one cut off mid-credit.
 
 The service runs across network namespaces of this machine, as tests/hosts does (tests/hosts/network.py):
-PostgreSQL and Redis on `db`, the API (gunicorn, --api-workers x --api-threads) and beat on `api`, a Celery
+PostgreSQL and Redis on `db`, the API (granian, --api-workers x --api-threads) and beat on `api`, a Celery
 worker (--concurrency processes, every queue) on each of `w1` and `w2`; this process is the client, over a
 bridge. Needs root (ip netns, veth, a bridge). --workspaces workspaces are seeded with SQL.
 

@@ -1,7 +1,7 @@
 """bench/memory: peak RSS of each API process and each worker process under a mixed load.
 
 Creates a fresh database (--workspaces users, each with a workspace, an account and an API key), starts a
-private redis-server, the real API (gunicorn) and a real worker (Celery, prefork), and drives a mix for
+private redis-server, the real API (granian) and a real worker (Celery, prefork), and drives a mix for
 --seconds from keep-alive clients: credits, usage batches of 1000 events, rate-limit checks (operator),
 balances, transaction pages, summaries and usage overviews (each user's own key). While it runs and until
 the worker has applied everything, it reads VmHWM (the kernel's peak resident set) of every process in both

@@ -1,6 +1,6 @@
 """bench/outbound_webhooks: what emitting webhook events costs the posting path, and deliveries per second.
 
-One service as deployed (gunicorn as `billing api` runs it, a worker of every queue but webhooks, a private
+One service as deployed (the API as `billing api` runs it, a worker of every queue but webhooks, a private
 redis-server) on a fresh database of --workspaces workspaces. Half of them get an endpoint subscribed to every
 event type (transaction.created is what a credit emits) on a receiver in this process (loopback,
 BILLING_WEBHOOKS_ALLOW_PRIVATE=1). Rounds of --credits credits through the API, closed loop from --clients

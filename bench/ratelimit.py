@@ -1,8 +1,8 @@
 """bench/ratelimit: decisions/s and p99 of POST /workspaces/{id}/rate-limits/check, beside redis-benchmark.
 
 Creates a fresh database (1000 workspaces, each on its own account at tier3 so decisions are allowed),
-starts a private redis-server and the real API (gunicorn), and drives the check endpoint on random
-workspaces: first as fast as it answers (wrk when installed, else Python keep-alive clients) for the
+starts a private redis-server and the real API (as `billing api` serves it), and drives the check endpoint on
+random workspaces: first as fast as it answers (wrk when installed, else Python keep-alive clients) for the
 decisions/s, then paced open-loop at a fraction of that rate for the p99 a caller sees when the API is not
 saturated. Then, with the API stopped, redis-benchmark runs EVALSHA of the limiter's own Lua script (the one
 round trip of each decision; keys spread like the accounts) on the same Redis. Prints API decisions/s as a
@@ -185,7 +185,7 @@ def limits_lua(name: str) -> str:
 # --- py-spy
 
 def profile_summary(path: Path, top: int = 25) -> dict:
-    """From py-spy's raw stacks of the gunicorn workers: the share spent in the app (the rest is gunicorn's HTTP
+    """From py-spy's raw stacks of the API's worker processes: the share spent in the app (the rest is the server's
     and threads), the inclusive share of each frame under the app, and the share whose leaf is in each package."""
     total = in_app = 0
     inclusive, leaf = Counter(), Counter()
@@ -253,7 +253,7 @@ def run(args, children: list[Child]) -> int:
     before, after = top.pop("cpu")
     top["cpu_ms_per_decision"] = per_request_ms(before, after, top["decisions"])
     top["machine_busy_cores"] = round((after["machine"] - before["machine"]) / top["seconds"], 2)
-    log(f"max rate ({top['tool']}, {args.clients} connections, {args.api_workers} x {args.api_threads} gunicorn): "
+    log(f"max rate ({top['tool']}, {args.clients} connections, {args.api_workers} x {args.api_threads} API): "
         f"{top['decisions_per_s']} decisions/s, p50 {top['p50_ms']} ms, p99 {top['p99_ms']} ms")
     log(f"CPU ms per decision: {top['cpu_ms_per_decision']} (machine busy {top['machine_busy_cores']} of "
         f"{os.cpu_count()} cores)")
@@ -289,8 +289,8 @@ def run(args, children: list[Child]) -> int:
               "config": {k: v for k, v in vars(args).items() if k != "admin_url"}}
     if args.py_spy:
         result["py_spy"] = profile_summary(RESULTS / "pyspy-ratelimit.txt")
-        log(f"py-spy: {result['py_spy']['in_app_pct']}% of the API's GIL samples in the app, the rest gunicorn; "
-            "inclusive % of all samples: " + json.dumps(result["py_spy"]["inclusive_pct"]))
+        log(f"py-spy: {result['py_spy']['in_app_pct']}% of the API's GIL samples in the app, the rest the "
+            "server's Python; inclusive % of all samples: " + json.dumps(result["py_spy"]["inclusive_pct"]))
         log("py-spy (leaf package %): " + json.dumps(result["py_spy"]["leaf_package_pct"]))
     path = write_result("ratelimit", result)
     log(f"redis-benchmark EVALSHA of the limiter's script: {decide['rps']:.0f}/s, p99 {decide['p99_ms']} ms "

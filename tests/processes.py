@@ -1,5 +1,5 @@
 """Real processes for flow and fault tests: a private broker (redis-server, or a virtual host of a private
-RabbitMQ node: tests/rabbitmq_server.py), gunicorn, a Celery worker and beat."""
+RabbitMQ node: tests/rabbitmq_server.py), the API (granian), a Celery worker and beat."""
 import dataclasses
 import json
 import os
@@ -278,7 +278,7 @@ class Stack:
         return process
 
     def start(self, *, api: bool = True, worker: bool = True, concurrency: int = 2, queues: str = ALL_QUEUES) -> None:
-        """Launch the API (gunicorn) and a worker (of `queues`) together, then wait until both serve."""
+        """Launch the API (granian) and a worker (of `queues`) together, then wait until both serve."""
         if api:
             port = free_port()
             server = self._start("api", api_argv(port, workers=1, threads=8))

@@ -285,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="billing", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=_cmd_migrate)
-    api = sub.add_parser("api", help="serve the HTTP API with gunicorn")
+    api = sub.add_parser("api", help="serve the HTTP API with granian")
     api.add_argument("--port", type=int)
     api.add_argument("--host", default="0.0.0.0", help="the address to listen on (default: every interface)")
     api.add_argument("--workers", type=int, default=2)

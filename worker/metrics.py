@@ -5,6 +5,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -208,3 +209,24 @@ def render(read_gauges: Callable[[], dict] | None = None) -> tuple[str, bytes]:
         gauges.register(_Gauges(read_gauges))
         text += generate_latest(gauges)
     return CONTENT_TYPE_LATEST, text
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of the API's worker processes that are gone (granian respawns a worker that died):
+    prometheus-client would go on reporting their last values. Each worker calls it as it starts."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(int(pid), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # some other user's process holds the number
+        return True
+    return True

@@ -29,14 +29,10 @@ def migrate(database_url: str, revision: str = "head") -> None:
 def api_argv(port: int, workers: int, threads: int,
              keepalive_seconds: int = settings_module.Settings.http_keepalive_seconds,
              host: str = "0.0.0.0") -> list[str]:
-    """gunicorn's gthread worker keeps idle connections in its poller, not in a thread, so a long keep-alive
-    costs a socket each, not a thread."""
-    return [sys.executable, "-m", "gunicorn", "api.app:get_app()", "--config", "python:worker.gunicorn_conf",
-            "--bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", str(API_GRACEFUL_SECONDS),
-            "--keep-alive", str(keepalive_seconds),
-            "--worker-class", "worker.http_worker.DrainingThreadWorker",
-            "--error-logfile", "-"]  # no access log: api.request_log writes one JSON line per request
+    """granian (worker.http_server): idle kept-alive connections wait in its Rust runtime, not in a thread,
+    so a long keep-alive costs a socket each, not a thread."""
+    return [sys.executable, "-m", "worker.http_server", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--threads", str(threads), "--keep-alive", str(keepalive_seconds)]
 
 
 def worker_argv(queues: str, concurrency: int, name: str = "worker@%h") -> list[str]:

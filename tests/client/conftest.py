@@ -1,4 +1,4 @@
-"""The Python client against the served API: gunicorn, a real Celery worker, a private Redis, and the
+"""The Python client against the served API (granian), a real Celery worker, a private Redis, and the
 x402 facilitator stand-in, started once for the package."""
 import uuid
 

@@ -14,7 +14,7 @@ from tests.processes import (WAIT_ON_LOCKS, Load, account_locked, age_operations
                              assert_sound, blocked_mid_transaction, entries_per_operation, statuses,
                              wait_for_operations, wait_until)
 
-CREDITS = 6  # fewer than a gunicorn worker's threads: each request's own latency, without queueing
+CREDITS = 6  # fewer than an API worker's threads: each request's own latency, without queueing
 # One send attempt bounded by the 2 s socket timeout, plus slack for a loaded CI machine; before
 # the fix a frozen broker held a request for 20-50 s.
 MAX_REQUEST_SECONDS = 5.0

@@ -1,4 +1,5 @@
-"""Flows: HTTP against gunicorn, a real Celery worker and a private broker, on the test database."""
+"""Flows: HTTP against the API as `billing api` serves it (granian), a real Celery worker and a private broker,
+on the test database."""
 import pytest
 
 from tests.conftest import stack_broker

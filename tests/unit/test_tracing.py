@@ -24,7 +24,7 @@ import falcon, falcon.app, psycopg
 from celery import signals
 from api.app import get_app
 import worker.celery_app
-app = get_app()
+app = getattr(get_app(), "__wrapped__", None)  # the Falcon app inside api.connections' WSGI wrapper
 signals.worker_process_init.send(sender=None)
 print(json.dumps({{
     "modules": sorted(m for m in sys.modules if m.startswith({TRACING!r})),

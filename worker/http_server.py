@@ -1,0 +1,50 @@
+"""The API's HTTP server: granian (HTTP parsed and connections kept in Rust, the app on Python threads).
+
+`python -m worker.http_server --port 8000 ...` is what `billing api` runs. Around granian it keeps what the
+service needs of its server: one Prometheus multiprocess directory shared by the worker processes (made
+before they start, removed at exit; a respawned worker's dead predecessor forgotten); on SIGTERM the graceful
+drain (no new connections, the requests in flight finish, for at most API_GRACEFUL_SECONDS); idle kept-alive
+connections closed after `--keep-alive` seconds (0: none kept); and an answer to a request whose body the
+app did not read to its end announces `Connection: close` and closes (the client, told the connection lives,
+would send its next request into a closing socket).
+"""
+import argparse
+import os
+import shutil
+import tempfile
+
+from granian import Granian
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+
+from worker.processes import API_GRACEFUL_SECONDS
+
+METRICS_DIR_PREFIX = "billing-api-metrics-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m worker.http_server", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=4, help="threads running the app, per worker process")
+    p.add_argument("--keep-alive", type=int, default=75, help="seconds an idle connection is kept (0: none)")
+    args = p.parse_args(argv)
+    made = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if made:  # before the workers start: one directory for all of them
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+    try:
+        Granian("api.app:get_app", factory=True, interface=Interfaces.WSGI, address=args.host,
+                port=args.port, workers=args.workers, blocking_threads=args.threads, websockets=False,
+                http=HTTPModes.http1, respawn_failed_workers=True, workers_kill_timeout=API_GRACEFUL_SECONDS,
+                # hyper's header read timeout also runs while a kept-alive connection waits for its next request
+                http1_settings=HTTP1Settings(keep_alive=args.keep_alive > 0,
+                                             header_read_timeout=max(args.keep_alive, 10) * 1000)).serve()
+    finally:
+        if made:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
