@@ -74,7 +74,7 @@ def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1
     if broker.startswith("sqla+"):
         _create_broker_tables(broker)
     children = [subprocess.Popen(argv, env=env) for argv in (
-        api_argv(port, workers=1, threads=8, keepalive_seconds=settings.http_keepalive_seconds, host=host),
+        api_argv(port, workers=1, threads=4, keepalive_seconds=settings.http_keepalive_seconds, host=host),
         worker_argv(MONEY_QUEUES, concurrency=2, name="standalone@%h"),
         beat_argv(str(data_dir)),
     )]
