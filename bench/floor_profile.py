@@ -33,10 +33,10 @@ LABELS = {"balance": "balance read", "ratelimit": "rate-limit check"}
 # (label, a piece of the file's path, the function's name): inclusive time per read, and calls per read
 PIECES = [
     ("falcon App.__call__ (the whole request)", "falcon/app.py", "__call__"),
-    ("request log middleware (JSON line)", "api/request_log.py", "process_response"),
+    ("request log middleware (JSON line, metrics)", "api/request_log.py", "process_response"),
     ("  logging: Logger.info -> handler", "logging/__init__.py", "info"),
-    ("  X-Request-Id (uuid4)", "uuid.py", "uuid4"),
-    ("metrics middleware (Prometheus)", "api/metrics.py", "process_response"),
+    ("  metrics: Prometheus (multiprocess)", "worker/metrics.py", "observe_request"),
+    ("X-Request-Id, start time", "api/request_log.py", "process_request"),
     ("authentication (key lookup, a unit of work)", "api/auth.py", "process_resource"),
     ("API key limit (the Redis script)", "api/ratelimit.py", "process_resource"),
     ("  redis-py: one script call", "redis/commands/core.py", "__call__"),
