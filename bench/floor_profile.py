@@ -3,6 +3,7 @@ JSON log line and Prometheus metrics as deployed) beside bench/floor.py's balanc
 through falcon.testing; then cProfile of the service's balance reads: the top functions by own time, and the
 inclusive time of the pieces a read is made of (units of work, SQLAlchemy, psycopg, the log line, metrics),
 all in CPU time (the profiler's clock is time.process_time: waits on PostgreSQL and Redis are not counted).
+--path ratelimit: the same for the operator's rate-limit check (POST .../rate-limits/check) beside its floor.
 falcon.testing's own cost (it builds the WSGI environ and validates the answer) is in every figure: the
 no-op's cost shows it.
 
