@@ -40,14 +40,17 @@ def raw_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The body's bytes, read once (413 past the limit) and kept on the request."""
     raw = getattr(req.context, "raw_body", None)
     if raw is None:
-        too_large = Problem(413, "Content Too Large", f"request bodies are limited to {limit} bytes")
         if req.content_length is not None and req.content_length > limit:
-            raise too_large
+            raise _too_large(limit)
         raw = req.bounded_stream.read(limit + 1) if req.content_length is not None else _unsized(req, limit + 1)
         if len(raw) > limit:
-            raise too_large
+            raise _too_large(limit)
         req.context.raw_body = raw
     return raw
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "Content Too Large", f"request bodies are limited to {limit} bytes")
 
 
 def _unsized(req: falcon.Request, most: int) -> bytes:
