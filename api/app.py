@@ -10,7 +10,7 @@ from api import errors, openapi
 from api.connections import closing_unread_bodies
 from api.auth import Authentication
 from api.idempotency import IdempotencyKeys
-from api.metrics import NO_METRICS, Metrics, MetricsPort, RequestMetrics
+from api.metrics import NO_METRICS, Metrics, MetricsPort
 from api.ratelimit import ApiRateLimit
 from api.resources import rate_limits, usage
 from api.request_log import RequestLog
@@ -79,7 +79,7 @@ def routes(s: Services, checks: dict[str, Callable[[], None]],
 def create_app(s: Services, operator_token: str | None, checks: dict[str, Callable[[], None]],
                api_rate_limit: int = 0, metrics: MetricsPort = NO_METRICS) -> falcon.App:
     """The app; api_rate_limit is each API key's requests per minute (0: off)."""
-    app = falcon.App(middleware=[RequestLog(), RequestMetrics(metrics), Authentication(s.users, operator_token),
+    app = falcon.App(middleware=[RequestLog(metrics), Authentication(s.users, operator_token),
                                  ApiRateLimit(s.rate_limits, s.users, api_rate_limit), IdempotencyKeys(s.idempotency)])
     app.req_options.strip_url_path_trailing_slash = True
     # Answers rendered by orjson (Falcon's documented way): a page of 50 transactions costs a fraction of the

@@ -16,7 +16,7 @@ class Authentication:
 
     def __init__(self, users: UserService, operator_token: str | None) -> None:
         self._users = users
-        self._operator_token = operator_token
+        self._operator_token = operator_token.encode() if operator_token else None
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         if resource is None or getattr(resource, "public", False):
@@ -24,7 +24,7 @@ class Authentication:
         token = bearer_token(req)
         if not token:
             raise unauthorized("send Authorization: Bearer <key>")
-        if self._operator_token and hmac.compare_digest(token.encode(), self._operator_token.encode()):
+        if self._operator_token and hmac.compare_digest(token.encode(), self._operator_token):
             req.context.caller = OPERATOR_CALLER
             return
         if len(token) > MAX_KEY_LENGTH:

@@ -28,8 +28,10 @@ class IdempotencyKeys:
         self._idempotency = idempotency
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        if req.method != "POST":
+            return
         key = req.get_header(HEADER)
-        if req.method != "POST" or key is None or resource is None or getattr(resource, "public", False):
+        if key is None or resource is None or getattr(resource, "public", False):
             return
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise invalid([{"field": HEADER, "message": "must be 1 to 255 printable characters"}])

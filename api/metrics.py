@@ -1,6 +1,5 @@
-"""Request metrics and the /metrics endpoint; the exporter itself is injected (Prometheus in production)."""
+"""The metrics port and the /metrics endpoint; the exporter itself is injected (Prometheus in production)."""
 import hmac
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,19 +17,6 @@ class MetricsPort:
 
 
 NO_METRICS = MetricsPort(lambda *_: None, lambda: ("text/plain; version=0.0.4", b""))
-
-
-class RequestMetrics:
-    def __init__(self, port: MetricsPort) -> None:
-        self._port = port
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.metrics_started = time.perf_counter()
-
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        status = resp.status if isinstance(resp.status, int) else int(str(resp.status)[:3])
-        self._port.observe_request(req.method, req.uri_template or "unmatched", status,
-                                   time.perf_counter() - req.context.metrics_started)
 
 
 class Metrics:

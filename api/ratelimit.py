@@ -28,10 +28,9 @@ class ApiRateLimit:
         if self._per_minute <= 0 or caller is None or caller.is_operator:
             return
         key_hash = caller.key_hash if isinstance(caller, KeyHolder) else None
-        token = bearer_token(req)
-        decision = self._rate_limits.api_request((key_hash or hash_key(token)).hex(),
+        decision = self._rate_limits.api_request((key_hash or hash_key(bearer_token(req))).hex(),
                                                  self._per_minute)
-        if not decision.allowed and key_hash is not None and self._users.authenticate(token) is None:
+        if not decision.allowed and key_hash is not None and self._users.authenticate(bearer_token(req)) is None:
             raise unauthorized("the key is unknown or revoked")
         if decision.degraded and not decision.allowed:
             raise Problem(503, "Service Unavailable", "the rate limiter is unavailable; retry shortly",

@@ -3,6 +3,7 @@ JSON log line and Prometheus metrics as deployed) beside bench/floor.py's balanc
 through falcon.testing; then cProfile of the service's balance reads: the top functions by own time, and the
 inclusive time of the pieces a read is made of (units of work, SQLAlchemy, psycopg, the log line, metrics),
 all in CPU time (the profiler's clock is time.process_time: waits on PostgreSQL and Redis are not counted).
+--path ratelimit: the same for the operator's rate-limit check (POST .../rate-limits/check) beside its floor.
 falcon.testing's own cost (it builds the WSGI environ and validates the answer) is in every figure: the
 no-op's cost shows it.
 
@@ -27,18 +28,22 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
+LABELS = {"balance": "balance read", "ratelimit": "rate-limit check"}
 # (label, a piece of the file's path, the function's name): inclusive time per read, and calls per read
 PIECES = [
     ("falcon App.__call__ (the whole request)", "falcon/app.py", "__call__"),
-    ("request log middleware (JSON line)", "api/request_log.py", "process_response"),
+    ("request log middleware (JSON line, metrics)", "api/request_log.py", "process_response"),
     ("  logging: Logger.info -> handler", "logging/__init__.py", "info"),
-    ("  X-Request-Id (uuid4)", "uuid.py", "uuid4"),
-    ("metrics middleware (Prometheus)", "api/metrics.py", "process_response"),
+    ("  metrics: Prometheus (multiprocess)", "worker/metrics.py", "observe_request"),
+    ("X-Request-Id, start time", "api/request_log.py", "process_request"),
     ("authentication (key lookup, a unit of work)", "api/auth.py", "process_resource"),
     ("API key limit (the Redis script)", "api/ratelimit.py", "process_resource"),
     ("  redis-py: one script call", "redis/commands/core.py", "__call__"),
     ("idempotency middleware", "api/idempotency.py", "process_resource"),
     ("the responder (workspace read, a unit of work)", "api/resources/workspace_billing.py", "on_get"),
+    ("the responder (rate-limit check)", "api/resources/rate_limits.py", "on_post"),
     ("  view + JSON (resp.media)", "falcon/response.py", "render_body"),
     ("unit of work: enter (pool checkout, begin)", "domain/store/uow.py", "__enter__"),
     ("unit of work: exit (ROLLBACK, checkin)", "domain/store/uow.py", "__exit__"),
@@ -54,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="timed rounds, apps in turn; the median is reported")
     p.add_argument("--users", type=int, default=100, help="users 1..n (bench.harness keys) read in turn")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--path", choices=sorted(LABELS), default="balance",
+                   help="the hot path: a user's balance read, or the operator's rate-limit check (bench/floors)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: also sample this process (--gil, 250 Hz) over "
                    "the service's reads: the share of each piece, unbiased by cProfile's per-call cost")
     return p.parse_args()
@@ -105,12 +112,12 @@ def sampled(py_spy: str, client, requests, count: int, cpu_per_read: float) -> d
             "pieces": pieces, "top_leaves_pct": {k: round(100 * v / total, 1) for k, v in top} if total else {}}
 
 
-def cpu_ms(client, requests: list[tuple[str, dict]], count: int) -> tuple[float, float]:
+def cpu_ms(client, requests: list[tuple[str, str, dict, str]], count: int) -> tuple[float, float]:
     """(CPU ms, wall ms) per request of this process, over count requests taken in turn; every answer 200."""
     cpu, wall = time.process_time(), time.perf_counter()
     for i in range(count):
-        path, headers = requests[i % len(requests)]
-        answer = client.simulate_get(path, headers=headers)
+        method, path, headers, body = requests[i % len(requests)]
+        answer = client.simulate_request(method, path, headers=headers, body=body or None)
         if answer.status_code != 200:
             raise SystemExit(f"{path} answered {answer.status_code}: {answer.text[:300]}")
     return ((time.process_time() - cpu) * 1000 / count, (time.perf_counter() - wall) * 1000 / count)
@@ -122,13 +129,14 @@ def main() -> int:
 
     from api.app import get_app
     from bench import floor
-    from bench.harness import user_key, workspace_id
+    from bench.floors import hot_request
 
-    service, bare = testing.TestClient(get_app()), testing.TestClient(floor.balance_app())
-    reads = [(f"/workspaces/{workspace_id(n)}/billing/balance", {"Authorization": f"Bearer {user_key(n)}"})
-             for n in range(1, args.users + 1)]
-    health = [("/health", {})]
-    cases = {"service balance read": (service, reads), "floor balance read": (bare, reads),
+    hot, token = LABELS[args.path], os.environ["BILLING_OPERATOR_TOKEN"]
+    service = testing.TestClient(get_app())
+    bare = testing.TestClient(getattr(floor, floor.FACTORIES[args.path])())
+    reads = [hot_request(args.path, n, token) for n in range(1, args.users + 1)]
+    health = [("GET", "/health", {}, "")]
+    cases = {f"service {hot}": (service, reads), f"floor {hot}": (bare, reads),
              "service no-op (/health)": (service, health), "floor no-op (/health)": (bare, health)}
     for client, requests in cases.values():
         cpu_ms(client, requests, 200)  # warm: pools, prepared statements, imports
@@ -149,7 +157,7 @@ def main() -> int:
 
     def where(key) -> str:
         path, line, name = key
-        short = path.split("site-packages/")[-1].split("/work/main/")[-1].split("python3.")[-1]
+        short = path.split("site-packages/")[-1].split(f"{ROOT}/")[-1].split("python3.")[-1]
         return f"{short}:{line} {name}"
     own = [{"function": where(key), "calls_per_read": round(calls / n, 2), "own_ms": round(tt * 1000 / n, 4),
             "inclusive_ms": round(ct * 1000 / n, 4)} for key, (_, calls, tt, ct, _) in top]
@@ -165,8 +173,8 @@ def main() -> int:
                            "share_pct": round(100 * inclusive * 1000 / n / total, 1) if total else None})
     spied = None
     if args.py_spy:
-        spied = sampled(args.py_spy, service, reads, 3 * n, timed["service balance read"]["cpu_ms"])
-    json.dump({"requests": n, "rounds": args.rounds, "timed": timed, "profiled_cpu_ms_per_read": round(total, 4),
+        spied = sampled(args.py_spy, service, reads, 3 * n, timed[f"service {hot}"]["cpu_ms"])
+    json.dump({"path": args.path, "requests": n, "rounds": args.rounds, "timed": timed, "profiled_cpu_ms_per_read": round(total, 4),
                "pieces": pieces, "top_own": own, "py_spy": spied}, sys.stdout, indent=2)
     print()
     return 0

@@ -91,14 +91,27 @@ def _bearer(app, token: str):
     return guarded
 
 
+# The labelled children, found once per label values and kept: `.labels()` checks and joins the values and takes
+# the metric's lock on every call. A child is this process's (its value moves to the new pid's file after a fork).
+_REQUEST_CHILDREN: dict[tuple[str, str, int], tuple] = {}
+_DECISION_CHILDREN: dict[tuple[bool, bool], Counter] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_SECONDS.labels(method, route).observe(seconds)
+    children = _REQUEST_CHILDREN.get((method, route, status))
+    if children is None:
+        children = _REQUEST_CHILDREN.setdefault((method, route, status), (
+            HTTP_REQUESTS.labels(method, route, str(status)), HTTP_SECONDS.labels(method, route)))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def observe_decision(decision) -> None:
-    RATE_LIMIT_DECISIONS.labels("allowed" if decision.allowed else "denied",
-                                "unavailable" if decision.degraded else "ok").inc()
+    child = _DECISION_CHILDREN.get((decision.allowed, decision.degraded))
+    if child is None:
+        child = _DECISION_CHILDREN.setdefault((decision.allowed, decision.degraded), RATE_LIMIT_DECISIONS.labels(
+            "allowed" if decision.allowed else "denied", "unavailable" if decision.degraded else "ok"))
+    child.inc()
 
 
 def gauges(services, broker_url: str | None) -> dict[str, list[tuple[dict, float]]]:

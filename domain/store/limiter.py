@@ -1,10 +1,12 @@
 """Moving-window limiters: on Redis one Lua script per decision; in memory the `limits` library."""
+import hashlib
 import math
 import time
 
 import redis
 from limits.storage import MemoryStorage
 from redis import ConnectionPool, RedisError
+from redis.exceptions import NoScriptError
 
 from domain.ratelimit import WINDOW_SECONDS, Decision, LimiterUnavailable
 
@@ -54,11 +56,14 @@ def _decision(allowed: bool, per_minute: int, used: int, oldest: float, now: flo
 class RedisLimiter:
     """Exact over any 60 s: a use is allowed while fewer than `per_minute` uses fall in the last 60 s.
 
-    Check, push and the window's count are one atomic script (no read-then-write race, one round trip).
+    Check, push and the window's count are one atomic script (no read-then-write race, one round trip):
+    EVALSHA, and the script loaded once when the server does not know it (a restarted Redis), as redis-py's
+    Script does, without its per-call imports and type checks (a sixth of a decision's CPU).
     """
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
-        self._decide = client.register_script(DECIDE)
+        self._client = client
+        self._sha = hashlib.sha1(DECIDE.encode()).hexdigest()
         self._prefix = key_prefix
 
     def hit(self, key: str, per_minute: int, cost: int = 1) -> Decision:
@@ -69,9 +74,13 @@ class RedisLimiter:
 
     def _run(self, key: str, per_minute: int, cost: int) -> Decision:
         now = time.time()
+        args = (f"{self._prefix}:{key}", repr(now), per_minute, WINDOW_SECONDS, cost)
         try:
-            allowed, used, oldest = self._decide(keys=[f"{self._prefix}:{key}"],
-                                                 args=[repr(now), per_minute, WINDOW_SECONDS, cost])
+            try:
+                allowed, used, oldest = self._client.evalsha(self._sha, 1, *args)
+            except NoScriptError:
+                self._sha = self._client.script_load(DECIDE)
+                allowed, used, oldest = self._client.evalsha(self._sha, 1, *args)
         except RedisError as exc:
             raise LimiterUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return _decision(bool(allowed), per_minute, used, float(oldest), now)

@@ -285,6 +285,27 @@ class CountingRedis(redis.Redis):
         return super().execute_command(*args, **options)
 
 
+class RestartedRedis(CountingRedis):
+    """Answers the first EVALSHA with NOSCRIPT, as a Redis restarted since the script was loaded would."""
+
+    commands: list[str]
+
+    def execute_command(self, *args, **options):
+        self.commands = getattr(self, "commands", []) + [args[0]]
+        if self.commands == ["EVALSHA"]:
+            raise redis.exceptions.NoScriptError("No matching script. Please use EVAL.")
+        return super().execute_command(*args, **options)
+
+
+def test_a_redis_that_lost_the_script_is_sent_it_again_and_the_decision_stands(shared_redis):
+    pool, prefix = shared_redis
+    client = RestartedRedis(connection_pool=pool)
+    made = RedisLimiter(client, prefix)
+    first = made.hit("account:r", 5)
+    assert (first.allowed, first.remaining, client.commands) == (True, 4, ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])
+    assert made.hit("account:r", 5).remaining == 3 and client.commands[3:] == ["EVALSHA"]
+
+
 def uses(client: redis.Redis, key: str, *ages: float) -> None:
     """Put uses of these ages (seconds ago) in the key's window, newest first, as the limiter keeps them."""
     now = time.time()
