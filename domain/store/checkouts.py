@@ -49,9 +49,15 @@ def get(conn: Connection, checkout_id: str, *, for_update: bool = False) -> Chec
     return _one(conn, _c.id == checkout_id, for_update=for_update)
 
 
+# A batch's checkouts as one array parameter: an IN list of as many parameters is a new statement for each
+# length, which SQLAlchemy expands and psycopg parses again every time.
+_ACCOUNTS_OF = text("SELECT id, billing_account_id FROM checkouts WHERE id = ANY(CAST(:ids AS text[]))")
+_LOCK_FREE = text("SELECT * FROM checkouts WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE SKIP LOCKED")
+
+
 def accounts_of(conn: Connection, checkout_ids: list[str]) -> dict[str, str]:
     """The billing account of each checkout that exists, by checkout id."""
-    rows = conn.execute(select(_c.id, _c.billing_account_id).where(_c.id.in_(checkout_ids))) if checkout_ids else []
+    rows = conn.execute(_ACCOUNTS_OF, {"ids": checkout_ids}) if checkout_ids else []
     return {row.id: row.billing_account_id for row in rows}
 
 
@@ -59,9 +65,7 @@ def lock_free(conn: Connection, checkout_ids: list[str]) -> dict[str, Checkout]:
     """Row-lock those of the checkouts no other transaction holds, in id order; by id."""
     if not checkout_ids:
         return {}
-    rows = conn.execute(select(checkouts).where(_c.id.in_(checkout_ids)).order_by(_c.id)
-                        .with_for_update(skip_locked=True)).mappings()
-    return {row["id"]: _checkout(row) for row in rows}
+    return {row["id"]: _checkout(row) for row in conn.execute(_LOCK_FREE, {"ids": checkout_ids}).mappings()}
 
 
 # The rows come as one JSON document: a text[] of JSON details, each needing quotes, costs psycopg a regex per element.
