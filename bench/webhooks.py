@@ -29,6 +29,7 @@ from bench.harness import (Child, CpuMeter, Load, SetupError, audit, credit_ceil
 from tests.standins.stripe_api import StripeStandIn, signed_event
 
 TARGET_RATIO = 0.5
+OURS = ("api", "worker", "postgres", "redis", "loadgen")  # the CPU the run spends: the service and its load
 
 PROGRESS = "SELECT count(*), count(processed_at), max(processed_at) FROM stripe_events"
 CHECK = """
@@ -170,7 +171,8 @@ def run(args, children: list[Child], stripe: StripeStandIn) -> int:
                "seconds": round(seconds, 2), "events_per_s": round(per_s, 1),
                "distinct_per_s": round(distinct / seconds, 1), "outcomes": outcomes,
                "post_p50_ms": ms(percentile(load.latencies, 0.5)), "post_p99_ms": ms(percentile(load.latencies, 0.99)),
-               "posting_seconds": round(load.finished - load.started, 2), "cpu_ms_per_event": cpu_ms}
+               "posting_seconds": round(load.finished - load.started, 2), "cpu_ms_per_event": cpu_ms,
+               "cpu_bound_per_s": round((os.cpu_count() or 1) * 1000 / sum(cpu_ms[k] for k in OURS), 1)}
     result = {"service": service, "ceiling": ceiling, "ratio": round(ratio, 4), "target_ratio": TARGET_RATIO,
               "problems": problems, "audit": checked, "cpus": os.cpu_count(),
               "config": {k: v for k, v in vars(args).items() if k != "admin_url"},
@@ -182,7 +184,8 @@ def run(args, children: list[Child], stripe: StripeStandIn) -> int:
     log(f"service: {len(deliveries)} events ({repeats} answered as duplicates) applied in {seconds:.1f} s = "
         f"{per_s:.1f}/s (all answered in {service['posting_seconds']} s); outcomes {outcomes}; "
         f"POST p50 {service['post_p50_ms']} ms, p99 {service['post_p99_ms']} ms")
-    log("CPU ms per event: " + ", ".join(f"{k} {v}" for k, v in cpu_ms.items()))
+    log("CPU ms per event: " + ", ".join(f"{k} {v}" for k, v in cpu_ms.items())
+        + f"; {service['cpu_bound_per_s']:.0f} events/s if every CPU ran only this run's processes")
     log(f"ceiling {ceiling['tps']:.1f} tps; ratio {ratio:.3f}x (target {TARGET_RATIO}x: "
         f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}); each checkout credited once: "
         f"{'yes' if not problems else 'NO: ' + '; '.join(problems)}; written to {out}")
