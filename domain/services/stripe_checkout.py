@@ -14,7 +14,6 @@ from domain.services import access, auto_top_ups, credit_batches, grants, stripe
 from domain.services.stripe_batches import credit_key, pays
 from domain.services.context import Context
 from domain.store import checkouts, ledger, stripe_events
-from domain.store.group_commit import GroupCommit
 from domain.store.uow import Connection, StoreError
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ class CheckoutNotVisibleYet(Unavailable):
 class StripeCheckoutService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._store = GroupCommit(self._store_events)  # one per process: the deliveries its threads take at once
 
     @property
     def _stripe(self) -> StripeGateway:
@@ -80,18 +78,14 @@ class StripeCheckoutService:
         return checkout
 
     def receive(self, payload: bytes, signature: str | None) -> bool:
-        """Verify and store a webhook event, then wake the worker; False for a repeat delivery. Concurrent
-        deliveries are stored by one statement and one commit (group commit), each answered once its event is
-        committed. The wake-ups of many events may be merged: the task of one applies every stored event."""
+        """Verify and store a webhook event (one statement), then wake the worker; False for a repeat delivery.
+        The wake-ups of many events may be merged: the task of one applies every stored event (apply_event)."""
         event = self._stripe.parse_event(payload, signature)
-        stored = self._store((event.id, event.type, {"object": event.object}))
+        with self._ctx.single() as driver:
+            stored = stripe_events.store(driver, event.id, event.type, {"object": event.object})
         if stored:
             (self._ctx.wake or self._ctx.enqueue)(Task.APPLY_STRIPE_EVENT, event_id=event.id)
         return stored
-
-    def _store_events(self, events: list[tuple[str, str, dict]]) -> list[bool]:
-        with self._ctx.single() as driver:
-            return stripe_events.store_many(driver, events)
 
     def apply_event(self, event_id: str) -> str | None:
         """Apply one stored event once (the credit's key is our checkout id, so two events for one payment

@@ -1,8 +1,8 @@
 """Stored Stripe events: one row per Stripe event id, however often it is delivered."""
-import json
 from datetime import timedelta
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, func, select, text
 
 from domain.store.tables import stripe_events
@@ -10,30 +10,12 @@ from domain.store.tables import stripe_events
 _e = stripe_events.c
 
 
-# The events of concurrent deliveries, as one JSON parameter (domain.store.group_commit); an id twice among them is
-# stored once, as for two deliveries one after the other.
-_STORE_MANY = """
-INSERT INTO stripe_events (id, type, payload)
-SELECT v.id, v.type, v.payload FROM json_to_recordset(CAST(%s AS json)) AS v(id text, type text, payload jsonb)
-ON CONFLICT DO NOTHING RETURNING id
-"""
+_STORE = "INSERT INTO stripe_events (id, type, payload) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING id"
 
 
 def store(driver: psycopg.Connection, event_id: str, event_type: str, payload: dict) -> bool:
-    """Store an event once per id; False when it was stored before."""
-    return store_many(driver, [(event_id, event_type, payload)])[0]
-
-
-def store_many(driver: psycopg.Connection, events: list[tuple[str, str, dict]]) -> list[bool]:
-    """Store (id, type, payload) events, each once per id, in one prepared statement on the driver; for each,
-    False when it was stored before (or by an event before it in the list)."""
-    rows = json.dumps([{"id": event_id, "type": event_type, "payload": payload}
-                       for event_id, event_type, payload in events])
-    stored = {row[0] for row in driver.execute(_STORE_MANY, (rows,), prepare=True)}
-    first = {}
-    for n, (event_id, _, _) in enumerate(events):
-        first.setdefault(event_id, n)
-    return [event_id in stored and first[event_id] == n for n, (event_id, _, _) in enumerate(events)]
+    """Store an event once per id, in one prepared statement on the driver; False when it was stored before."""
+    return driver.execute(_STORE, (event_id, event_type, Jsonb(payload)), prepare=True).fetchone() is not None
 
 
 def get_for_update(conn: Connection, event_id: str):

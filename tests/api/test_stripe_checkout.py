@@ -15,7 +15,6 @@ from domain.names import Task
 from domain.providers.stripe_gateway import StripeGateway
 from domain.services.context import Config, Context
 from domain.services.registry import Services
-from domain.store import stripe_events
 from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem
 from tests.factories import OPERATOR_TOKEN, Api, post
@@ -113,21 +112,6 @@ def test_the_same_event_delivered_ten_times_concurrently_credits_once(sapi, stri
     assert sum(1 for r in results if not r.json["duplicate"]) == 1
     _apply_queued(stripe_services, queue)
     assert _topups(engine, owner.default_account_id) == [700]
-
-
-def test_deliveries_stored_together_store_an_event_id_once_and_answer_the_others_as_repeats(engine):
-    session = {"id": "cs_test_together", "object": "checkout.session"}
-    events = [("evt_together_1", "checkout.session.completed", {"object": session}),
-              ("evt_together_1", "checkout.session.completed", {"object": session | {"status": "complete"}}),
-              ("evt_together_2", "checkout.session.expired", {"object": session})]
-    with engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        assert stripe_events.store_many(driver, events) == [True, False, True]
-        assert stripe_events.store_many(driver, events[:1]) == [False]
-        stored = conn.execute(text("SELECT id, payload FROM stripe_events WHERE id LIKE 'evt_together_%' ORDER BY id"))
-        assert [tuple(row) for row in stored] == [("evt_together_1", {"object": session}),
-                                                  ("evt_together_2", {"object": session})]
-        conn.rollback()
 
 
 def test_completed_and_async_payment_succeeded_for_one_checkout_credit_once(sapi, stripe_api, stripe_services, queue, owner_ws, engine):
