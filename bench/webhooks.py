@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from bench.harness import (Child, Load, SetupError, audit, credit_ceiling, fresh_database, log, ms,
-                           percentile, row, seed_api_keys, service_env, start_api, start_redis_on, start_worker,
-                           user_key, wait_until, workspace_id, write_result)
+from bench.harness import (Child, CpuMeter, Load, SetupError, audit, credit_ceiling, fresh_database, log, ms,
+                           per_request_ms, percentile, row, seed_api_keys, service_env, start_api, start_redis_on,
+                           start_worker, user_key, wait_until, workspace_id, write_result)
 from tests.standins.stripe_api import StripeStandIn, signed_event
 
 TARGET_RATIO = 0.5
+OURS = ("api", "worker", "postgres", "redis", "loadgen")  # the CPU the run spends: the service and its load
 
 PROGRESS = "SELECT count(*), count(processed_at), max(processed_at) FROM stripe_events"
 CHECK = """
@@ -129,6 +130,8 @@ def run(args, children: list[Child], stripe: StripeStandIn) -> int:
         payload, signature = signed_event(secret, event_type, session, event_id=event_id)  # signed as sent
         return "/webhooks/stripe", payload, {"Stripe-Signature": signature, "Content-Type": "application/json"}
     log(f"posting {len(deliveries)} signed events ({distinct} distinct) from {args.clients} clients")
+    meter = CpuMeter(children, database_url, args.database)
+    before = meter.start()
     start_wall = datetime.now(UTC)
     load = Load(port, args.clients, queue(deliveries, post), time.monotonic() + 600)
     load.run()
@@ -141,6 +144,7 @@ def run(args, children: list[Child], stripe: StripeStandIn) -> int:
             progress["row"] = conn.execute(PROGRESS).fetchone()
             return progress["row"][0] >= distinct and progress["row"][1] >= progress["row"][0]
         wait_until(applied, args.drain_timeout, f"{distinct} events to be applied")
+        cpu_ms = per_request_ms(before, meter.stop(), len(deliveries))
         stored, processed, last = progress["row"]
         completed, not_once, topped_up, ordered = conn.execute(CHECK).fetchone()
         outcomes = dict(conn.execute(OUTCOMES).fetchall())
@@ -166,7 +170,9 @@ def run(args, children: list[Child], stripe: StripeStandIn) -> int:
                "answered_duplicate": repeats, "stored": stored, "processed": processed, "checkouts": args.checkouts,
                "seconds": round(seconds, 2), "events_per_s": round(per_s, 1),
                "distinct_per_s": round(distinct / seconds, 1), "outcomes": outcomes,
-               "post_p50_ms": ms(percentile(load.latencies, 0.5)), "post_p99_ms": ms(percentile(load.latencies, 0.99))}
+               "post_p50_ms": ms(percentile(load.latencies, 0.5)), "post_p99_ms": ms(percentile(load.latencies, 0.99)),
+               "posting_seconds": round(load.finished - load.started, 2), "cpu_ms_per_event": cpu_ms,
+               "cpu_bound_per_s": round((os.cpu_count() or 1) * 1000 / sum(cpu_ms[k] for k in OURS), 1)}
     result = {"service": service, "ceiling": ceiling, "ratio": round(ratio, 4), "target_ratio": TARGET_RATIO,
               "problems": problems, "audit": checked, "cpus": os.cpu_count(),
               "config": {k: v for k, v in vars(args).items() if k != "admin_url"},
@@ -176,7 +182,10 @@ def run(args, children: list[Child], stripe: StripeStandIn) -> int:
                               ratio >= TARGET_RATIO and not problems)]}
     out = write_result("webhooks", result)
     log(f"service: {len(deliveries)} events ({repeats} answered as duplicates) applied in {seconds:.1f} s = "
-        f"{per_s:.1f}/s; outcomes {outcomes}; POST p50 {service['post_p50_ms']} ms, p99 {service['post_p99_ms']} ms")
+        f"{per_s:.1f}/s (all answered in {service['posting_seconds']} s); outcomes {outcomes}; "
+        f"POST p50 {service['post_p50_ms']} ms, p99 {service['post_p99_ms']} ms")
+    log("CPU ms per event: " + ", ".join(f"{k} {v}" for k, v in cpu_ms.items())
+        + f"; {service['cpu_bound_per_s']:.0f} events/s if every CPU ran only this run's processes")
     log(f"ceiling {ceiling['tps']:.1f} tps; ratio {ratio:.3f}x (target {TARGET_RATIO}x: "
         f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}); each checkout credited once: "
         f"{'yes' if not problems else 'NO: ' + '; '.join(problems)}; written to {out}")

@@ -22,6 +22,9 @@ MAX_ID_LENGTH = 255
 MAX_DEPTH = 64
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
+# A NUL or a lone surrogate reaches a parsed string only through an escape: json.loads refuses raw control
+# characters, and the UTF-8 decode refuses encoded surrogates.
+_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ def check_object(event_type: str, obj) -> None:
 
 def _too_deep(text: str) -> bool:
     """Whether [ or { nest deeper than MAX_DEPTH outside strings, found before parsing."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
     depth = 0
     for bracket in _BRACKET.findall(_STRING.sub("", text)):
         depth += 1 if bracket in "[{" else -1
@@ -173,7 +178,21 @@ def _not_utf8(text: str) -> bool:
     return False
 
 
-def _event(data) -> Event:
+def _loads(text: str) -> tuple[object, bool]:
+    """The parsed body, and whether it may hold a value jsonb refuses (_unstorable then walks data.object to be
+    sure): an escaped NUL or surrogate, or a number that is not finite. Most bodies hold none, and are not walked."""
+    nonfinite = []
+
+    def number(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            nonfinite.append(token)
+        return value
+    data = json.loads(text, parse_float=number, parse_constant=number)
+    return data, bool(nonfinite) or ("\\u" in text and _ESCAPE.search(text) is not None)
+
+
+def _event(data, maybe_unstorable: bool) -> Event:
     """The event in a verified body, or InvalidEvent saying what is wrong with it."""
     if not isinstance(data, dict):
         raise InvalidEvent("the webhook body is not a JSON object")
@@ -183,7 +202,7 @@ def _event(data) -> Event:
         raise InvalidEvent(f"the event's type must be {_ID[1]}")
     obj = data["data"].get("object") if isinstance(data.get("data"), dict) else None
     check_object(data["type"], obj)
-    if _unstorable(obj):
+    if maybe_unstorable and _unstorable(obj):
         raise InvalidEvent("the event's data.object holds a NUL character, an unpaired surrogate or a "
                            "number that is not finite")
     return Event(id=data["id"], type=data["type"], object=obj)
@@ -295,10 +314,10 @@ class StripeGateway:
         if _too_deep(text):
             raise InvalidEvent(f"the webhook body nests deeper than {MAX_DEPTH} levels")
         try:
-            data = json.loads(text)
+            data, maybe_unstorable = _loads(text)
         except (ValueError, RecursionError):
             raise InvalidEvent("the webhook body is not JSON") from None
-        return _event(data)
+        return _event(data, maybe_unstorable)
 
     @staticmethod
     def _call(request, convert=_session):

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 
-EVENT_BATCH = 50  # stored events applied by one transaction at most
+EVENT_BATCH = 200  # stored events applied by one transaction at most
 DRAIN_SECONDS = 2.0  # how long one task goes on applying batches of stored events
 
 # An event naming a checkout id that is still not there after this long names none of ours: it is closed
