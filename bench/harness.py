@@ -219,6 +219,7 @@ def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str, de
     from urllib.parse import urlparse
 
     u = urlparse(url)
+    LOGS.mkdir(parents=True, exist_ok=True)  # a benchmark's pgbench may run before any of its children starts
     path = LOGS / f"{BENCH}-pgbench-{name}.sql"
     path.write_text(script)
     argv = [shutil.which("pgbench") or "/usr/bin/pgbench", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 5432),
@@ -631,6 +632,7 @@ def pgbench_latencies(url: str, script: str, clients: int, transactions: int, na
     from urllib.parse import urlparse
 
     u = urlparse(url)
+    LOGS.mkdir(parents=True, exist_ok=True)
     sql, prefix = LOGS / f"{BENCH}-pgbench-{name}.sql", LOGS / f"{BENCH}-pgbench-{name}-tx"
     sql.write_text(script)
     for old in LOGS.glob(f"{prefix.name}.*"):
