@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LABELS = {"balance": "balance read", "ratelimit": "rate-limit check"}
+LABELS = {"balance": "balance read", "transactions": "transactions page", "ratelimit": "rate-limit check"}
 # (label, a piece of the file's path, the function's name): inclusive time per read, and calls per read
 PIECES = [
     ("falcon App.__call__ (the whole request)", "falcon/app.py", "__call__"),
@@ -60,7 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--users", type=int, default=100, help="users 1..n (bench.harness keys) read in turn")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--path", choices=sorted(LABELS), default="balance",
-                   help="the hot path: a user's balance read, or the operator's rate-limit check (bench/floors)")
+                   help="the hot path: a user's balance read or first transactions page, or the operator's "
+                   "rate-limit check (bench/floors)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: also sample this process (--gil, 250 Hz) over "
                    "the service's reads: the share of each piece, unbiased by cProfile's per-call cost")
     return p.parse_args()
