@@ -7,8 +7,8 @@ import falcon
 import orjson
 
 from api import errors, openapi
-from api.connections import closing_unread_bodies
 from api.auth import Authentication
+from api.connections import closing_unread_bodies
 from api.idempotency import IdempotencyKeys
 from api.metrics import NO_METRICS, Metrics, MetricsPort
 from api.ratelimit import ApiRateLimit

@@ -81,9 +81,14 @@ def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1
     # Outbound webhooks on a worker of their own: a slow receiver never holds a slot the ledger needs.
     children.append(subprocess.Popen(worker_argv("webhooks", concurrency=2, name="standalone-webhooks@%h"),
                                      env=env | {"WORKER_METRICS_PORT": "0"}))
-    _wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
+    _wait_for_port(_reachable(host), port)
     print(_banner(port, host, token, broker, metrics_port, settings, data_dir), flush=True)
     return _supervise(children)
+
+
+def _reachable(host: str) -> str:
+    """Where this machine reaches an API listening on `host` (every interface: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
 
 def _wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
@@ -126,7 +131,7 @@ def _banner(port: int, host: str, token: str, broker: str, metrics_port: str, se
             data_dir: Path) -> str:
     where = "embedded PostgreSQL in " + str(data_dir) if not settings.database_url else "DATABASE_URL"
     queue = "the database (kombu SQLAlchemy transport)" if broker.startswith("sqla+") else "CELERY_BROKER_URL/REDIS_URL"
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = _reachable(host)
     billing = Path(sys.executable).with_name("billing")  # the venv's, which need not be on PATH
     lines = [f"\nbilling standalone: API on http://{shown}:{port} (listening on {host}), worker and beat running",
              f"  data: {where}; queue: {queue}; worker metrics on :{metrics_port}",
