@@ -17,14 +17,17 @@ _TRY_LOCKS = text("SELECT w FROM unnest(CAST(:ids AS text[])) AS w "
                   "WHERE pg_try_advisory_xact_lock(hashtextextended('usage:' || w, 0))")
 _ACCOUNT = text("SELECT balance_cents, held_cents FROM billing_accounts WHERE id = :account_id FOR NO KEY UPDATE")
 # An eventId is looked for on the account debited and on every account linked to the workspace: one sent
-# again after the workspace changed its default account is still a duplicate. Each lookup is by
-# (billing_account_id, idempotency_key), the ledger's unique key; the workspace lock above serializes them.
+# again after the workspace changed its default account is still a duplicate. Each (account, key) is one probe of
+# (billing_account_id, idempotency_key), the ledger's unique key, whatever the planner thinks of the account's
+# size: the LIMIT keeps the lookup per key (with the account alone as its condition, a hot account's whole
+# history was read for every batch). The workspace lock above serializes them.
 _PRIOR = text("""
-SELECT idempotency_key, id, metric, quantity, -amount_cents AS amount_cents
-FROM ledger_entries
-WHERE billing_account_id = ANY(ARRAY(SELECT billing_account_id FROM workspace_billing_accounts
-                                     WHERE workspace_id = :workspace_id UNION SELECT :account_id))
-  AND idempotency_key = ANY(ARRAY(SELECT json_array_elements_text(CAST(:keys AS json))))
+SELECT e.idempotency_key, e.id, e.metric, e.quantity, -e.amount_cents AS amount_cents
+FROM (SELECT billing_account_id FROM workspace_billing_accounts WHERE workspace_id = :workspace_id
+      UNION SELECT :account_id) AS a(id)
+CROSS JOIN json_array_elements_text(CAST(:keys AS json)) AS k(key)
+CROSS JOIN LATERAL (SELECT * FROM ledger_entries e WHERE e.billing_account_id = a.id AND e.idempotency_key = k.key
+                    LIMIT 1) AS e
 """)
 
 # Every planned entry in one INSERT from one JSON document (ids follow the batch order, so the balance
