@@ -161,8 +161,10 @@ def settle_many(conn: Connection, holds: list[tuple[str, str]], status: str | No
     return {row["id"]: _hold(row) for row in rows}
 
 
+# holds_expiring holds what still reserves (settled_at IS NULL): a hold whose capture is queued is among them, and
+# left to its capture by the status.
 _DUE = text("""
-SELECT billing_account_id, id FROM holds WHERE status = 'active' AND expires_at <= now()
+SELECT billing_account_id, id FROM holds WHERE settled_at IS NULL AND status = 'active' AND expires_at <= now()
 ORDER BY expires_at LIMIT :limit
 """)
 

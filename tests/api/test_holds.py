@@ -8,7 +8,10 @@ import pytest
 from sqlalchemy import text
 
 from domain.models import OPERATOR_CALLER
+from domain.ids import new_id
 from domain.names import Task
+from domain.services.holds import CAPTURE
+from domain.store import holds as holds_sql
 from tests.api.checks import assert_problem, ledger_problems
 from tests.processes import entries_per_operation, statuses
 
@@ -110,6 +113,34 @@ def test_capturing_twice_answers_the_same_operation(api, services, queue, owner_
     assert first.json["id"] == again.json["id"] == other.json["id"]
     _apply(services, queue)
     assert api.operator("POST", path, json={"amountCents": 100}).json["id"] == first.json["id"]
+
+
+def test_an_accepted_capture_updates_its_hold_in_place_and_the_expiry_job_passes_it_over(api, services, queue, engine,
+                                                                                          owner_ws):
+    """Queuing a capture changes no indexed column of the hold (migration 0013): a heap-only update, no index entry
+    written. A hold whose capture is queued still reserves until it is applied, past its expiresAt too."""
+    owner, ws = owner_ws
+    hold = _hold(api, ws, 300).json
+    driver = engine.raw_connection()
+    try:
+        _, op = holds_sql.queue_capture(driver.driver_connection, ws, hold["id"], 120, operation_id=new_id("op"),
+                                        kind=CAPTURE, caller=OPERATOR_CALLER.name, trace_parent=None)
+        hot = driver.driver_connection.execute(
+            "SELECT pg_stat_get_xact_tuples_updated('holds'::regclass), "
+            "pg_stat_get_xact_tuples_hot_updated('holds'::regclass)").fetchone()
+        driver.commit()
+    finally:
+        driver.close()
+    assert op is not None and tuple(hot) == (1, 1)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE holds SET expires_at = now() WHERE id = :id"), {"id": hold["id"]})
+    services.holds.expire_due()
+    assert _held(engine, owner.default_account_id) == 300
+    services.operations.apply(op.id)
+    found = api.call("GET", f"/workspaces/{ws}/billing/holds/{hold['id']}", owner.key).json
+    assert (found["status"], found["capturedCents"], _held(engine, owner.default_account_id)) == ("captured", 120, 0)
+    assert _balance(api, owner, ws)["balanceCents"] == 880
+    assert ledger_problems(services, owner.default_account_id) == []
 
 
 def test_capturing_more_than_held_is_422_and_changes_nothing(api, engine, owner_ws):
