@@ -11,6 +11,7 @@ claims no key at all, so the corrected request may use the same key.
 import json
 
 import falcon
+import orjson
 
 from api.errors import Problem, invalid
 from api.json_body import MAX_BODY_BYTES, raw_body, read_json
@@ -19,7 +20,7 @@ from domain.errors import Conflict
 from domain.services.idempotency import Claim, IdempotencyService, KeyedRequest, Replay, fingerprint
 
 HEADER = "Idempotency-Key"
-_JSON = falcon.media.JSONHandler()
+_JSON = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)  # as the app renders every answer
 REPLAYED_HEADERS = ("Location", "Content-Type")
 
 
@@ -151,7 +152,7 @@ def _replayable(resource, body: bytes) -> str:
     shown_once = getattr(resource, "shown_once", ())
     media = json.loads(body) if shown_once and body else None
     if isinstance(media, dict) and any(name in media for name in shown_once):
-        return json.dumps({name: value for name, value in media.items() if name not in shown_once})
+        return orjson.dumps({name: value for name, value in media.items() if name not in shown_once}).decode()
     return body.decode()
 
 

@@ -1,4 +1,5 @@
 """Idempotency-Key on POST: the first answer is replayed; another body under the same key is a conflict."""
+import orjson
 import pytest
 
 from domain.names import Task
@@ -51,6 +52,7 @@ def test_a_credit_retried_with_the_same_key_and_body_replays_the_first_answer_an
     again = credit(api, ws, 300, "grant-1")
     assert first.status_code == again.status_code == 202
     assert again.text == first.text
+    assert first.text == orjson.dumps(first.json).decode()  # rendered as every other answer (compact)
     assert again.headers["location"] == first.headers["location"]
     assert again.headers["idempotent-replayed"] == "true"
     assert row_counts(engine)["operations"] == before + 1
