@@ -3,7 +3,8 @@ import functools
 
 from domain import times
 from domain.models import Balance, BillingAccount, Hold, LinkedAccount, Page, Summary, UsageOverview, User, Workspace
-from domain.views import checkout, grant, operation, transaction  # noqa: F401 (also the webhook payloads' objects)
+# also the webhook payloads' objects
+from domain.views import checkout, grant, operation, transaction, transaction_row  # noqa: F401
 from domain.ratelimit import Decision
 from domain.services.rate_limits import status_json as rate_limit_status  # also a refresh operation's result
 

@@ -11,6 +11,12 @@ def transaction(e: Entry) -> dict:
             "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
 
 
+def transaction_row(r: tuple) -> dict:
+    """The same from Entry's fields as a tuple, in order (a page read on the driver: no Entry per row)."""
+    return {"id": r[9], "billingAccountId": r[1], "workspaceId": r[2], "kind": r[3], "amountCents": r[4],
+            "balanceAfterCents": r[5], "description": r[6], "reference": r[7], "createdAt": ts(r[8])}
+
+
 def grant(g: Grant) -> dict:
     return {"id": g.id, "billingAccountId": g.billing_account_id, "source": g.source, "category": g.category,
             "amountCents": g.amount_cents, "remainingCents": g.remaining_cents, "priority": g.priority,

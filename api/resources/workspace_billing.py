@@ -94,7 +94,7 @@ class Transactions:
         found = self._reads.workspace_transactions(req.context.caller, workspace_id, q.billing_account_id,
                                                    limit=q.limit, cursor=q.cursor, kind=q.kind,
                                                    since=since, until=until)
-        resp.media = views.page(found, views.transaction)
+        resp.media = views.page(found, views.transaction_row)
 
 
 class Summary:

@@ -67,11 +67,10 @@ class ReadService:
                                **query) -> Page:
         before_id, limit = self._before(query.pop("cursor", None)), query.pop("limit")
 
-        def read(driver, caller: Caller | KeyHolder) -> list:
+        def read(driver, caller: Caller | KeyHolder) -> list[tuple]:
             account = access.workspace_read(driver, caller, workspace_id, account_id).account
-            return prepared.page(driver, account.id, limit=limit + 1, public_id=self._ctx.ids.transaction,
-                                 before_id=before_id, **query)
-        return self._page_of(access.lagging_read(self._ctx, caller, read), limit)
+            return prepared.page(driver, account.id, limit=limit + 1, before_id=before_id, **query)
+        return self._rows_page(access.lagging_read(self._ctx, caller, read), limit)
 
     def _page(self, conn: Connection, account_id: str, *, limit: int, cursor: str | None = None,
               kind: str | None = None, since: datetime | None = None, until: datetime | None = None) -> Page:
@@ -88,8 +87,15 @@ class ReadService:
     def _page_of(self, found: list, limit: int) -> Page:
         """Newest first; entries and the cursor carry public ids (domain.public_ids), never the numbers."""
         ids = self._ctx.ids
-        entries = [e if e.public_id else dataclasses.replace(e, public_id=ids.transaction(e.id)) for e in found[:limit]]
+        entries = [dataclasses.replace(e, public_id=ids.transaction(e.id)) for e in found[:limit]]
         return Page(items=entries, next_cursor=ids.cursor(entries[-1].id) if len(found) > limit else None)
+
+    def _rows_page(self, rows: list[tuple], limit: int) -> Page:
+        """The same from prepared.page's rows, no Entry built: each item the row and its public id (Entry's
+        fields in order, domain.views.transaction_row)."""
+        transaction = self._ctx.ids.transaction
+        items = [(*row, transaction(row[0])) for row in rows[:limit]]
+        return Page(items=items, next_cursor=self._ctx.ids.cursor(items[-1][0]) if len(rows) > limit else None)
 
 
 

@@ -6,13 +6,12 @@ checked in the same statement, so such a read is one round trip to the database 
 the read were two. The connection comes from domain.store.uow.RawRead (autocommit, on the read engine).
 """
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from psycopg import Connection
 
-from domain.models import BillingAccount, Entry
+from domain.models import BillingAccount
 from domain.store import balances
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
@@ -135,15 +134,15 @@ def page_statement(before_id: bool = False, kind: bool = False, since: bool = Fa
     return sql
 
 
-def page(conn: Connection, account_id: str, *, limit: int, public_id: Callable[[int], str],
-         before_id: int | None = None, kind: str | None = None, since: datetime | None = None,
-         until: datetime | None = None) -> list[Entry]:
-    """Entries newest first, strictly older than before_id, each named by public_id(its id); limit+1 asks
-    whether more exist."""
+def page(conn: Connection, account_id: str, *, limit: int, before_id: int | None = None, kind: str | None = None,
+         since: datetime | None = None, until: datetime | None = None) -> list[tuple]:
+    """Entries newest first, strictly older than before_id, as rows of Entry's fields up to its public id (the
+    caller names those it shows: a page is rendered from its rows, domain.views.transaction_row); limit+1
+    asks whether more exist."""
     params = {"account_id": account_id, "limit": limit, "before_id": before_id, "kind": kind,
               "since": since, "until": until}
     sql = page_statement(*(params[name] is not None for name, _ in _FILTERS))
-    return [Entry(*row, public_id(row[0])) for row in conn.execute(sql, params, prepare=True)]
+    return conn.execute(sql, params, prepare=True).fetchall()
 
 
 TIER_OF_WORKSPACE = ("SELECT w.default_billing_account_id, t.tier FROM workspaces w "

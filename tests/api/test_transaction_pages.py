@@ -80,6 +80,7 @@ def test_walking_the_pages_returns_every_entry_once_newest_first_while_entries_a
 
 
 def test_the_workspace_route_pages_the_same_way_and_the_last_page_has_no_cursor(api, services, fresh_account):
+    """The same entries, every field alike, as the account's own route (each renders its page its own way)."""
     owner, ws, account_id = fresh_account
     for i in range(5):
         post(services, account_id, 10 + i)
@@ -89,6 +90,9 @@ def test_the_workspace_route_pages_the_same_way_and_the_last_page_has_no_cursor(
                       params={"billingAccountId": account_id, "limit": "3", "cursor": first["nextCursor"]}).json
     assert [t["amountCents"] for t in first["data"]] == [14, 13, 12] and first["nextCursor"]
     assert [t["amountCents"] for t in second["data"]] == [11, 10] and second["nextCursor"] is None
+    assert first["data"] + second["data"] == all_transactions(api, owner.key, account_id)[:5]
+    by_account = api.call("GET", f"/billing-accounts/{account_id}/transactions", owner.key, params={"limit": "3"}).json
+    assert by_account == first
 
 
 def test_kind_from_and_to_filter_transactions_and_summaries(api, services, engine, fresh_account):
