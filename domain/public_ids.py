@@ -45,9 +45,12 @@ class PublicIds:
     def _entry(self, text: str, prefix: str) -> int | None:
         if len(text) != len(prefix) + 13 or not text.startswith(prefix):
             return None
+        body = text[len(prefix):]
         try:
-            value = int.from_bytes(base64.b32decode(text[len(prefix):].upper() + "==="), "big")
+            value = int.from_bytes(base64.b32decode(body.upper() + "==="), "big")
         except ValueError:
+            return None
+        if _b32(value) != body:  # one text per entry: not upper case, nor a last character with its spare bit set
             return None
         entry_id = self._unpermute(value)
         return entry_id if 0 < entry_id <= MAX_ENTRY_ID else None

@@ -53,6 +53,19 @@ def test_what_the_service_did_not_issue_names_no_entry():
     assert ids.entry_of(cursor) is None
 
 
+def test_each_entry_has_one_text_only():
+    """Base32 decoding would also take the text in upper case, or with the spare bit of its last character set."""
+    ids = PublicIds(lambda: KEY)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    for entry_id in (1, 1000, 2**63 - 1):
+        cursor, public = ids.cursor(entry_id), ids.transaction(entry_id)
+        spare_bit_set = cursor[:-1] + alphabet[alphabet.index(cursor[-1]) | 1]
+        assert cursor != spare_bit_set and ids.entry_of_cursor(spare_bit_set) is None
+        assert ids.entry_of_cursor("c" + cursor[1:].upper()) is None
+        assert ids.entry_of("txn_" + public[4:].upper()) is None
+        assert ids.entry_of_cursor(cursor) == ids.entry_of(public) == entry_id
+
+
 def test_another_key_names_the_same_entries_otherwise():
     ours, theirs = PublicIds(lambda: KEY), PublicIds(lambda: b"another deployment's key")
     assert all(ours.transaction(n) != theirs.transaction(n) for n in range(1, 100))
