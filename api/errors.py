@@ -1,8 +1,8 @@
 """Every error leaves as RFC 9457 problem+json; domain errors map to statuses in one table."""
-import json
 import logging
 
 import falcon
+import orjson
 
 from domain import errors
 from domain.models import KeyHolder
@@ -82,7 +82,7 @@ def _http_error(req, resp, exc: falcon.HTTPError, params) -> None:
                       headers=exc.headers)
     resp.status = exc.status
     resp.content_type = "application/problem+json"
-    resp.text = json.dumps(exc.to_dict())
+    resp.data = orjson.dumps(exc.to_dict())  # as every other answer
     for name, value in (exc.headers or {}).items():
         resp.set_header(name, value)
 

@@ -125,7 +125,7 @@ def _conflict(resp: falcon.Response, exc: Conflict) -> None:
     problem = Problem(409, "Conflict", exc.detail, headers={"Retry-After": str(retry_after)} if retry_after else None)
     resp.status = problem.status
     resp.content_type = "application/problem+json"
-    resp.text = json.dumps(problem.to_dict())
+    resp.data = orjson.dumps(problem.to_dict())
     for name, value in (problem.headers or {}).items():
         resp.set_header(name, value)
 

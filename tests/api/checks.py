@@ -1,4 +1,5 @@
 """Assertions shared by the API tests: problem+json answers, and "nothing was written"."""
+import orjson
 from sqlalchemy import Engine, text
 
 TABLES = ("users", "api_keys", "billing_accounts", "ledger_entries", "workspaces",
@@ -10,6 +11,7 @@ def assert_problem(result, status: int) -> dict:
     assert result.status_code == status, result.text
     assert result.headers["content-type"] == "application/problem+json"
     body = result.json
+    assert result.text == orjson.dumps(body).decode()  # rendered as every other answer
     assert {"type", "title", "status", "detail"} <= body.keys(), body
     assert body["status"] == status and body["title"] and body["detail"]
     if status == 422:
