@@ -1,20 +1,24 @@
 """Domain objects as the contract's JSON, where the API's answers and the webhook payloads share them."""
+import dataclasses
+import operator
+
 from domain import times
 from domain.models import Checkout, Entry, Grant, Operation
 
 ts = times.rfc3339
 
 
-def transaction(e: Entry) -> dict:
-    return {"id": e.public_id, "billingAccountId": e.billing_account_id, "workspaceId": e.workspace_id,
-            "kind": e.kind, "amountCents": e.amount_cents, "balanceAfterCents": e.balance_after_cents,
-            "description": e.description, "reference": e.reference, "createdAt": ts(e.created_at)}
-
-
 def transaction_row(r: tuple) -> dict:
-    """The same from Entry's fields as a tuple, in order (a page read on the driver: no Entry per row)."""
+    """A ledger entry from its fields as a tuple, in Entry's order (a page read on the driver: no Entry per row)."""
     return {"id": r[9], "billingAccountId": r[1], "workspaceId": r[2], "kind": r[3], "amountCents": r[4],
             "balanceAfterCents": r[5], "description": r[6], "reference": r[7], "createdAt": ts(r[8])}
+
+
+_ENTRY_FIELDS = operator.attrgetter(*(field.name for field in dataclasses.fields(Entry)))
+
+
+def transaction(e: Entry) -> dict:
+    return transaction_row(_ENTRY_FIELDS(e))
 
 
 def grant(g: Grant) -> dict:

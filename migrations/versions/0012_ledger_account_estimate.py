@@ -16,4 +16,3 @@ down_revision = "0011"
 def upgrade() -> None:
     op.execute("ALTER TABLE ledger_entries ALTER COLUMN billing_account_id SET (n_distinct = -0.05)")
     op.execute("ANALYZE ledger_entries")  # the override is read by ANALYZE
-
