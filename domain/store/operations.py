@@ -42,7 +42,8 @@ def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: 
         id=operation_id, kind=kind, caller=caller, idempotency_scope=idempotency_scope,
         workspace_id=workspace_id, billing_account_id=billing_account_id, payload=payload,
         trace_parent=trace_parent)
-        .on_conflict_do_nothing(constraint="operations_idempotency_scope")
+        .on_conflict_do_nothing(index_elements=[_o.caller, _o.idempotency_scope],
+                                index_where=_o.idempotency_scope.is_not(None))
         .returning(operations))
     row = conn.execute(stmt).mappings().first()
     if row is not None:

@@ -167,7 +167,8 @@ operations = Table(
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="operations_status"),
-    UniqueConstraint("caller", "idempotency_scope", name="operations_idempotency_scope"),
+    Index("operations_idempotency_scope", "caller", "idempotency_scope", unique=True,
+          postgresql_where=text("idempotency_scope IS NOT NULL")),
     Index("operations_pending", "updated_at", postgresql_where=text("status IN ('queued', 'running')")),
 )
 
