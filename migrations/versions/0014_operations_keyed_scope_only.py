@@ -1,6 +1,6 @@
 """The operations' idempotency-scope unique index holds only the operations queued under a scope.
 
-Most operations have none (credits, captures, usage batches and x402 settlements answer their Idempotency-Key
+Most operations have none (credits, captures and usage batches answer their Idempotency-Key
 in the idempotency table, or have no key): each had a NULL entry in operations_idempotency_scope, written once
 when it was queued and again when the worker marked it succeeded (that update changes the status and updated_at,
 which operations_pending covers, so it is never heap-only and writes an entry in every index). Partial, the index
