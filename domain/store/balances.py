@@ -7,8 +7,8 @@ from sqlalchemy import Connection, text
 
 from domain.models import BillingAccount
 
-# The account's active grants by category, and the soonest expiry with what it takes (index-only on
-# grants_draw_order, which holds the active grants of an account).
+# The account's active grants by category, and the soonest expiry with what it takes (grants_draw_order finds
+# the account's active grants).
 SPLIT = """
 LEFT JOIN LATERAL (
     SELECT COALESCE(SUM(g.remaining_cents) FILTER (WHERE g.category = 'paid'), 0) AS paid_cents,

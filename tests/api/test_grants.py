@@ -111,6 +111,29 @@ def _expire_now(engine, account: str) -> None:
                           "WHERE billing_account_id = :a AND expires_at IS NOT NULL"), {"a": account})
 
 
+def test_a_debit_draws_its_grant_in_place(engine, owner_ws):
+    """Drawing changes no indexed column of the grant (migration 0015): a heap-only update, no index entry written;
+    and the balance's split by category still reads what the grant holds."""
+    from domain.store import balances, ledger
+
+    owner, ws = owner_ws
+    account = owner.default_account_id
+    # the backend's counts not yet sent to the statistics include its earlier transactions': the difference counts
+    counts = text("SELECT pg_stat_get_xact_tuples_updated('grants'::regclass), "
+                  "pg_stat_get_xact_tuples_hot_updated('grants'::regclass)")
+    with engine.connect() as conn:
+        ledger.lock_account(conn, account)
+        posted = ledger.post_many(conn, [ledger.NewEntry(account, -300, f"hot-{uuid.uuid4().hex}", workspace_id=ws)],
+                                  kind="usage")
+        before = conn.execute(counts).one()
+        grants.draw_each(conn, list(posted.values()))
+        after = conn.execute(counts).one()
+        split = balances.of_account(conn, account).grants
+        conn.rollback()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    assert (split.promotional_cents, split.paid_cents) == (700, 0)
+
+
 def test_what_is_left_of_a_grant_at_its_expiry_is_debited_once(api, services, queue, engine, owner_ws):
     owner, ws = owner_ws
     account = owner.default_account_id
