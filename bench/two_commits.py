@@ -8,9 +8,12 @@ statement is the service's own (domain/store/operations.py, idempotency.py, ledg
 grant opens beside its entry), one credit per
 transaction pair, without the batching the service may do: the moonshot is to beat it by batching.
 """
+import re
+
 import psycopg
 
 from bench.harness import SetupError, log, run_pgbench
+from domain.store import ledger
 
 SCHEMA = "ceiling2"
 TABLES = ("billing_accounts", "ledger_entries", "grants", "operations", "idempotency_keys")  # what the two write
@@ -49,21 +52,7 @@ WHERE (k.created_at < now() - make_interval(secs => 86400)
 RETURNING k.scope;
 COMMIT;
 BEGIN;
-WITH inserted AS (
-    INSERT INTO {s}.ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
-                                    balance_after_cents, description, reference, idempotency_key)
-    SELECT a.id, :op_workspace_id, 'credit_grant', CAST(:amount AS bigint), a.balance_cents + CAST(:amount AS bigint),
-           'bench credit', :op_id, 'op' || chr(58) || :op_id
-    FROM {s}.billing_accounts a
-    WHERE a.id = :op_billing_account_id AND (false OR CAST(:amount AS bigint) > 0
-                                             OR a.balance_cents + CAST(:amount AS bigint) >= 0)
-    FOR NO KEY UPDATE
-    ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
-    RETURNING *
-)
-UPDATE {s}.billing_accounts SET balance_cents = inserted.balance_after_cents
-FROM inserted WHERE {s}.billing_accounts.id = inserted.billing_account_id
-RETURNING inserted.* \\gset e_
+{posting} \\gset e_
 INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
                         opened_cents, remaining_cents, status, closed_entry_id, created_at)
 SELECT :op_billing_account_id, 'gr_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
@@ -126,9 +115,20 @@ def copy_tables(conn: psycopg.Connection, schema: str, tables: tuple[str, ...]) 
     conn.execute(f"ANALYZE {', '.join(f'{schema}.{t}' for t in tables)}")
 
 
+def posting_sql(schema: str, **values: str) -> str:
+    """domain/store/ledger.py's _POST as the service sends it, on the copies in `schema`, each of its parameters
+    the SQL given (a pgbench variable, a literal)."""
+    sql = re.sub(r"\b(ledger_entries|billing_accounts)\b", rf"{schema}.\1", ledger._POST.text.strip())
+    return re.sub(r"(?<!:):(\w+)", lambda m: values[m.group(1)], sql)
+
+
 def script(first: int, last: int) -> str:
     """The pgbench script: a credit to workspace n (random in first..last), accepted then applied."""
-    return SCRIPT.format(first=first, last=last, s=SCHEMA)
+    amount = "CAST(:amount AS bigint)"
+    posting = posting_sql(SCHEMA, workspace_id=":op_workspace_id", kind="'credit_grant'", amount=amount,
+                          description="'bench credit'", reference=":op_id", key="'op' || chr(58) || :op_id",
+                          account_id=":op_billing_account_id", allow_negative="false")
+    return SCRIPT.format(first=first, last=last, s=SCHEMA, posting=posting)
 
 
 def two_commit_ceiling(url: str, first: int, last: int, clients: int, seconds: int) -> dict:

@@ -29,7 +29,7 @@ import psycopg
 from bench.harness import (Child, CpuMeter, Load, SetupError, audit, credit_ceiling, fresh_database, log, ms,
                            per_request_ms, percentile, row, run_pgbench, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, user_key, wait_until, workspace_id, write_result)
-from bench.two_commits import copy_tables
+from bench.two_commits import copy_tables, posting_sql
 from domain.tiers import DEFAULT_TABLE, TierTable, decide
 from tests.standins.stripe_api import StripeStandIn, signed_event
 
@@ -96,21 +96,7 @@ UPDATE {s}.checkouts c SET status = 'completed', completed_at = now(), updated_a
        details = c.details || jsonb_build_object('paymentIntent', {intent}), failure_reason = NULL
 WHERE c.id = {checkout} AND c.provider = 'stripe' AND c.status = 'pending' AND c.amount_cents = :amount
 RETURNING c.billing_account_id, c.workspace_id \\gset c_
-WITH inserted AS (
-    INSERT INTO {s}.ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
-                                    balance_after_cents, description, reference, idempotency_key)
-    SELECT a.id, :c_workspace_id, 'stripe_topup', CAST(:amount AS bigint), a.balance_cents + CAST(:amount AS bigint),
-           'Stripe top-up', {session}, 'stripe_checkout' || chr(58) || {checkout}
-    FROM {s}.billing_accounts a
-    WHERE a.id = :c_billing_account_id AND (false OR CAST(:amount AS bigint) > 0
-                                            OR a.balance_cents + CAST(:amount AS bigint) >= 0)
-    FOR NO KEY UPDATE
-    ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
-    RETURNING *
-)
-UPDATE {s}.billing_accounts SET balance_cents = inserted.balance_after_cents
-FROM inserted WHERE {s}.billing_accounts.id = inserted.billing_account_id
-RETURNING inserted.id, inserted.balance_after_cents, inserted.created_at \\gset e_
+{posting} \\gset e_
 INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
                         opened_cents, remaining_cents, status, closed_entry_id, created_at)
 SELECT :c_billing_account_id, 'grt_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
@@ -202,6 +188,10 @@ def ceiling_script(cap: int, workspaces: int, redeliveries: float, second_events
            "workspace": WORKSPACE.format(**first), "account": ACCOUNT.format(**first), "s": CEILING_SCHEMA}
     payload = PAYLOAD.format(amount=":amount", **ids)
     tier, reason = tier_sql("v.balance", "v.paid")
+    posting = posting_sql(CEILING_SCHEMA, workspace_id=":c_workspace_id", kind="'stripe_topup'",
+                          amount="CAST(:amount AS bigint)", description="'Stripe top-up'", reference=ids["session"],
+                          key="'stripe_checkout' || chr(58) || " + ids["checkout"], account_id=":c_billing_account_id",
+                          allow_negative="false")
     second_event = "'evt_' || left(md5('evs' || :client_id || '_' || :m), 24)"
     return CEILING_SCRIPT.format(
         first_ppm=round(1e6 / share), repeat_ppm=round(1e6 * (1 + redeliveries) / share), cap=cap,
@@ -210,7 +200,7 @@ def ceiling_script(cap: int, workspaces: int, redeliveries: float, second_events
                                    s=CEILING_SCHEMA),
         accept_second=ACCEPT.format(event=second_event, type="checkout.session.async_payment_succeeded",
                                     payload=payload, s=CEILING_SCHEMA),
-        apply_credit=APPLY_CREDIT.format(event=EVENT.format(n=":n"), tier=tier, reason=reason, **ids),
+        apply_credit=APPLY_CREDIT.format(event=EVENT.format(n=":n"), tier=tier, reason=reason, posting=posting, **ids),
         apply_again=APPLY_AGAIN.format(event=second_event, **ids))
 
 
