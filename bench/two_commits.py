@@ -53,13 +53,7 @@ RETURNING k.scope;
 COMMIT;
 BEGIN;
 {posting} \\gset e_
-INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
-                        opened_cents, remaining_cents, status, closed_entry_id, created_at)
-SELECT :op_billing_account_id, 'gr_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
-       'operator', 'promotional', 50, NULL, CAST(:amount AS bigint), o.cents, o.cents,
-       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
-       now()
-FROM (SELECT LEAST(CAST(:amount AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;
+{grant}
 UPDATE {s}.operations o SET status = 'succeeded',
        result = CAST('{{"transactionId": "txn_' || :e_id || '", "billingAccountId": "' || :op_billing_account_id
                      || '", "amountCents": ' || :amount || ', "balanceAfterCents": ' || :e_balance_after_cents
@@ -68,6 +62,16 @@ UPDATE {s}.operations o SET status = 'succeeded',
 WHERE o.id = :op_id;
 COMMIT;
 """
+
+# The grant a credit opens beside its entry, as domain/store/grants.py's _OPEN opens it (the entry's columns
+# kept by \gset e_ from the posting before it).
+GRANT = """INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at,
+                        amount_cents, opened_cents, remaining_cents, status, closed_entry_id, created_at)
+SELECT :e_billing_account_id, 'grt_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
+       '{source}', '{category}', 50, NULL, CAST(:e_amount_cents AS bigint), o.cents, o.cents,
+       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
+       CAST(:e_created_at AS timestamptz)
+FROM (SELECT LEAST(CAST(:e_amount_cents AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;"""
 
 # After the run: every credit accepted once, applied once, and the copied accounts still add up.
 CHECK = """
@@ -128,7 +132,8 @@ def script(first: int, last: int) -> str:
     posting = posting_sql(SCHEMA, workspace_id=":op_workspace_id", kind="'credit_grant'", amount=amount,
                           description="'bench credit'", reference=":op_id", key="'op' || chr(58) || :op_id",
                           account_id=":op_billing_account_id", allow_negative="false")
-    return SCRIPT.format(first=first, last=last, s=SCHEMA, posting=posting)
+    return SCRIPT.format(first=first, last=last, s=SCHEMA, posting=posting,
+                         grant=GRANT.format(s=SCHEMA, source="operator", category="promotional"))
 
 
 def two_commit_ceiling(url: str, first: int, last: int, clients: int, seconds: int) -> dict:

@@ -29,7 +29,7 @@ import psycopg
 from bench.harness import (Child, CpuMeter, Load, SetupError, audit, credit_ceiling, fresh_database, log, ms,
                            per_request_ms, percentile, row, run_pgbench, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, user_key, wait_until, workspace_id, write_result)
-from bench.two_commits import copy_tables, posting_sql
+from bench.two_commits import GRANT, copy_tables, posting_sql
 from domain.tiers import DEFAULT_TABLE, TierTable, decide
 from tests.standins.stripe_api import StripeStandIn, signed_event
 
@@ -97,13 +97,7 @@ UPDATE {s}.checkouts c SET status = 'completed', completed_at = now(), updated_a
 WHERE c.id = {checkout} AND c.provider = 'stripe' AND c.status = 'pending' AND c.amount_cents = :amount
 RETURNING c.billing_account_id, c.workspace_id \\gset c_
 {posting} \\gset e_
-INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
-                        opened_cents, remaining_cents, status, closed_entry_id, created_at)
-SELECT :c_billing_account_id, 'grt_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
-       'stripe', 'paid', 50, NULL, CAST(:amount AS bigint), o.cents, o.cents,
-       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
-       CAST(:e_created_at AS timestamptz)
-FROM (SELECT LEAST(CAST(:amount AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;
+{grant}
 INSERT INTO {s}.account_tiers AS t (billing_account_id, tier, reason, paid_cents, balance_cents, as_of_entry_id,
                                     computed_at)
 SELECT v.id, {tier}, {reason}, v.paid, v.balance, v.as_of, now()
@@ -200,7 +194,8 @@ def ceiling_script(cap: int, workspaces: int, redeliveries: float, second_events
                                    s=CEILING_SCHEMA),
         accept_second=ACCEPT.format(event=second_event, type="checkout.session.async_payment_succeeded",
                                     payload=payload, s=CEILING_SCHEMA),
-        apply_credit=APPLY_CREDIT.format(event=EVENT.format(n=":n"), tier=tier, reason=reason, posting=posting, **ids),
+        apply_credit=APPLY_CREDIT.format(event=EVENT.format(n=":n"), tier=tier, reason=reason, posting=posting,
+                                         grant=GRANT.format(s=CEILING_SCHEMA, source="stripe", category="paid"), **ids),
         apply_again=APPLY_AGAIN.format(event=second_event, **ids))
 
 
