@@ -213,14 +213,17 @@ def webhook_ceiling(url: str, workspaces: int, clients: int, seconds: int, redel
     run = run_pgbench(url, text, clients, seconds, "webhooks-two-commits", details=True, defines={"k": 0, "m": 0})
     with psycopg.connect(url, autocommit=True) as conn:
         counts = conn.execute(CEILING_CHECK.format(s=CEILING_SCHEMA)).fetchone()
+        tiers = conn.execute(f"SELECT balance_cents, paid_cents, tier, reason FROM {CEILING_SCHEMA}.account_tiers")
+        miscast = sum((d := decide(balance, paid)).tier != tier or d.reason != reason
+                      for balance, paid, tier, reason in tiers)
         conn.execute(f"DROP SCHEMA {CEILING_SCHEMA} CASCADE")  # its rows would add to the service's table scans
     unapplied, credited, again, stored, completed, not_once, no_grant, unbalanced = counts
-    if (unapplied or not_once or no_grant or unbalanced or credited != completed or credited + again != stored
-            or stored > (run["transactions"] or 0)):
+    if (unapplied or not_once or no_grant or unbalanced or miscast or credited != completed
+            or credited + again != stored or stored > (run["transactions"] or 0)):
         raise SetupError(f"the webhook ceiling's copies do not add up: {unapplied} events unapplied, {credited} "
                          f"credited, {again} already credited, {stored} stored, {completed} checkouts completed, "
                          f"{not_once} not credited once, {no_grant} credits without a grant, {unbalanced} accounts off "
-                         f"(balance or tier)")
+                         f"(balance or tier), {miscast} tiers not domain.tiers.decide's")
     repeats = (run["transactions"] or 0) - stored
     log(f"two-commit webhook ceiling: {run['tps']:.0f} deliveries/s ({credited} credited, {again} second events, "
         f"{repeats} redeliveries; {clients} pgbench clients)")
