@@ -87,14 +87,19 @@ SELECT (SELECT count(*) FROM {s}.operations),
 
 
 def copy_tables(conn: psycopg.Connection, schema: str, tables: tuple[str, ...]) -> None:
-    """Copies of public's tables in `schema`: columns, defaults, identity, CHECKs, indexes, rows, then their
-    foreign keys (to the copy where the referenced table is copied) and triggers (the ledger's append-only)."""
+    """Copies of public's tables in `schema`: columns, defaults, identity, CHECKs, indexes, storage parameters, rows,
+    then their foreign keys (to the copy where the referenced table is copied) and triggers (the ledger's
+    append-only)."""
     conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     conn.execute(f"CREATE SCHEMA {schema}")
     conn.execute("SET search_path TO pg_catalog")  # so that every name below comes schema-qualified
     try:
         for table in tables:
             conn.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")
+            options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
+                                   (f"public.{table}",)).fetchone()[0]
+            if options:  # LIKE leaves out the table's own storage parameters (a fillfactor)
+                conn.execute(f"ALTER TABLE {schema}.{table} SET ({', '.join(options)})")
             conn.execute(f"INSERT INTO {schema}.{table} OVERRIDING SYSTEM VALUE SELECT * FROM public.{table}")
             for (column,) in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
                                           "AND attidentity <> ''", (f"{schema}.{table}",)).fetchall():
