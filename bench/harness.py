@@ -214,8 +214,10 @@ def start_api(children: list[Child], env: dict, workers: int, threads: int) -> i
     return port
 
 
-def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str, details: bool = False) -> dict:
-    """pgbench -T: tps and average latency; with details also the transactions done, failed, and its argv."""
+def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str, details: bool = False,
+                defines: dict[str, int] | None = None) -> dict:
+    """pgbench -T: tps and average latency; with details also the transactions done, failed, and its argv.
+    `defines`: each client's variables before its first transaction (-D), kept from one transaction to the next."""
     from urllib.parse import urlparse
 
     u = urlparse(url)
@@ -224,7 +226,8 @@ def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str, de
     path.write_text(script)
     argv = [shutil.which("pgbench") or "/usr/bin/pgbench", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 5432),
             "-U", u.username or "postgres", "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients),
-            "-T", str(seconds), "-f", str(path), u.path.lstrip("/")]
+            "-T", str(seconds), *(f"-D{k}={v}" for k, v in (defines or {}).items()), "-f", str(path),
+            u.path.lstrip("/")]
     log(f"pgbench ({name}): {' '.join(argv[1:])}")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     (LOGS / f"{BENCH}-pgbench-{name}.log").write_text(out.stdout + out.stderr)

@@ -8,9 +8,12 @@ statement is the service's own (domain/store/operations.py, idempotency.py, ledg
 grant opens beside its entry), one credit per
 transaction pair, without the batching the service may do: the moonshot is to beat it by batching.
 """
+import re
+
 import psycopg
 
 from bench.harness import SetupError, log, run_pgbench
+from domain.store import ledger
 
 SCHEMA = "ceiling2"
 TABLES = ("billing_accounts", "ledger_entries", "grants", "operations", "idempotency_keys")  # what the two write
@@ -49,28 +52,8 @@ WHERE (k.created_at < now() - make_interval(secs => 86400)
 RETURNING k.scope;
 COMMIT;
 BEGIN;
-WITH inserted AS (
-    INSERT INTO {s}.ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
-                                    balance_after_cents, description, reference, idempotency_key)
-    SELECT a.id, :op_workspace_id, 'credit_grant', CAST(:amount AS bigint), a.balance_cents + CAST(:amount AS bigint),
-           'bench credit', :op_id, 'op' || chr(58) || :op_id
-    FROM {s}.billing_accounts a
-    WHERE a.id = :op_billing_account_id AND (false OR CAST(:amount AS bigint) > 0
-                                             OR a.balance_cents + CAST(:amount AS bigint) >= 0)
-    FOR NO KEY UPDATE
-    ON CONFLICT (billing_account_id, idempotency_key) DO NOTHING
-    RETURNING *
-)
-UPDATE {s}.billing_accounts SET balance_cents = inserted.balance_after_cents
-FROM inserted WHERE {s}.billing_accounts.id = inserted.billing_account_id
-RETURNING inserted.* \\gset e_
-INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at, amount_cents,
-                        opened_cents, remaining_cents, status, closed_entry_id, created_at)
-SELECT :op_billing_account_id, 'gr_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
-       'operator', 'promotional', 50, NULL, CAST(:amount AS bigint), o.cents, o.cents,
-       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
-       now()
-FROM (SELECT LEAST(CAST(:amount AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;
+{posting} \\gset e_
+{grant}
 UPDATE {s}.operations o SET status = 'succeeded',
        result = CAST('{{"transactionId": "txn_' || :e_id || '", "billingAccountId": "' || :op_billing_account_id
                      || '", "amountCents": ' || :amount || ', "balanceAfterCents": ' || :e_balance_after_cents
@@ -79,6 +62,16 @@ UPDATE {s}.operations o SET status = 'succeeded',
 WHERE o.id = :op_id;
 COMMIT;
 """
+
+# The grant a credit opens beside its entry, as domain/store/grants.py's _OPEN opens it (the entry's columns
+# kept by \gset e_ from the posting before it).
+GRANT = """INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at,
+                        amount_cents, opened_cents, remaining_cents, status, closed_entry_id, created_at)
+SELECT :e_billing_account_id, 'grt_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
+       '{source}', '{category}', 50, NULL, CAST(:e_amount_cents AS bigint), o.cents, o.cents,
+       CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
+       CAST(:e_created_at AS timestamptz)
+FROM (SELECT LEAST(CAST(:e_amount_cents AS bigint), GREATEST(CAST(:e_balance_after_cents AS bigint), 0)) AS cents) o;"""
 
 # After the run: every credit accepted once, applied once, and the copied accounts still add up.
 CHECK = """
@@ -94,14 +87,19 @@ SELECT (SELECT count(*) FROM {s}.operations),
 
 
 def copy_tables(conn: psycopg.Connection, schema: str, tables: tuple[str, ...]) -> None:
-    """Copies of public's tables in `schema`: columns, defaults, identity, CHECKs, indexes, rows, then their
-    foreign keys (to the copy where the referenced table is copied) and triggers (the ledger's append-only)."""
+    """Copies of public's tables in `schema`: columns, defaults, identity, CHECKs, indexes, storage parameters, rows,
+    then their foreign keys (to the copy where the referenced table is copied) and triggers (the ledger's
+    append-only)."""
     conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     conn.execute(f"CREATE SCHEMA {schema}")
     conn.execute("SET search_path TO pg_catalog")  # so that every name below comes schema-qualified
     try:
         for table in tables:
             conn.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")
+            options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
+                                   (f"public.{table}",)).fetchone()[0]
+            if options:  # LIKE leaves out the table's own storage parameters (a fillfactor)
+                conn.execute(f"ALTER TABLE {schema}.{table} SET ({', '.join(options)})")
             conn.execute(f"INSERT INTO {schema}.{table} OVERRIDING SYSTEM VALUE SELECT * FROM public.{table}")
             for (column,) in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
                                           "AND attidentity <> ''", (f"{schema}.{table}",)).fetchall():
@@ -126,9 +124,21 @@ def copy_tables(conn: psycopg.Connection, schema: str, tables: tuple[str, ...]) 
     conn.execute(f"ANALYZE {', '.join(f'{schema}.{t}' for t in tables)}")
 
 
+def posting_sql(schema: str, **values: str) -> str:
+    """domain/store/ledger.py's _POST as the service sends it, on the copies in `schema`, each of its parameters
+    the SQL given (a pgbench variable, a literal)."""
+    sql = re.sub(r"\b(ledger_entries|billing_accounts)\b", rf"{schema}.\1", ledger._POST.text.strip())
+    return re.sub(r"(?<!:):(\w+)", lambda m: values[m.group(1)], sql)
+
+
 def script(first: int, last: int) -> str:
     """The pgbench script: a credit to workspace n (random in first..last), accepted then applied."""
-    return SCRIPT.format(first=first, last=last, s=SCHEMA)
+    amount = "CAST(:amount AS bigint)"
+    posting = posting_sql(SCHEMA, workspace_id=":op_workspace_id", kind="'credit_grant'", amount=amount,
+                          description="'bench credit'", reference=":op_id", key="'op' || chr(58) || :op_id",
+                          account_id=":op_billing_account_id", allow_negative="false")
+    return SCRIPT.format(first=first, last=last, s=SCHEMA, posting=posting,
+                         grant=GRANT.format(s=SCHEMA, source="operator", category="promotional"))
 
 
 def two_commit_ceiling(url: str, first: int, last: int, clients: int, seconds: int) -> dict:
