@@ -125,27 +125,3 @@ def test_a_refused_request_is_replayed_as_refused(api, workspace):
     assert again.status_code == 404 and again.text == first.text
     assert again.headers["content-type"] == "application/problem+json"
 
-
-def test_only_operations_queued_under_a_scope_are_in_its_unique_index(engine, workspace):
-    """Migration 0014: operations_idempotency_scope is partial. One queued without a scope (most are: a credit's key
-    is answered in idempotency_keys) writes no entry there; one queued under a scope twice is the same operation
-    (the ON CONFLICT names the partial index: PostgreSQL refuses one that matches no index)."""
-    from sqlalchemy import text
-
-    from domain.ids import new_id
-    from domain.store import operations
-
-    _, ws = workspace
-    size = text("SELECT pg_relation_size('operations_idempotency_scope')")
-    with engine.connect() as conn:
-        before = conn.execute(size).scalar()
-        conn.execute(text("INSERT INTO operations (id, kind, caller, workspace_id, payload) "
-                          "SELECT 'op_' || md5(random()::text), 'credit', 'operator', :ws, '{}' "
-                          "FROM generate_series(1, 3000)"), {"ws": ws["id"]})
-        grew = conn.execute(size).scalar() - before  # pages are added outside the transaction's rollback
-        made = [operations.insert_operation(conn, operation_id=new_id("op"), kind="credit", caller="operator",
-                                            idempotency_scope=f"scope-{ws['id']}", workspace_id=ws["id"],
-                                            billing_account_id=None, payload={}) for _ in range(2)]
-        conn.rollback()
-    assert grew == 0
-    assert [created for _, created in made] == [True, False] and made[0][0].id == made[1][0].id
