@@ -6,11 +6,15 @@ before they start, removed at exit; a respawned worker's dead predecessor forgot
 drain (no new connections, the requests in flight finish, for at most API_GRACEFUL_SECONDS); idle kept-alive
 connections closed after `--keep-alive` seconds (0: none kept); and an answer to a request whose body the
 app did not read to its end announces `Connection: close` and closes (the client, told the connection lives,
-would send its next request into a closing socket).
+would send its next request into a closing socket). A port another process listens on is refused before granian
+starts: on Linux granian's workers bind with SO_REUSEPORT, so a second server on a port in use would start and
+take a share of its connections instead of failing.
 """
 import argparse
 import os
 import shutil
+import socket
+import sys
 import tempfile
 
 from granian import Granian
@@ -22,6 +26,19 @@ from worker.processes import API_GRACEFUL_SECONDS
 METRICS_DIR_PREFIX = "billing-api-metrics-"
 
 
+def port_in_use(host: str, port: int) -> OSError | None:
+    """Why a bind of host:port without SO_REUSEPORT fails, if it does: another socket listens there. (With
+    SO_REUSEADDR, as granian's own: the closed connections of a server just stopped do not count.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m worker.http_server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="0.0.0.0")
@@ -30,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=4, help="threads running the app, per worker process")
     p.add_argument("--keep-alive", type=int, default=75, help="seconds an idle connection is kept (0: none)")
     args = p.parse_args(argv)
+    if taken := port_in_use(args.host, args.port):
+        print(f"billing api: cannot listen on {args.host}:{args.port}: {taken.strerror}", file=sys.stderr)
+        return 1
     made = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if made:  # before the workers start: one directory for all of them
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)

@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from worker.http_server import port_in_use
 from worker.processes import MONEY_QUEUES, api_argv, beat_argv, migrate, worker_argv
 from worker.routing import QUEUES
 from worker.settings import Settings, database_broker
@@ -64,6 +65,10 @@ def _free_port() -> int:
 
 
 def run(settings: Settings, *, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+    if taken := port_in_use(host, port):  # before the database starts: the API could not serve there
+        print(f"billing standalone: cannot listen on {host}:{port}: {taken.strerror} (--port to choose another)",
+              file=sys.stderr)
+        return 1
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     database_url = settings.database_url or _embedded_database(data_dir)

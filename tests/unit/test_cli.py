@@ -1,6 +1,7 @@
 """The `billing` command's operator tools: help for each, and wrong arguments refused in one line."""
 import pytest
 
+from tests.processes import ROOT
 from worker.cli import main, parser
 from worker.processes import api_argv, flower_argv
 
@@ -78,3 +79,39 @@ def test_a_bad_keepalive_setting_stops_the_api_with_one_line_naming_it(monkeypat
     assert main(["api"]) == 2
     assert capsys.readouterr().err == (f"billing: configuration error: BILLING_HTTP_KEEPALIVE_SECONDS={value!r} "
                                        "must be a whole number from 0 to 3600\n")
+
+
+@pytest.fixture
+def port_served_with_reuseport():
+    """A port listened on as granian's workers listen on Linux (SO_REUSEPORT), which another such bind would share."""
+    import socket
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["-m", "worker.http_server", "--host", "127.0.0.1", "--port"],
+                                     ["-m", "worker.cli", "standalone", "--port"]])
+def test_a_server_on_a_port_already_listened_on_refuses_to_start(port_served_with_reuseport, command, tmp_path):
+    """`billing api` (worker.http_server) and `billing standalone` say the port is taken and exit 1, before anything
+    starts, rather than take a share of another server's connections."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, *command, str(port_served_with_reuseport)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    try:
+        _, stderr = server.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it started: stop it and what it started
+        os.killpg(server.pid, signal.SIGTERM)
+        server.communicate(timeout=30)
+        raise AssertionError(f"{command} started on a port another server listens on") from None
+    assert server.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port_served_with_reuseport}: Address already in use" in stderr
+    assert not (tmp_path / ".billing-data").exists()  # standalone started no database
