@@ -93,12 +93,13 @@ def _nesting_depth(text: str) -> int:
 
 BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF8, "UTF-8"),
                     (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+_MARKS = tuple(mark for mark, _ in BYTE_ORDER_MARKS)
 
 
 def _utf8_text(raw: bytes) -> str:
     """The body as text: UTF-8 without a byte order mark (RFC 8259), else 400 saying what it is instead."""
-    bom = next((name for mark, name in BYTE_ORDER_MARKS if raw.startswith(mark)), None)
-    if bom is not None:
+    if raw.startswith(_MARKS):
+        bom = next(name for mark, name in BYTE_ORDER_MARKS if raw.startswith(mark))
         raise Problem(400, "Bad Request", f"the body starts with a {bom} byte order mark; send UTF-8 JSON without one")
     if b"\x00" in raw:  # JSON text never holds a NUL byte; UTF-16 and UTF-32 text is full of them
         raise Problem(400, "Bad Request", "the body holds NUL bytes: it is not UTF-8 JSON (UTF-16 or UTF-32?)")
