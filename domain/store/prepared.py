@@ -98,22 +98,6 @@ def caller_read(row: tuple | None, key_hash: bytes | None, user_id: str | None,
                          current=current)
 
 
-# Within the transaction a pipeline's one Sync ends (or the caller's own): plans chosen there are generic.
-_GENERIC_PLANS = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
-
-
-def on_generic_plan(conn: Connection, sql: str, params: dict) -> list[tuple]:
-    """The rows of a prepared statement run on its generic plan, planned once per connection (as pgbench -M
-    prepared runs it), in one round trip: a pipeline of the setting, local to its transaction, and the
-    statement. For a statement whose generic plan suits every input but looks costlier to PostgreSQL than its
-    custom plans (estimates made without the parameters' values): else it is planned again on each
-    execution."""
-    with conn.pipeline():
-        conn.execute(_GENERIC_PLANS, prepare=True)
-        cursor = conn.execute(sql, params, prepare=True)
-    return cursor.fetchall()
-
-
 _PAGE = ("SELECT id, billing_account_id, workspace_id, kind, amount_cents, balance_after_cents, description, "
          "reference, created_at FROM ledger_entries WHERE billing_account_id = %(account_id)s{filters} "
          "ORDER BY id DESC LIMIT %(limit)s")
