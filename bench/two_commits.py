@@ -30,7 +30,7 @@ SELECT 'op_' || replace(CAST(gen_random_uuid() AS text), '-', ''), 'credit', 'op
        'idem_' || replace(CAST(gen_random_uuid() AS text), '-', ''), w.id, w.default_billing_account_id,
        CAST('{{"amountCents": ' || :amount || ', "description": "bench credit"}}' AS jsonb), NULL
 FROM public.workspaces w WHERE w.id = 'ws_' || md5('w' || CAST(:n AS text))
-ON CONFLICT (caller, idempotency_scope) DO NOTHING
+ON CONFLICT (caller, idempotency_scope) WHERE idempotency_scope IS NOT NULL DO NOTHING
 RETURNING id, kind, status, caller, workspace_id, billing_account_id, payload, result, error, attempts,
           created_at, updated_at, last_error, next_attempt_at, idempotency_scope \\gset op_
 INSERT INTO {s}.idempotency_keys AS k (caller, key, fingerprint, scope, response_status, response_body,

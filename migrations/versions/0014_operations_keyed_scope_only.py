@@ -1,7 +1,7 @@
 """The operations' idempotency-scope unique index holds only the operations queued under a scope.
 
-Most operations have none (credits, captures and usage batches answer their Idempotency-Key
-in the idempotency table, or have no key): each had a NULL entry in operations_idempotency_scope, written once
+Most operations have none (those queued without an Idempotency-Key: credits, captures, usage
+batches and tier refreshes sent without one): each had a NULL entry in operations_idempotency_scope, written once
 when it was queued and again when the worker marked it succeeded (that update changes the status and updated_at,
 which operations_pending covers, so it is never heap-only and writes an entry in every index). Partial, the index
 is written for the scoped ones only, as holds_idempotency_scope is (0013): an unscoped operation's insert writes

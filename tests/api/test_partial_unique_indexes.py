@@ -17,7 +17,7 @@ def _grew(conn, index: str, insert: str, params: dict) -> int:
 
 
 def test_an_operation_without_a_scope_is_not_in_the_scopes_index(engine, api):
-    """Most operations have none (a credit's Idempotency-Key is answered in idempotency_keys); one queued under a
+    """Most operations have none (those sent without an Idempotency-Key); one queued under a
     scope twice is the same operation (the ON CONFLICT names the partial index: PostgreSQL refuses one that matches
     no index)."""
     ws = api.new_workspace(api.new_user())["id"]
