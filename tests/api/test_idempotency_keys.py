@@ -124,4 +124,3 @@ def test_a_refused_request_is_replayed_as_refused(api, workspace):
     assert_problem(first, 404)
     assert again.status_code == 404 and again.text == first.text
     assert again.headers["content-type"] == "application/problem+json"
-
