@@ -12,6 +12,7 @@ from domain.names import GrantSource, Task
 from domain.services import grants
 from domain.services.context import Config, Context
 from domain.services.registry import Services
+from domain.store import balances, ledger
 from domain.store.uow import UnitOfWork
 from tests.api.checks import assert_problem, ledger_problems
 from tests.factories import post
@@ -114,8 +115,6 @@ def _expire_now(engine, account: str) -> None:
 def test_a_debit_draws_its_grant_in_place(engine, owner_ws):
     """Drawing changes no indexed column of the grant (migration 0015): a heap-only update, no index entry written;
     and the balance's split by category still reads what the grant holds."""
-    from domain.store import balances, ledger
-
     owner, ws = owner_ws
     account = owner.default_account_id
     # the backend's counts not yet sent to the statistics include its earlier transactions': the difference counts

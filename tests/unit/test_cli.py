@@ -1,4 +1,10 @@
 """The `billing` command's operator tools: help for each, and wrong arguments refused in one line."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from tests.processes import ROOT
@@ -84,8 +90,6 @@ def test_a_bad_keepalive_setting_stops_the_api_with_one_line_naming_it(monkeypat
 @pytest.fixture
 def port_served_with_reuseport():
     """A port listened on as granian's workers listen on Linux (SO_REUSEPORT), which another such bind would share."""
-    import socket
-
     with socket.socket() as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         server.bind(("127.0.0.1", 0))
@@ -98,11 +102,6 @@ def port_served_with_reuseport():
 def test_a_server_on_a_port_already_listened_on_refuses_to_start(port_served_with_reuseport, command, tmp_path):
     """`billing api` (worker.http_server) and `billing standalone` say the port is taken and exit 1, before anything
     starts, rather than take a share of another server's connections."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     server = subprocess.Popen([sys.executable, *command, str(port_served_with_reuseport)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
