@@ -5,12 +5,17 @@ user key each. Rounds of three closed-loop phases from the same clients, one aft
 key (the hot read), hold creations (201, synchronous: the account locked, what is available re-checked, the
 hold written and committed), then one capture of each hold (202: the capture queued as an operation). Per
 phase: requests/s and p50/p99 latency; the rows give each hold call's cost per request as a multiple of the
-balance read's in the same round, the median round's (target ≤ 1.5×). Afterwards every capture must have succeeded, the balances must equal their
+balance read's in the same round, the median round's (target ≤ 1.5×). The capture's judged rows count its
+posting too: the worker applies the captures on the same two cores while the phase runs, and the CPU row waits
+for them. Beside them, to show where a capture's cost goes (no target of their own): each round also captures a
+second set of holds with the worker stopped (SIGSTOP: the accept alone, what the agent waits for), then resumes
+it and meters the postings of that set on their own. Afterwards every capture must have succeeded, the balances must equal their
 entries and the held cents what the open holds reserve (`billing audit`).
 """
 import argparse
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -82,6 +87,25 @@ def _cpu_text(cpu_ms: dict) -> str:
             f"PostgreSQL {cpu_ms['postgres']})")
 
 
+def held_back(worker: Child):
+    """The worker's whole process group stopped (SIGSTOP) while the block runs, continued after."""
+    class Stopped:
+        def __enter__(self):
+            os.killpg(worker.proc.pid, signal.SIGSTOP)
+
+        def __exit__(self, *exc):
+            os.killpg(worker.proc.pid, signal.SIGCONT)
+    return Stopped()
+
+
+def postings(meter: CpuMeter, database_url: str, count: int) -> dict:
+    """The CPU per capture the worker and the database spent applying what was queued (the worker just resumed)."""
+    before = meter.start()
+    applied(database_url)
+    cpu = per_request_ms(before, meter.stop(), count)
+    return cpu | {"service": round(sum(cpu[k] for k in SERVICE), 3)}
+
+
 def _median_round(rounds: list[dict], name: str) -> tuple[dict, dict]:
     """(read, phase) figures of the round whose phase-to-read cost ratio is the median."""
     ranked = sorted(rounds, key=lambda r: r["read"]["per_s"] / r[name]["per_s"])
@@ -127,8 +151,19 @@ def run(args, children: list[Child]) -> int:
                     for ws, hold in holds]
         queued, capture = phase(port, args.clients, captures, meter, lambda: applied(database_url))
         operations += [body["id"] for body in queued.bodies if body.get("status") in ("queued", "running", "succeeded")]
-        log(f"  read {read}\n  create {create}\n  capture {capture}")
-        rounds.append({"read": read, "create": create, "capture": capture})
+        more, _ = phase(port, args.clients, creates)
+        if sum(h.get("status") == "active" for h in more.bodies) != per_round:
+            raise SetupError(f"the second set of holds: {more.statuses}")
+        with held_back(worker):
+            queued, accept = phase(port, args.clients, [
+                ("POST", f"/workspaces/{h['workspaceId']}/billing/holds/{h['id']}/capture", '{"amountCents": 60}',
+                 operator) for h in more.bodies if h.get("status") == "active"], meter)
+        operations += [body["id"] for body in queued.bodies if body.get("status") == "queued"]
+        posting = postings(meter, database_url, len(queued.bodies))
+        log(f"  read {read}\n  create {create}\n  capture {capture}\n  capture, worker stopped {accept}\n"
+            f"  its postings after {posting}")
+        rounds.append({"read": read, "create": create, "capture": capture, "capture_accept": accept,
+                       "capture_posting": posting})
     with psycopg.connect(database_url, autocommit=True) as conn:
         deadline = time.monotonic() + 300
         while True:
@@ -138,7 +173,7 @@ def run(args, children: list[Child]) -> int:
                 break
             time.sleep(0.5)
     checked = audit(env)
-    total = per_round * args.rounds
+    total = 2 * per_round * args.rounds  # two sets of captures a round
     ok = len(operations) == total and done == (total, 0) and checked["ok"]
     rows = []
     for name, phase_name in (("hold create (201)", "create"), ("hold capture (202, queued)", "capture")):
@@ -157,6 +192,15 @@ def run(args, children: list[Child]) -> int:
         rows.append(row(f"{name}: the service's CPU per request vs a balance read's",
                         _cpu_text(middle[phase_name]["cpu_ms"]), f"balance read {_cpu_text(middle['read']['cpu_ms'])}",
                         round(cpu, 3), f"≤ {TARGET}× the read's", cpu <= TARGET and ok))
+    read, accept = _median_round(rounds, "capture_accept")
+    posting = next(r["capture_posting"] for r in rounds if r["capture_accept"] is accept)
+    rows.append(row("hold capture, the accept alone (worker stopped): what the agent waits for, vs a balance read",
+                    f"{accept['per_s']:.0f} req/s, p50 {accept['p50_ms']} ms; {_cpu_text(accept['cpu_ms'])}",
+                    f"balance read {read['per_s']:.0f} req/s, p50 {read['p50_ms']} ms; {_cpu_text(read['cpu_ms'])}",
+                    round(read["per_s"] / accept["per_s"], 3), "— (shows where a capture's cost goes)", None))
+    rows.append(row("hold capture, its posting applied afterwards (worker resumed)", _cpu_text(posting),
+                    "—", round(posting["service"] / read["cpu_ms"]["service"], 3),
+                    "— (the posting's CPU per capture, as a multiple of the read's)", None))
     path = write_result("holds", {"rounds": rounds,
                                   "captures_succeeded": done[0], "captures_failed": done[1], "audit": checked,
                                   "summary": rows, "cpus": os.cpu_count(),

@@ -226,6 +226,11 @@ def limited(r: dict) -> float | None:
     return r["value"] / float(found.group(2))
 
 
+def bar_colour(r: dict) -> str:
+    """Green: met; red: not; grey: a row without a target of its own (it shows where a cost goes)."""
+    return "tab:grey" if r["met"] is None else ("tab:green" if r["met"] else "tab:red")
+
+
 LIMIT_AXIS = 3.0  # figures past 3x their limit are drawn at 3x (their value is written beside)
 
 
@@ -233,7 +238,7 @@ def limits_panel(ax, rows: list[dict]) -> None:
     """Each figure as a share of its limit (< 1: within it)."""
     shares = [min(limited(r), LIMIT_AXIS) for r in rows][::-1]
     ax.barh([r["name"] for r in rows][::-1], shares,
-            color=["tab:green" if r["met"] else "tab:red" for r in rows][::-1])
+            color=[bar_colour(r) for r in rows][::-1])
     ax.axvline(1.0, color="black", linewidth=2)
     for y, (r, share) in enumerate(zip(rows[::-1], shares)):
         ax.text(share, y, f"  {r['value']:g} ({r['target']})", va="center", fontsize=8)
@@ -258,7 +263,7 @@ def chart(outcomes: list[dict], path: Path) -> None:
     bars, limits, cost = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
     names = [r["name"] for r in rows][::-1]
     values = [r["ratio"] for r in rows][::-1]
-    colours = ["tab:green" if r["met"] else "tab:red" for r in rows][::-1]
+    colours = [bar_colour(r) for r in rows][::-1]
     bars.barh(names, values, color=colours)
     for y, r in enumerate(rows[::-1]):
         found = _TARGET.search(r["target"])
@@ -267,7 +272,7 @@ def chart(outcomes: list[dict], path: Path) -> None:
             bars.plot([target] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
         bars.text(max(r["ratio"], target), y, f"  {r['ratio']:.2f}× ({r['target']})", va="center", fontsize=8)
     bars.set_xlabel("ratio to the ceiling (floors: the floor app) measured in the same run "
-                    "(black: target; green: met)")
+                    "(black: target; green: met; grey: no target)")
     bars.set_title("Project against its raw ceiling")
     bars.set_xlim(0, max(values + [1.6]) * 1.35)
     limits_panel(limits, with_limits)
