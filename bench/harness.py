@@ -414,7 +414,7 @@ def audit(env: dict) -> dict:
     """`billing audit` on the service's database: ok, and the problems it printed."""
     out = billing(env, "audit", timeout=1800)
     problems = [line for line in out.stdout.splitlines() if line.strip() and not line.startswith("audit: ")]
-    if out.returncode not in (0, 1):
+    if out.returncode not in (0, 1) or (out.returncode == 1 and not problems):  # it could not finish: say why
         problems.append(f"billing audit exited {out.returncode}: {out.stderr.strip()[-500:]}")
     log(f"billing audit: {'ok' if out.returncode == 0 else f'{len(problems)} problem(s)'}")
     return {"ok": out.returncode == 0, "problems": problems[:50]}

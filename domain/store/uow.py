@@ -112,10 +112,13 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _unavailable(exc: BaseException) -> Unavailable:
     """What a caller is told when a unit of work could not finish: a row another transaction held past
-    lock_timeout is named as that (the database is up; a retry shortly will do), anything else as the
-    database unavailable."""
-    if any(isinstance(getattr(seen, "orig", seen), psycopg.errors.LockNotAvailable) for seen in _chain(exc)):
+    lock_timeout, or a statement stopped at statement_timeout, is named as that (the database is up; a retry
+    shortly may do), anything else as the database unavailable."""
+    causes = [getattr(seen, "orig", seen) for seen in _chain(exc)]
+    if any(isinstance(cause, psycopg.errors.LockNotAvailable) for cause in causes):
         return Unavailable("the billing account is locked by another transaction; retry shortly")
+    if any(isinstance(cause, psycopg.errors.QueryCanceled) for cause in causes):
+        return Unavailable("a statement ran past its time limit; retry shortly")
     return Unavailable("the database is unavailable")
 
 

@@ -1,5 +1,13 @@
 """`billing audit` on the test database: clean after the scenarios, exit 1 on a deliberately broken balance."""
+import pytest
+import sqlalchemy
 from sqlalchemy import text
+
+from domain.errors import Unavailable
+from domain.services.audit import AuditService
+from domain.services.context import Config, Context
+from domain.store import audit as store_audit
+from domain.store.uow import UnitOfWork, make_engine
 
 
 def _shift_balance(engine, account_id: str, cents: int) -> None:
@@ -35,3 +43,30 @@ def test_billing_audit_fails_on_grants_that_do_not_hold_the_balance(stack, api, 
     assert f"account {account_id}: balance 1000 but its active grants hold 999" in broken.stdout
     assert "remaining != opened - drawn" in broken.stdout
     assert broken.stdout.splitlines()[-1] == "audit: 2 problem(s)"
+
+
+def test_the_audit_is_not_cut_short_by_the_per_statement_time_limit(database_url, monkeypatch):
+    """A request's statement limit (BILLING_DB_STATEMENT_TIMEOUT_MS) would stop a whole-ledger check of a large
+    ledger; the audit lifts it for its own transaction. A check that takes 300 ms stands in for one."""
+    limited = make_engine(database_url, pool_size=1, statement_timeout_ms=100)
+    ctx = Context(uow=lambda: UnitOfWork(limited), enqueue=lambda *a, **k: True, config=Config())
+
+    def slow_check(conn, **_):
+        conn.execute(text("SELECT pg_sleep(0.3)"))
+        return ["slow check done"]
+    monkeypatch.setattr(store_audit, "problems", slow_check)
+    try:
+        assert AuditService(ctx).problems() == ["slow check done"]
+        with UnitOfWork(limited) as uow, pytest.raises(sqlalchemy.exc.OperationalError):  # the limit stands elsewhere
+            uow.conn.execute(text("SELECT pg_sleep(0.3)"))
+    finally:
+        limited.dispose()
+
+
+def test_a_statement_stopped_at_its_time_limit_is_named_as_that(database_url):
+    limited = make_engine(database_url, pool_size=1, statement_timeout_ms=100)
+    try:
+        with pytest.raises(Unavailable, match="a statement ran past its time limit"), UnitOfWork(limited) as uow:
+            uow.conn.execute(text("SELECT pg_sleep(0.3)"))
+    finally:
+        limited.dispose()
