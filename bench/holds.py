@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import psycopg
 
@@ -68,8 +69,7 @@ def phase(port: int, clients: int, requests: list[tuple], meter: CpuMeter | None
                "p50_ms": round(percentile(load.latencies, 0.5) * 1000, 2),
                "p99_ms": round(percentile(load.latencies, 0.99) * 1000, 2)}
     if meter:
-        figures["cpu_ms"] = per_request_ms(before, meter.stop(), len(requests))
-        figures["cpu_ms"]["service"] = round(sum(figures["cpu_ms"][k] for k in SERVICE), 3)
+        figures["cpu_ms"] = service_cpu(before, meter.stop(), len(requests))
     return load, figures
 
 
@@ -87,23 +87,27 @@ def _cpu_text(cpu_ms: dict) -> str:
             f"PostgreSQL {cpu_ms['postgres']})")
 
 
+@contextmanager
 def held_back(worker: Child):
     """The worker's whole process group stopped (SIGSTOP) while the block runs, continued after."""
-    class Stopped:
-        def __enter__(self):
-            os.killpg(worker.proc.pid, signal.SIGSTOP)
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
 
-        def __exit__(self, *exc):
-            os.killpg(worker.proc.pid, signal.SIGCONT)
-    return Stopped()
+
+def service_cpu(before: dict, after: dict, requests: int) -> dict:
+    """per_request_ms, with `service`: what the API, the worker and their PostgreSQL backends spent."""
+    cpu = per_request_ms(before, after, requests)
+    return cpu | {"service": round(sum(cpu[k] for k in SERVICE), 3)}
 
 
 def postings(meter: CpuMeter, database_url: str, count: int) -> dict:
     """The CPU per capture the worker and the database spent applying what was queued (the worker just resumed)."""
     before = meter.start()
     applied(database_url)
-    cpu = per_request_ms(before, meter.stop(), count)
-    return cpu | {"service": round(sum(cpu[k] for k in SERVICE), 3)}
+    return service_cpu(before, meter.stop(), count)
 
 
 def _median_round(rounds: list[dict], name: str) -> tuple[dict, dict]:
