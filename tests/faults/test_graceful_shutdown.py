@@ -10,7 +10,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from tests.processes import (account_locked, assert_sound, backends_waiting_on_locks, credit,
+from tests.processes import (WAIT_ON_LOCKS, account_locked, assert_sound, backends_waiting_on_locks, credit,
                              credits_until_both_pool_processes_block, entries_per_operation, statuses,
                              two_pool_processes_and_workspaces, wait_for_operations, wait_until)
 
@@ -24,6 +24,7 @@ def _refuses_connections(base_url: str) -> bool:
 
 
 def test_sigterm_to_the_api_finishes_every_request_in_flight(stack, engine):
+    stack.env.update(WAIT_ON_LOCKS)  # the six wait on the test's lock, not 500 ms: in flight until it is released
     stack.start(worker=False)
     [server] = [p for p in stack.processes if p.name == "api"]
     owner = stack.api.new_user()
