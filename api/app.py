@@ -95,9 +95,10 @@ def create_app(s: Services, operator_token: str | None, checks: dict[str, Callab
 def get_app():
     """The production WSGI app, wired from the environment (granian's factory `api.app:get_app`, worker.http_server)."""
     # The composition root, imported here only: create_app and the tests take their services from outside.
-    from worker import health, logs, metrics, settings, tracing
+    from worker import health, http_server, logs, metrics, settings, tracing
     from worker.container import services
 
+    http_server.stop_signals_reach_the_main_thread()
     logs.configure("api")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics.forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -6,16 +6,19 @@ before they start, removed at exit; a respawned worker's dead predecessor forgot
 drain (no new connections, the requests in flight finish, for at most API_GRACEFUL_SECONDS); idle kept-alive
 connections closed after `--keep-alive` seconds (0: none kept); and an answer to a request whose body the
 app did not read to its end announces `Connection: close` and closes (the client, told the connection lives,
-would send its next request into a closing socket). A port another process listens on is refused before granian
-starts: on Linux granian's workers bind with SO_REUSEPORT, so a second server on a port in use would start and
-take a share of its connections instead of failing.
+would send its next request into a closing socket). A stop signal reaches each worker's handler whichever of
+its threads the kernel gives it to (stop_signals_reach_the_main_thread). A port another process listens on is
+refused before granian starts: on Linux granian's workers bind with SO_REUSEPORT, so a second server on a port
+in use would start and take a share of its connections instead of failing.
 """
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 
 from granian import Granian
 from granian.constants import HTTPModes, Interfaces
@@ -37,6 +40,42 @@ def port_in_use(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_signals_reach_the_main_thread() -> None:
+    """In a granian worker process (api.app.get_app, in its main thread): a SIGTERM or SIGINT stops the worker
+    whichever of its threads the kernel hands the signal to.
+
+    Python runs signal handlers only in the main thread, and granian's WSGI worker parks that thread in a lock
+    wait which only a signal delivered to that very thread interrupts. The kernel may hand a process's signal
+    to any of its threads (granian's Rust threads, the app's): then the handler never runs, the worker serves
+    on and is killed after API_GRACEFUL_SECONDS, with whatever it had in flight (granian 2.8.9: 1 SIGTERM in 4
+    to busy workers). CPython writes each signal it catches, in whatever thread, to the wakeup fd; a thread
+    reading it sends the first stop signal on to the main thread, whose handler then starts the drain (the
+    handler runs once or twice: granian's shutdown event only needs setting).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    previous = signal.set_wakeup_fd(writable)
+    if previous != -1:  # somebody else's (an event loop's): leave it theirs
+        signal.set_wakeup_fd(previous)
+        os.close(readable)
+        os.close(writable)
+        return
+    main = threading.main_thread().ident
+
+    def forward() -> None:
+        while True:
+            caught = [number for number in os.read(readable, 64) if number in STOP_SIGNALS]
+            if caught:
+                signal.pthread_kill(main, caught[0])
+                return
+    threading.Thread(target=forward, name="stop-signals", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

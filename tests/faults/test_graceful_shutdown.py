@@ -3,8 +3,10 @@
 The test holds a lock that the requests (or the worker's postings) wait on, so the signal arrives
 while they are deterministically in flight.
 """
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -46,6 +48,32 @@ def test_sigterm_to_the_api_finishes_every_request_in_flight(stack, engine):
     assert [r.status_code for r in results] == [202] * 6, [r.text for r in results]
     assert server.popen.wait(timeout=25) == 0, server.output()[-3000:]
     assert set(statuses(engine, [r.json["id"] for r in results]).values()) == {"queued"}
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_sigterm_the_kernel_gives_to_any_thread_of_an_api_worker_stops_that_worker(stack):
+    """The kernel hands a process's signal to any thread that does not block it, and kill() of a thread's id
+    to that thread first. Python runs handlers in the main thread only, and granian parks its worker's main
+    thread where only a signal of its own wakes it: without worker.http_server.stop_signals_reach_the_main_thread
+    this worker serves on (seen: 1 SIGTERM in 4 from granian's own shutdown, to busy workers)."""
+    stack.start(worker=False)
+    [server] = [p for p in stack.processes if p.name == "api"]
+    granian = server.popen.pid
+    [worker] = [int(pid) for pid in Path(f"/proc/{granian}/task/{granian}/children").read_text().split()]
+    threads = {int(task.name): (task / "comm").read_text().strip() for task in Path(f"/proc/{worker}/task").iterdir()}
+    rust_thread = next(tid for tid, name in threads.items() if tid != worker and name.startswith("tokio"))
+
+    os.kill(rust_thread, signal.SIGTERM)
+    wait_until(lambda: not _running(worker), 10, "the worker given SIGTERM in a thread of granian's to stop")
+    assert "Stopping worker-1" in server.output()
+    wait_until(lambda: not _refuses_connections(stack.api.client.base_url), 30, "granian's new worker to serve")
+    assert requests.get(stack.api.client.base_url + "/health", timeout=5).status_code == 200
 
 
 @pytest.mark.rabbitmq

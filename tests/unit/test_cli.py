@@ -114,3 +114,42 @@ def test_a_server_on_a_port_already_listened_on_refuses_to_start(port_served_wit
     assert server.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port_served_with_reuseport}: Address already in use" in stderr
     assert not (tmp_path / ".billing-data").exists()  # standalone started no database
+
+
+# A SIGTERM handed to a thread other than the main one, whose handler only the main thread runs, while the main
+# thread waits on a lock as a granian worker's does.
+SIGNAL_TO_ANOTHER_THREAD = """
+import signal, threading
+from worker.http_server import stop_signals_reach_the_main_thread
+stopped = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+if {forwarded}:
+    stop_signals_reach_the_main_thread()
+other = threading.Thread(target=threading.Event().wait, args=(10,), daemon=True)
+other.start()
+signal.pthread_kill(other.ident, signal.SIGTERM)
+print(stopped.wait(3))
+"""
+
+
+@pytest.mark.parametrize("forwarded", [True, False])
+def test_a_stop_signal_another_thread_catches_reaches_the_main_threads_handler_at_once(forwarded):
+    """worker.http_server.stop_signals_reach_the_main_thread; without it the handler waits for the main thread to
+    wake by itself (a granian worker's never does: tests/faults/test_graceful_shutdown.py)."""
+    out = subprocess.run([sys.executable, "-c", SIGNAL_TO_ANOTHER_THREAD.format(forwarded=forwarded)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == str(forwarded), out.stderr
+
+
+def test_stop_signals_leave_a_wakeup_fd_someone_else_set_alone():
+    script = """
+import os, signal, threading
+from worker.http_server import stop_signals_reach_the_main_thread
+theirs = os.pipe()[1]
+os.set_blocking(theirs, False)
+signal.set_wakeup_fd(theirs)
+stop_signals_reach_the_main_thread()
+print(signal.set_wakeup_fd(-1) == theirs, threading.active_count())
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["True", "1"], out.stderr
