@@ -19,6 +19,7 @@ STATUS = {
     errors.InvalidInput: (422, "Unprocessable Content"),
     errors.Malformed: (400, "Bad Request"),
     errors.Unavailable: (503, "Service Unavailable"),
+    errors.NotConfigured: (503, "Service Unavailable"),  # before ProviderError: the first class that matches
     errors.ProviderError: (502, "Bad Gateway"),
     errors.InvalidSignature: (400, "Bad Request"),
     errors.InvalidEvent: (400, "Bad Request"),

@@ -59,6 +59,11 @@ class ProviderError(DomainError):
     """A payment provider refused or failed a request (502)."""
 
 
+class NotConfigured(ProviderError):
+    """A payment provider this deployment did not configure: `detail` names the setting (503 in the API, after
+    its access checks; to the worker's tasks, a ProviderError like any other)."""
+
+
 class InvalidSignature(DomainError):
     """A webhook's signature is missing, wrong or stale (400)."""
 

@@ -16,7 +16,9 @@ class StripeCheckout:
          who="owner, admin", status=201, body=schemas.CreateCheckoutSession, response=r.CheckoutShape,
          errors=(401, 403, 404, 422, 502, 503),
          notes="The checkout is bound to the workspace default account at this moment. Send the payer to "
-               "`url`. Stripe unreachable: 503; Stripe refusing: 502. Neither answer is recorded under an "
+               "`url`. Stripe not configured here: 503 naming the setting, nothing recorded (after the access "
+               "checks: a workspace the caller may not see is 404). Stripe unreachable: 503; Stripe refusing: "
+               "502. Neither answer is recorded under an "
                "Idempotency-Key: the retry with the same key and body resumes the same checkout and asks "
                "Stripe again under the same Stripe idempotency key, so it never creates a second session. "
                "Without a key the failed checkout reads `failed`. A keyed checkout that is never retried "
@@ -40,8 +42,10 @@ class StripeWebhook:
         self._stripe = stripe
 
     @doc("Stripe webhook endpoint: verified by Stripe-Signature, stored by event id, applied by a task",
-         who="Stripe (no bearer key)", response=r.WebhookReceipt, errors=(400, 413),
-         notes="A bad, stale (over 300 s) or missing signature: 400 and nothing stored. A correctly signed body "
+         who="Stripe (no bearer key)", response=r.WebhookReceipt, errors=(400, 413, 503),
+         notes="Stripe or its webhook secret not configured here: 503 naming the setting, nothing stored "
+               "(Stripe delivers again later). A bad, stale (over 300 s) or missing signature: 400 and nothing "
+               "stored. A correctly signed body "
                "that is not a well-formed event (not a JSON object; no `id`, `type` or `data.object`; wrong "
                "types, including in the fields read of `charge.refunded`, `checkout.session.*` and "
                "`payment_intent.*` objects): 400, nothing stored or queued. A repeat delivery answers 200 and "

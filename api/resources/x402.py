@@ -21,7 +21,9 @@ request exactly (scheme, network, asset, payTo, amount, maxTimeoutSeconds, EIP-7
 authorization.to = payTo, value = amount, validBefore at least 6 s ahead), then the facilitator verifies it; \
 otherwise 402 with the reason in `error` and nothing is credited. A refused payload leaves a `failed` \
 checkout that the same payload may retry (e.g. after funding the wallet). Facilitator unreachable while \
-verifying: 503, nothing charged, send the same payment again. Accepted: 202 Operation plus `checkoutId`; \
+verifying: 503, nothing charged, send the same payment again. x402 not configured here: 503 naming \
+the setting (after the access checks: a workspace the caller may not see is 404). Accepted: 202 Operation \
+plus `checkoutId`; \
 the payments worker settles it through the facilitator and credits `x402_topup` once per (network, payer, \
 nonce), only after settlement succeeded. The same payload again answers the same checkout and operation \
 (202, with `PAYMENT-RESPONSE` once settlement is final; `X-PAYMENT-RESPONSE` for version 1); while another \

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import stripe
 
-from domain.errors import InvalidEvent, InvalidSignature, ProviderError, Unavailable
+from domain.errors import InvalidEvent, InvalidSignature, NotConfigured, ProviderError, Unavailable
 from domain.money import CURRENCY
 
 log = logging.getLogger(__name__)
@@ -215,9 +215,9 @@ def _timed_out(exc: Exception) -> bool:
 
 
 def configured(gateway: "StripeGateway | None") -> "StripeGateway":
-    """The gateway of a deployment that configured Stripe; else ProviderError (503) naming the setting."""
+    """The gateway of a deployment that configured Stripe; else NotConfigured (503) naming the setting."""
     if gateway is None:
-        raise ProviderError("Stripe is not configured (STRIPE_API_KEY)")
+        raise NotConfigured("Stripe is not configured (STRIPE_API_KEY)")
     return gateway
 
 
@@ -300,7 +300,7 @@ class StripeGateway:
         """Verify Stripe-Signature over the raw bytes (default 300 s tolerance), then read the event: a
         correctly signed body that is not a well-formed event is refused too, so it is never stored."""
         if not self._webhook_secret:
-            raise ProviderError("STRIPE_WEBHOOK_SECRET is not configured")
+            raise NotConfigured("Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
         if not signature:
             raise InvalidSignature("the Stripe-Signature header is missing")
         try:

@@ -49,9 +49,9 @@ class StripeCheckoutService:
         the same checkout by its scope and asks Stripe again under the same key, so a session Stripe made
         before the failure is the one it gets, never a second (the reconcile job closes it if no retry
         comes)."""
-        stripe = self._stripe
         with self._ctx.uow() as uow:
             workspace = access.workspace(uow.conn, caller, workspace_id, manage=True).workspace
+            stripe = self._stripe  # after the access check (404 either way), before a checkout is recorded
             checkout, created = checkouts.insert_checkout(
                 uow.conn, checkout_id=new_id("chk"), provider="stripe", workspace_id=workspace.id,
                 billing_account_id=workspace.default_billing_account_id, amount_cents=amount_cents,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from datetime import timedelta
 
-from domain.errors import Conflict, ProviderError, Unavailable
+from domain.errors import Conflict, NotConfigured, Unavailable
 from domain.grants import PAID
 from domain.ids import new_id
 from domain.models import Caller, Checkout, Operation, Workspace
@@ -55,16 +55,16 @@ class X402CheckoutService:
     @property
     def _x402(self) -> "X402Gateway":
         if self._ctx.x402 is None:
-            raise ProviderError("x402 is not configured (X402_PAY_TO)")
+            raise NotConfigured("x402 is not configured (X402_PAY_TO)")
         return self._ctx.x402
 
     def checkout(self, caller: Caller, workspace_id: str, amount_cents: int, header: str | None,
                  url: str) -> PaymentRequired | PaymentAccepted:
         """Terms without a payment; with one: match, claim, verify, accept. A payload accepted before
         answers with the same checkout and operation."""
-        gateway = self._x402
         with self._ctx.uow() as uow:
             workspace = access.workspace(uow.conn, caller, workspace_id, manage=True).workspace
+        gateway = self._x402  # after the access check: a workspace the caller may not see is 404 either way
         description = f"Top up workspace {workspace.id} with {amount_cents} cents"
         try:
             if header is None:
