@@ -60,9 +60,8 @@ def invalid(field_errors: list[dict], detail: str = "the request has invalid val
 def _domain_error(req, resp, exc: errors.DomainError, params) -> None:
     status, title = next(v for k, v in STATUS.items() if isinstance(exc, k))
     field_errors = [{"field": exc.field, "message": exc.detail}] if isinstance(exc, errors.InvalidInput) else None
-    # A 503 of a passing cause says when to retry; a provider not configured waits for an operator, not seconds.
-    transient = status == 503 and not isinstance(exc, errors.NotConfigured)
-    retry_after = exc.extra.get("retry_after") or (5 if transient else None)
+    # A dependency that did not answer may in seconds; a provider not configured (503 too) waits for an operator.
+    retry_after = exc.extra.get("retry_after") or (5 if isinstance(exc, errors.Unavailable) else None)
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     if status == 401:  # a key found unknown by the read itself (domain.models.KeyHolder): as api.auth answers
         headers = {"WWW-Authenticate": BEARER_CHALLENGE}
