@@ -5,9 +5,10 @@ entries), measures the raw PostgreSQL ceilings with pgbench on the same table sh
 accept and the apply, two transactions per credit, bench/two_commits.py; issue 9's: one transaction per
 credit), starts the real API (granian, worker.cli.api_argv) and a real Celery worker
 (worker.cli.worker_argv) on a private redis-server, drives the credits endpoint from a keep-alive load
-generator, waits until every operation succeeded, reports accepted/s, applied/s, accept-to-applied p50/p99
-and applied/s as a ratio of each ceiling, then runs the services audit. Exit 1 when an invariant broke (or
-not every accepted credit was applied), 2 on a set-up failure. See bench/README.md.
+generator (after --warmup credits posted and applied, not counted), waits until every operation succeeded,
+reports accepted/s, applied/s, accept-to-applied p50/p99 and applied/s as a ratio of each ceiling, then runs the
+services audit. Exit 1 when an invariant broke (or not every accepted credit was applied), 2 on a set-up failure.
+See bench/README.md.
 """
 import argparse
 import http.client
@@ -289,16 +290,20 @@ class Poller:
     """Polls the operations table until every accepted operation is finished."""
 
     QUERY = ("SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'), "
-             "count(*) FROM operations WHERE kind = 'credit'")
+             "count(*) FROM operations WHERE kind = 'credit' AND created_at >= %s")
 
     def __init__(self, url: str, interval: float) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
         self.interval = interval
         self.polls = 0
+        self.since = datetime(1970, 1, 1, tzinfo=UTC)  # the measured operations: created from then on
 
     def counts(self) -> tuple[int, int, int]:
         self.polls += 1
-        return self.conn.execute(self.QUERY).fetchone()
+        return self.conn.execute(self.QUERY, (self.since,)).fetchone()
+
+    def measure_from_now(self) -> None:
+        self.since = self.conn.execute("SELECT now()").fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()
@@ -388,6 +393,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2,
                    help="Celery worker processes, and pgbench clients for the one-transaction ceiling (default 2)")
     p.add_argument("--clients", type=int, default=8, help="load-generator keep-alive connections (default 8)")
+    p.add_argument("--warmup", type=int, default=500, help="credits posted and applied before the measured ones and "
+                   "not counted: the first requests' and postings' one-time costs (imports, pools, prepared "
+                   "statements, cold pages) out of the figure (default 500; concurrent mode only)")
     p.add_argument("--api-workers", type=int, default=2, help="API worker processes (default 2)")
     p.add_argument("--api-threads", type=int, default=4, help="API threads per worker process (default 4)")
     p.add_argument("--accounts", type=int, default=10_000, help="users/accounts/workspaces (default 10000)")
@@ -489,6 +497,8 @@ def run(args, children: list[Child], spies: list[subprocess.Popen]) -> int:
         start_the_worker(args, children, service)
     jobs = credit_jobs(args, run_id)
     poller = Poller(service.database_url, args.poll_interval)
+    if args.mode == "concurrent" and args.warmup > 0:
+        warm_up(args, service, poller, run_id)
     clock = start_clock(args, service, spies)
     load = post_credits(args, service, poller, clock, jobs)
     clock.drain_start = clock.accept_end
@@ -499,7 +509,7 @@ def run(args, children: list[Child], spies: list[subprocess.Popen]) -> int:
         stop_py_spy(spy)
     spies.clear()
     stop_service(args, service, clock, poller)
-    ops = operation_stats(service.database_url)
+    ops = operation_stats(service.database_url, poller.since)
     log("audit")
     problems = services_audit(service.settings, stuck_after=timedelta(seconds=args.drain_timeout + 60))
     problems += accounting_problems(args, service, load)
@@ -607,6 +617,20 @@ def credit_jobs(args, run_id: str) -> list[tuple[str, int, str]]:
             for i in range(args.credits)]
 
 
+def warm_up(args, service: Service, poller: Poller, run_id: str) -> None:
+    """--warmup credits through the same API and worker, all applied before the clock starts; from then on the
+    poller and the operation statistics count only what is created after them."""
+    jobs = credit_jobs(argparse.Namespace(**vars(args) | {"credits": args.warmup, "seed": args.seed + 1}),
+                       f"{run_id}-warm")
+    load = CreditLoad(service.port, service.env["BILLING_OPERATOR_TOKEN"], jobs, args.clients,
+                      time.monotonic() + args.seconds, not args.no_idempotency_key)
+    load.run()
+    wait_until(lambda: sum(poller.counts()[:2]) >= len(load.accepted), args.drain_timeout, "the warm-up's credits")
+    log(f"warm-up: {len(load.accepted)} credits accepted and applied, not counted; "
+        f"errors {dict(load.errors) or 'none'}")
+    poller.measure_from_now()
+
+
 def spy_on(args, spies: list[subprocess.Popen], child: Child, name: str) -> None:
     if args.py_spy:
         spies.append(start_py_spy(args.py_spy, child.proc.pid, name, args.py_spy_rate, args.py_spy_mode))
@@ -703,15 +727,16 @@ SELECT count(*) FILTER (WHERE status = 'succeeded'),
        avg(extract(epoch FROM updated_at - created_at)) FILTER (WHERE status = 'succeeded'),
        extract(epoch FROM max(updated_at) - min(created_at)),
        max(attempts)
-FROM operations WHERE kind = 'credit'"""
+FROM operations WHERE kind = 'credit' AND created_at >= %s"""
 OPERATION_FAILURES = ("SELECT error::text, count(*) FROM operations WHERE status = 'failed' "
                       "GROUP BY 1 ORDER BY 2 DESC LIMIT 5")
 
 
-def operation_stats(url: str) -> dict:
-    """The credit operations: counts, accept-to-applied latencies (seconds) and span, the first failures."""
+def operation_stats(url: str, since: datetime) -> dict:
+    """The credit operations created since `since`: counts, accept-to-applied latencies (seconds) and span, the
+    first failures (of any)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        stats = conn.execute(OPERATION_STATS).fetchone()
+        stats = conn.execute(OPERATION_STATS, (since,)).fetchone()
         failures = conn.execute(OPERATION_FAILURES).fetchall()
     keys = ("succeeded", "failed", "operations", "p50", "p99", "max", "avg", "db_span", "max_attempts")
     ops = dict(zip(keys, stats), failures=failures)
@@ -810,7 +835,8 @@ def build_result(args, service: Service, ceilings: tuple[dict | None, dict | Non
 
 
 def config_of(args, service: Service) -> dict:
-    return {"credits": args.credits, "seconds_limit": args.seconds, "accounts": args.accounts,
+    return {"credits": args.credits, "warmup": args.warmup if args.mode == "concurrent" else 0,
+            "seconds_limit": args.seconds, "accounts": args.accounts,
             "worker_concurrency": args.concurrency, "clients": args.clients,
             "api_workers": args.api_workers, "api_threads": args.api_threads, "mode": args.mode,
             "idempotency_key": not args.no_idempotency_key, "cpus": os.cpu_count(),
