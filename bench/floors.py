@@ -18,8 +18,10 @@ For each: the answers are checked against the service's (a good request, a wrong
 workspace the caller is not a member of: 404; for the rate-limit check also a user's key: 403/404, and an
 unknown workspace: 404), then wrk (-t --wrk-threads -c --connections) measures the most req/s after a warm-up,
 then an open-loop paced client (bench.balance_read.open_loop) measures p50 and p99 at half that rate (latency
-counted from when each request was due). Redis is flushed before each run, so every run starts with empty
-rate-limit windows. The 1-minute load average is recorded beside every figure.
+counted from when each request was due) and, for the service, the p50 and p99 of the same requests as its own
+request log timed them (in the app: what is left of a client's latency is the server's queues, HTTP, loopback and
+client). Redis is flushed before each run, so every run starts with empty rate-limit windows. The 1-minute load
+average is recorded beside every figure.
 
 Just before the balance read's cells, pgbench runs its statements (floor.STATEMENTS["balance"], which are the
 service's: today one, the live key, the workspace, the role and the default account; each its own transaction
@@ -50,8 +52,8 @@ import redis
 from bench.balance_read import open_loop
 from bench.floor import FACTORIES
 from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database,
-                           grant_seeded_credits, log, machine_busy, row, run_pgbench, run_with_children, seed_api_keys, service_env,
-                           start_redis, user_key, workspace_id, write_result)
+                           grant_seeded_credits, log, machine_busy, percentile, row, run_pgbench, run_with_children,
+                           seed_api_keys, service_env, start_redis, user_key, workspace_id, write_result)
 
 TARGET = 0.8
 MOONSHOT = 0.3  # the balance read against pgbench of its statements
@@ -382,15 +384,34 @@ def measure(server: dict, path: str, port: int, child: Child, args, token: str, 
     if args.paced_seconds > 0 and top["req_per_s"] > 0:
         flush()
         requests = raw_requests(path, args.users, token, port)
+        logged = child.log_path.stat().st_size
         half = asyncio.run(open_loop(port, requests, args.paced_connections, top["req_per_s"] / 2, args.paced_seconds))
         half["load_before"] = cell["load_after"]
         half["client_kept_up"] = half["achieved_per_s"] >= 0.95 * half["rate"]
-        cell["half"] = half
+        cell["half"] = half | in_the_app(child, logged)
     half = cell.get("half") or {}
+    inside = f" (in the app: p50 {half['app_p50_ms']}, p99 {half['app_p99_ms']} ms)" if "app_p99_ms" in half else ""
     log(f"  {label}: {top['req_per_s']:.0f} req/s (p99 {top['p99_ms']} ms closed loop, non-2xx {top['non_2xx']}), "
         f"server CPU {cell['server_cpu_ms_per_req']} ms/req; half load {half.get('rate', 0):.0f}/s: p99 "
-        f"{half.get('p99_ms')} ms, statuses {half.get('statuses')}; load {cell['load_before']}")
+        f"{half.get('p99_ms')} ms{inside}, statuses {half.get('statuses')}; load {cell['load_before']}")
     return cell, found
+
+
+def in_the_app(child: Child, since: int) -> dict:
+    """What the service itself took for the paced requests: the duration_ms of the request log lines it wrote
+    after byte `since` of its log (api/request_log.py times a request from the first middleware to the last,
+    so the rest of a client's latency is the server's queues, the HTTP layer, the loopback and the client).
+    Empty for a floor app, which writes no request log."""
+    durations = []
+    with open(child.log_path, "rb") as log_file:
+        log_file.seek(since)
+        for line in log_file:
+            if line.startswith(b"{") and b'"message":"request"' in line and line.endswith(b"\n"):
+                durations.append(json.loads(line)["duration_ms"])
+    if not durations:
+        return {}
+    return {"app_requests": len(durations), "app_p50_ms": round(percentile(durations, 0.5), 2),
+            "app_p99_ms": round(percentile(durations, 0.99), 2)}
 
 
 def run(args, children: list[Child]) -> int:
@@ -480,8 +501,9 @@ def half_load_row(path: str, service: dict, floor: dict) -> dict:
                    f"< {limit} ms", None)
     lagged = "" if half["client_kept_up"] else ", client lagged: its p99 is the client's"
     theirs = floor.get("half")
+    inside = f"; in the app p99 {half['app_p99_ms']} ms" if "app_p99_ms" in half else ""
     return row(f"{LABELS[path]}, p99 at half load, best server",
-               f"p99 {half['p99_ms']} ms at {half['rate']:.0f} req/s ({service['server']}{lagged})",
+               f"p99 {half['p99_ms']} ms at {half['rate']:.0f} req/s ({service['server']}{lagged}{inside})",
                f"floor app: p99 {theirs['p99_ms']} ms at {theirs['rate']:.0f} req/s" if theirs else "—", None,
                f"< {limit} ms", half["p99_ms"] < limit, value=half["p99_ms"], load_before=half["load_before"])
 
@@ -501,7 +523,8 @@ def report(args, cells: list[dict], sql: dict, profile: dict | None, checked: di
     for c in cells:
         half = c.get("half") or {}
         paced = "—" if not half else (f"{half['p99_ms']} ms ({half['rate']:.0f}/s"
-                                      + ("" if half["client_kept_up"] else ", client lagged") + ")")
+                                      + ("" if half["client_kept_up"] else ", client lagged")
+                                      + (f"; in the app {half['app_p99_ms']} ms" if "app_p99_ms" in half else "") + ")")
         lines.append(f"| {LABELS[c['path']]} | {c['app']} | {c['server']} | {c['req_per_s']:,.0f} | {c['p99_ms']} ms | "
                      f"{paced} | {c['server_cpu_ms_per_req']} | {c['load_before']} |")
     ratios = ["", ("| hot path | service, best server | floor, best server | ratio | service as deployed "
