@@ -19,9 +19,9 @@ def assert_problem(result, status: int) -> dict:
     return body
 
 
-def row_counts(engine: Engine) -> dict[str, int]:
+def row_counts(engine: Engine, tables: tuple[str, ...] = TABLES) -> dict[str, int]:
     with engine.connect() as conn:
-        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() for table in TABLES}
+        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() for table in tables}
 
 
 def ledger_problems(services, account_id: str) -> list[str]:

@@ -2,14 +2,13 @@
 access checks, so a workspace the caller may not see is still 404; nothing is recorded."""
 import pytest
 from falcon import testing
-from sqlalchemy import text
 
 from api.app import create_app
 from domain.providers.stripe_gateway import StripeGateway
 from domain.services.context import Config, Context
 from domain.services.registry import Services
 from domain.store.uow import UnitOfWork
-from tests.api.checks import assert_problem
+from tests.api.checks import assert_problem, row_counts
 from tests.factories import OPERATOR_TOKEN, Api
 from tests.standins.stripe_api import signed_event
 
@@ -18,32 +17,22 @@ CHECKOUTS = [("/billing/checkout", {"amountCents": 1500, "successUrl": "https://
              ("/billing/checkout/x402", {"amountCents": 1500}, "X402_PAY_TO")]
 
 
-def _checkouts(engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM checkouts")).scalar()
-
-
 @pytest.mark.parametrize("path, body, setting", CHECKOUTS, ids=["stripe", "x402"])
 def test_a_checkout_through_a_provider_not_configured_is_503_naming_the_setting(api, engine, path, body, setting):
     owner, stranger = api.new_user(), api.new_user("Eve")
     ws = api.new_workspace(owner)
-    before = _checkouts(engine)
+    before = row_counts(engine, ("checkouts",))
 
     result = api.call("POST", f"/workspaces/{ws['id']}{path}", owner.key, json=body)
     assert setting in assert_problem(result, 503)["detail"]
     assert "Retry-After" not in result.headers  # no retry helps until an operator configures it
     assert_problem(api.call("POST", f"/workspaces/{ws['id']}{path}", stranger.key, json=body), 404)
     assert_problem(api.call("POST", f"/workspaces/ws_{'0' * 32}{path}", owner.key, json=body), 404)
-    assert _checkouts(engine) == before
-
-
-def _events(engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM stripe_events")).scalar()
+    assert row_counts(engine, ("checkouts",)) == before
 
 
 def test_a_stripe_webhook_is_503_until_stripe_and_its_webhook_secret_are_configured(api, engine, queue):
-    before = _events(engine)
+    before = row_counts(engine, ("stripe_events",))
     payload, signature = signed_event("whsec_any", "checkout.session.completed", {"id": "cs_1"})
     headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
     assert "STRIPE_API_KEY" in assert_problem(api.call("POST", "/webhooks/stripe", body=payload, headers=headers),
@@ -54,4 +43,4 @@ def test_a_stripe_webhook_is_503_until_stripe_and_its_webhook_secret_are_configu
         OPERATOR_TOKEN, {})))
     assert "STRIPE_WEBHOOK_SECRET" in assert_problem(
         keyed.call("POST", "/webhooks/stripe", body=payload, headers=headers), 503)["detail"]
-    assert _events(engine) == before
+    assert row_counts(engine, ("stripe_events",)) == before
