@@ -16,13 +16,12 @@ import random
 import re
 import shutil
 import socket
-import subprocess
 import sys
 from collections import Counter
 
-from bench.harness import (Child, LOGS, SetupError, audit, capture_sql, fresh_database, log, percentile, pgbench_script,
-                           row, run_pgbench, run_with_children, seed_api_keys, service_env, start_api, start_redis_on,
-                           start_worker, user_key, workspace_id, write_result)
+from bench.harness import (Child, audit, capture_sql, fresh_database, log, percentile, pgbench_script,
+                           row, run_pgbench, run_with_children, run_wrk, seed_api_keys, service_env, start_api,
+                           start_redis_on, start_worker, user_key, workspace_id, write_result, wrk_script)
 
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 10.0
@@ -152,46 +151,6 @@ async def open_loop(port: int, requests: list[bytes], connections: int, rate: fl
             "max_ms": round(max(latencies) * 1000, 2)}
 
 
-# --- wrk, when installed: less CPU per request than any Python client on the same 2 cores
-
-WRK_SCRIPT = """-- the balance of a random user's workspace with that user's key
-local requests = {{}}
-{lines}
-request = function()
-    return requests[math.random(1, #requests)]
-end
-"""
-
-
-def run_wrk(wrk: str, port: int, users: int, connections: int, seconds: int) -> dict:
-    lines = []
-    for n in range(1, users + 1):
-        path, headers = balance_request(n)
-        auth = headers["Authorization"]
-        lines.append(f'requests[{n}] = wrk.format("GET", "{path}", {{["Authorization"] = "{auth}"}})')
-    script = LOGS / "balance_read-wrk.lua"
-    script.write_text(WRK_SCRIPT.format(lines="\n".join(lines)))
-    argv = [wrk, "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script),
-            f"http://127.0.0.1:{port}"]
-    log(f"wrk: {' '.join(argv[1:])}")
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    (LOGS / "balance_read-wrk.log").write_text(out.stdout + out.stderr)
-    if out.returncode != 0:
-        raise SetupError(f"wrk failed: {out.stderr[-300:]}")
-
-    def latency(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out.stdout, re.M).groups()
-        return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 2)
-    total = int(re.search(r"(\d+) requests in", out.stdout).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
-    errors = re.search(r"Socket errors: (.*)", out.stdout)
-    elapsed = float(re.search(r"requests in ([\d.]+)s", out.stdout).group(1))
-    not_ok = int(bad.group(1)) if bad else 0
-    return {"tool": "wrk", "req_per_s": round((total - not_ok) / elapsed, 1), "requests": total,
-            "non_2xx": not_ok, "socket_errors": errors.group(1) if errors else None,
-            "p50_ms": latency("50"), "p99_ms": latency("99")}
-
-
 def run(args, children: list[Child]) -> int:
     log(f"database {args.database}: {args.users} users, each with a workspace, an account and an API key")
     database_url = fresh_database(args.admin_url, args.database, args.users, 1000)
@@ -213,9 +172,12 @@ def run(args, children: list[Child]) -> int:
     requests = raw_requests(port, args.users)
     warm = asyncio.run(closed_loop(port, requests, args.connections, 3))
     log(f"warm-up: {warm['statuses']}")
-    wrk = shutil.which("wrk")
-    if wrk and not args.no_wrk:
-        top = run_wrk(wrk, port, args.users, args.connections, args.seconds)
+    if shutil.which("wrk") and not args.no_wrk:  # less CPU per request than any Python client on the same 2 cores
+        script = wrk_script("balance_read-wrk", "the balance of a random user's workspace with that user's key", [
+            ("GET", path, headers, "") for path, headers in map(balance_request, range(1, args.users + 1))])
+        log(f"wrk -t1 -c{args.connections} -d{args.seconds}s")
+        top = run_wrk(port, script, threads=1, connections=args.connections, seconds=args.seconds,
+                      name="balance_read-wrk")
     else:
         log(f"asyncio client, {args.connections} connections, {args.seconds} s")
         top = asyncio.run(closed_loop(port, requests, args.connections, args.seconds))

@@ -53,7 +53,8 @@ from bench.balance_read import open_loop
 from bench.floor import FACTORIES
 from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database,
                            grant_seeded_credits, log, machine_busy, percentile, row, run_pgbench, run_with_children,
-                           seed_api_keys, service_env, start_redis, user_key, workspace_id, write_result)
+                           run_wrk, seed_api_keys, service_env, start_redis, user_key, workspace_id, write_result,
+                           wrk_script)
 
 TARGET = 0.8
 MOONSHOT = 0.3  # the balance read against pgbench of its statements
@@ -128,39 +129,6 @@ def hot_request(path: str, n: int, token: str) -> tuple[str, str, dict, str]:
                                                            "Content-Type": "application/json"}, "{}"
 
 
-WRK_SCRIPT = """-- bench/floors: one prebuilt request per user (or workspace), picked at random
-local requests = {{}}
-{lines}
-local threads = 0
-function setup(thread)
-    threads = threads + 1
-    thread:set("tid", threads)
-end
-function init(args)
-    math.randomseed(os.time() * 1000 + (tid or 0))
-end
-request = function()
-    return requests[math.random(1, #requests)]
-end
-"""
-
-
-def lua_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def wrk_script(path: str, users: int, token: str) -> Path:
-    lines = []
-    for n in range(1, users + 1):
-        method, url, headers, body = hot_request(path, n, token)
-        header_table = ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in headers.items())
-        lines.append(f"requests[{n}] = wrk.format({lua_string(method)}, {lua_string(url)}, {{{header_table}}}"
-                     + (f", {lua_string(body)})" if body else ")"))
-    script = LOGS / f"floors-wrk-{path}.lua"
-    script.write_text(WRK_SCRIPT.format(lines="\n".join(lines)))
-    return script
-
-
 def raw_requests(path: str, users: int, token: str, port: int) -> list[bytes]:
     out = []
     for n in range(1, users + 1):
@@ -169,26 +137,6 @@ def raw_requests(path: str, users: int, token: str, port: int) -> list[bytes]:
         length = f"Content-Length: {len(body)}\r\n" if method == "POST" else ""
         out.append(f"{method} {url} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}{length}\r\n{body}".encode())
     return out
-
-
-def run_wrk(port: int, script: Path, args, seconds: int, name: str) -> dict:
-    argv = [shutil.which("wrk"), "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{seconds}s",
-            "--latency", "-s", str(script), f"http://127.0.0.1:{port}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    (LOGS / f"floors-wrk-{name}.log").write_text(out.stdout + out.stderr)
-    if out.returncode != 0:
-        raise SetupError(f"wrk failed: {(out.stderr or out.stdout)[-300:]}")
-
-    def latency(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out.stdout, re.M).groups()
-        return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 2)
-    total = int(re.search(r"(\d+) requests in", out.stdout).group(1))
-    elapsed = float(re.search(r"requests in ([\d.]+)s", out.stdout).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
-    errors = re.search(r"Socket errors: (.*)", out.stdout)
-    not_ok = int(bad.group(1)) if bad else 0
-    return {"req_per_s": round((total - not_ok) / elapsed, 1), "requests": total, "non_2xx": not_ok,
-            "socket_errors": errors.group(1) if errors else None, "p50_ms": latency("50"), "p99_ms": latency("99")}
 
 
 # --- the moonshot's measure: pgbench of the balance read's statements
@@ -369,14 +317,16 @@ def measure(server: dict, path: str, port: int, child: Child, args, token: str, 
         cell["checks"]["answers"] = found
         log(f"  {label}: answers differ from the service's or from the expected statuses: "
             f"{json.dumps(cell['checks']['statuses'])}")
-    script = wrk_script(path, args.users, token)
-    name = f"{server['app']}-{path}-{server['server'].split(' (')[0].replace(' ', '-')}"
+    script = wrk_script(f"floors-wrk-{path}", "bench/floors: one prebuilt request per user (or workspace), picked at "
+                        "random", [hot_request(path, n, token) for n in range(1, args.users + 1)])
+    name = f"floors-wrk-{server['app']}-{path}-{server['server'].split(' (')[0].replace(' ', '-')}"
+    wrk = {"threads": args.wrk_threads, "connections": args.connections}
     flush()
-    run_wrk(port, script, args, args.warmup, name + "-warmup")
+    run_wrk(port, script, **wrk, seconds=args.warmup, name=name + "-warmup")
     flush()
     cell["load_before"] = load_average()
     busy, cpu = machine_busy(), child.cpu_seconds()
-    top = run_wrk(port, script, args, args.seconds, name)
+    top = run_wrk(port, script, **wrk, seconds=args.seconds, name=name)
     served = top["requests"] - top["non_2xx"]
     cell.update(top, load_after=load_average(),
                 server_cpu_ms_per_req=round((child.cpu_seconds() - cpu) * 1000 / max(served, 1), 3),

@@ -784,3 +784,87 @@ def per_request_ms(before: dict, after: dict, requests: int) -> dict:
     spent = {k: after[k] - before[k] for k in before}
     spent["other"] = spent["machine"] - sum(v for k, v in spent.items() if k != "machine")
     return {k: round(v / max(requests, 1) * 1000, 3) for k, v in spent.items()}
+
+
+# --- wrk: a load generator in C, little CPU per request beside the service on the same cores
+
+# The requests as lines of tab-separated fields (method, path, body, then header names and values), parsed as the
+# script loads: a Lua table written out literally holds too many constants for LuaJIT past some 10,000 requests.
+_WRK_HEAD = """-- {what}
+local data = [==[
+{lines}
+]==]
+local requests = {{}}
+for line in data:gmatch("[^\\n]+") do
+    local f = {{}}
+    for field in (line .. "\\t"):gmatch("([^\\t]*)\\t") do f[#f + 1] = field end
+    local headers = {{}}
+    for i = 4, #f - 1, 2 do headers[f[i]] = f[i + 1] end
+    requests[#requests + 1] = wrk.format(f[1], f[2], headers, f[3] ~= "" and f[3] or nil)
+end
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("tid", threads)
+end
+"""
+_WRK_RANDOM = """function init(args)
+    math.randomseed(os.time() * 1000 + (tid or 0))
+end
+request = function()
+    return requests[math.random(1, #requests)]
+end
+"""
+# Each request once, in turn: thread t sends requests t, t + n, t + 2n, ... (n threads) for the run's duration; one
+# that runs out sends the list's last request again (a caller checks how many were sent once). wrk's first thread
+# makes one request() call only to check the script, so the list's first request is never sent.
+_WRK_EACH = """local sent = 0
+request = function()
+    local i = math.min(tid + sent * {threads}, #requests)
+    sent = sent + 1
+    return requests[i]
+end
+"""
+
+
+def wrk_script(name: str, what: str, requests: list[tuple[str, str, dict, str]], *, in_turn: int = 0) -> Path:
+    """A wrk script (bench/results/logs/<name>.lua) sending `requests` ((method, path, headers, body)): picked at
+    random, or, with in_turn=<wrk's threads>, each once in turn (see _WRK_EACH)."""
+    lines = []
+    for method, path, headers, body in requests:
+        fields = [method, path, body, *(part for pair in headers.items() for part in pair)]
+        if any(bad in field for field in fields for bad in ("\t", "\n", "]==]")):
+            raise SetupError(f"a request's field holds a tab, a newline or ]==]: {fields}")
+        lines.append("\t".join(fields))
+    script = LOGS / f"{name}.lua"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(_WRK_HEAD.format(what=what, lines="\n".join(lines))
+                      + (_WRK_EACH.format(threads=in_turn) if in_turn else _WRK_RANDOM))
+    return script
+
+
+def run_wrk(port: int, script: Path, *, threads: int, connections: int, seconds: int, name: str) -> dict:
+    """wrk -t threads -c connections for at most `seconds`: its requests, those answered 2xx or 3xx per second,
+    p50 and p99 (ms); its output in bench/results/logs/<name>.log."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SetupError("wrk is not installed (apt-get install -y wrk)")
+    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script),
+            f"http://127.0.0.1:{port}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    (LOGS / f"{name}.log").write_text(out.stdout + out.stderr)
+    if out.returncode != 0:
+        raise SetupError(f"wrk failed: {(out.stderr or out.stdout)[-300:]}")
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out.stdout, re.M).groups()
+        return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 2)
+    total = int(re.search(r"(\d+) requests in", out.stdout).group(1))
+    value, unit = re.search(r"requests in ([\d.]+)(us|ms|s|m|h),", out.stdout).groups()
+    elapsed = float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[unit]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    errors = re.search(r"Socket errors: (.*)", out.stdout)
+    not_ok = int(bad.group(1)) if bad else 0
+    return {"tool": "wrk", "requests": total, "seconds": elapsed, "req_per_s": round((total - not_ok) / elapsed, 1),
+            "non_2xx": not_ok, "socket_errors": errors.group(1) if errors else None, "p50_ms": latency("50"),
+            "p99_ms": latency("99")}

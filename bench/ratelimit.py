@@ -28,8 +28,8 @@ from pathlib import Path
 import redis
 
 from bench.harness import (Child, CpuMeter, LOGS, Load, RESULTS, SetupError, fresh_database, log,
-                           per_request_ms, percentile, run_with_children, start_api, start_redis, workspace_id,
-                           write_result)
+                           per_request_ms, percentile, run_with_children, run_wrk, start_api, start_redis,
+                           workspace_id, write_result, wrk_script)
 
 TARGET_RATIO = 0.3
 TARGET_P99_MS = 5.0
@@ -61,40 +61,18 @@ def parse_args() -> argparse.Namespace:
 
 # --- load: wrk, Python threads, and a paced open loop
 
-WRK_SCRIPT = """-- a decision on a random workspace's budget
-local paths = {{{paths}}}
-local headers = {{["Authorization"] = "{auth}", ["Content-Type"] = "application/json"}}
-request = function()
-    return wrk.format("POST", paths[math.random(1, #paths)], headers, "{{}}")
-end
-"""
-
-
-def run_wrk(port: int, paths: list[str], headers: dict, clients: int, seconds: int, meter: CpuMeter) -> dict:
-    script = LOGS / "ratelimit-wrk.lua"
-    script.write_text(WRK_SCRIPT.format(paths=", ".join(f'"{p}"' for p in paths), auth=headers["Authorization"]))
-    argv = [shutil.which("wrk"), "-t", "1", "-c", str(clients), "-d", f"{seconds}s", "--latency", "-s", str(script),
-            f"http://127.0.0.1:{port}"]
-    log(f"wrk: {' '.join(argv[1:])}")
+def run_wrk_decisions(port: int, paths: list[str], headers: dict, clients: int, seconds: int,
+                      meter: CpuMeter) -> dict:
+    script = wrk_script("ratelimit-wrk", "a decision on a random workspace's budget",
+                        [("POST", path, headers, "{}") for path in paths])
+    log(f"wrk -t1 -c{clients} -d{seconds}s")
     before = meter.start()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=seconds + 60)
+    top = run_wrk(port, script, threads=1, connections=clients, seconds=seconds, name="ratelimit-wrk")
     after = meter.stop()
-    (LOGS / "ratelimit-wrk.log").write_text(out)
-    if proc.returncode != 0:
-        raise SetupError(f"wrk failed: {out[-300:]}")
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    elapsed = float(re.search(r"requests in ([\d.]+)s", out).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-
-    def latency(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
-        return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 2)
-    decisions = total - (int(bad.group(1)) if bad else 0)
-    return {"tool": "wrk", "decisions": decisions, "seconds": elapsed, "decisions_per_s": round(decisions / elapsed, 1),
-            "non_2xx": total - decisions, "socket_errors": errors.group(1) if errors else None,
-            "p50_ms": latency("50"), "p99_ms": latency("99"), "cpu": (before, after)}
+    decisions = top["requests"] - top["non_2xx"]
+    return {"tool": "wrk", "decisions": decisions, "seconds": top["seconds"], "decisions_per_s": top["req_per_s"],
+            "non_2xx": top["non_2xx"], "socket_errors": top["socket_errors"], "p50_ms": top["p50_ms"],
+            "p99_ms": top["p99_ms"], "cpu": (before, after)}
 
 
 def run_python(port: int, paths: list[str], headers: dict, clients: int, seconds: int, meter: CpuMeter) -> dict:
@@ -246,7 +224,7 @@ def run(args, children: list[Child]) -> int:
                                 "--output", str(RESULTS / "pyspy-ratelimit.txt")],
                                stdout=open(LOGS / "ratelimit-pyspy.log", "wb"), stderr=subprocess.STDOUT)
         time.sleep(1)
-    top = (run_wrk if args.loadgen == "wrk" else run_python)(port, paths, headers, args.clients, args.seconds, meter)
+    top = (run_wrk_decisions if args.loadgen == "wrk" else run_python)(port, paths, headers, args.clients, args.seconds, meter)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
