@@ -135,7 +135,7 @@ def read_json(req: falcon.Request) -> object:
     if req.content_type and not req.content_type.split(";")[0].strip().lower().endswith("json"):
         raise Problem(400, "Bad Request", "the body must be JSON (Content-Type: application/json)")
     text = _utf8_text(raw)
-    if len(text) > MAX_DEPTH and _nesting_depth(text) > MAX_DEPTH:  # each level takes a character
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_depth(text) > MAX_DEPTH:  # a level opens one
         raise Problem(400, "Bad Request", f"the body nests deeper than {MAX_DEPTH} levels")
     try:
         data = _DECODER.decode(text)
