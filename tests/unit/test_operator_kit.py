@@ -254,3 +254,12 @@ def test_grafana_is_provisioned_read_only_from_deploy_and_reads_the_compose_prom
     uids |= {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert uids == {source["uid"]}
     assert environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{provider['options']['path']}/{DASHBOARD.name}"
+
+
+def test_strangers_reach_the_api_only_through_the_proxy_that_reads_bodies_whole():
+    services = _compose()
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:") and proxy["ports"] == ["8000:8000"]
+    assert (ROOT / _mounts(proxy)["/etc/nginx/conf.d/default.conf"]).resolve() == (ROOT / "deploy/nginx.conf").resolve()
+    assert "ports" not in services["api"] and services["api"]["expose"] == ["8000"]
+    assert "server api:8000;" in (ROOT / "deploy/nginx.conf").read_text()
