@@ -68,14 +68,13 @@ class HoldService:
         self._operator_only(caller, workspace_id, "only the operator captures holds")
         if not looks_like("hold", hold_id):
             raise NotFound("hold not found")
-        with self._ctx.single() as driver:  # one statement: the hold locked, its capture queued, the hold marked
-            hold, op = holds.queue_capture(driver, workspace_id, hold_id, amount_cents, operation_id=new_id("op"),
-                                           kind=CAPTURE, caller=caller.name, trace_parent=self._ctx.trace_parent())
-        if hold is None:
-            raise NotFound("hold not found")
-        if op is None:  # not queued: captured before, or it cannot be
-            if hold.capture_operation_id is not None:
-                with self._ctx.read() as uow:
+        with self._ctx.single() as driver:  # one statement: the hold marked, its capture queued
+            op = holds.queue_capture(driver, workspace_id, hold_id, amount_cents, operation_id=new_id("op"),
+                                     kind=CAPTURE, caller=caller.name, trace_parent=self._ctx.trace_parent())
+        if op is None:  # not queued: no such hold, captured before, or it cannot be
+            with self._ctx.read() as uow:
+                hold = self._hold(uow.conn, workspace_id, hold_id)
+                if hold.capture_operation_id is not None:
                     return operations.get(uow.conn, hold.capture_operation_id)
             self._capturable(hold, amount_cents)
             raise Conflict("the hold expired")  # between the statement's clock and this one's

@@ -91,42 +91,35 @@ def locked(conn: Connection, account_id: str, hold_id: str) -> Hold | None:
     return _hold(row) if row else None
 
 
-# Lock the hold, queue its capture and mark it, in one statement, when it can be captured: active, not expired, not
-# captured before, the amount within what it holds. The hold's row comes back either way (no row: no such hold),
-# so the caller can tell why no operation was queued. The hold reserves until the operation is applied.
+# Mark the hold captured and queue its capture, in one statement, when it can be captured: active, not expired, not
+# captured before, the amount within what it holds. The UPDATE locks the hold's row; a concurrent capture of the same
+# hold waits for it, then finds it captured (PostgreSQL re-checks the WHERE on the row it waited for) and queues
+# nothing. No row: nothing was queued, and the caller reads the hold to tell why. The hold reserves until the
+# operation is applied.
 _QUEUE_CAPTURE = psycopg_style(f"""
-WITH hold AS (
-    SELECT {_COLUMNS}, clock_timestamp() AS now FROM holds h
-    WHERE h.workspace_id = :workspace_id AND h.id = :id FOR UPDATE
-), queued AS (
-    INSERT INTO operations (id, kind, caller, workspace_id, billing_account_id, payload, trace_parent)
-    SELECT :operation_id, :kind, :caller, hold.workspace_id, hold.billing_account_id,
-           jsonb_build_object('holdId', hold.id, 'amountCents', CAST(:captured AS bigint)), :trace_parent
-    FROM hold
-    WHERE hold.status = 'active' AND hold.capture_operation_id IS NULL AND hold.expires_at > hold.now
-      AND CAST(:captured AS bigint) <= hold.amount_cents
-    RETURNING {", ".join(operations.COLUMNS)}
-), marked AS (
+WITH marked AS (
     UPDATE holds h SET status = CASE WHEN CAST(:captured AS bigint) > 0 THEN 'captured' ELSE 'released' END,
-                       captured_cents = :captured, capture_operation_id = queued.id
-    FROM queued WHERE h.billing_account_id = queued.billing_account_id AND h.id = :id
+                       captured_cents = :captured, capture_operation_id = :operation_id
+    WHERE h.workspace_id = :workspace_id AND h.id = :id AND h.status = 'active' AND h.capture_operation_id IS NULL
+      AND h.expires_at > clock_timestamp() AND CAST(:captured AS bigint) <= h.amount_cents
+    RETURNING h.id, h.workspace_id, h.billing_account_id
 )
-SELECT hold.*, {", ".join(f"queued.{column} AS queued_{column}" for column in operations.COLUMNS)}
-FROM hold LEFT JOIN queued ON true
+INSERT INTO operations (id, kind, caller, workspace_id, billing_account_id, payload, trace_parent)
+SELECT :operation_id, :kind, :caller, marked.workspace_id, marked.billing_account_id,
+       jsonb_build_object('holdId', marked.id, 'amountCents', CAST(:captured AS bigint)), :trace_parent
+FROM marked
+RETURNING {", ".join(operations.COLUMNS)}
 """)
 
 
 def queue_capture(driver: psycopg.Connection, workspace_id: str, hold_id: str, captured_cents: int, *,
-                  operation_id: str, kind: str, caller: str,
-                  trace_parent: str | None) -> tuple[Hold | None, Operation | None]:
-    """Queue the hold's capture of `captured_cents` (0: a release) as an operation and mark the hold: the hold as
-    it was, and the operation; no operation when it cannot be captured (see the hold), no hold when there is none."""
+                  operation_id: str, kind: str, caller: str, trace_parent: str | None) -> Operation | None:
+    """Queue the hold's capture of `captured_cents` (0: a release) as an operation and mark the hold; None when
+    nothing was queued: no such hold, or one that cannot be captured (see get())."""
     row = driver.cursor(row_factory=dict_row).execute(_QUEUE_CAPTURE, {
         "workspace_id": workspace_id, "id": hold_id, "captured": captured_cents, "operation_id": operation_id,
         "kind": kind, "caller": caller, "trace_parent": trace_parent}, prepare=True).fetchone()
-    if row is None:
-        return None, None
-    return _hold(row), operations.from_row(row, "queued_") if row["queued_id"] else None
+    return operations.from_row(row) if row else None
 
 
 # The holds stop reserving: each account's held_cents goes down by their amounts, once per hold.

@@ -123,8 +123,8 @@ def test_an_accepted_capture_updates_its_hold_in_place_and_the_expiry_job_passes
     hold = _hold(api, ws, 300).json
     driver = engine.raw_connection()
     try:
-        _, op = holds_sql.queue_capture(driver.driver_connection, ws, hold["id"], 120, operation_id=new_id("op"),
-                                        kind=CAPTURE, caller=OPERATOR_CALLER.name, trace_parent=None)
+        op = holds_sql.queue_capture(driver.driver_connection, ws, hold["id"], 120, operation_id=new_id("op"),
+                                     kind=CAPTURE, caller=OPERATOR_CALLER.name, trace_parent=None)
         hot = driver.driver_connection.execute(
             "SELECT pg_stat_get_xact_tuples_updated('holds'::regclass), "
             "pg_stat_get_xact_tuples_hot_updated('holds'::regclass)").fetchone()
