@@ -28,9 +28,9 @@ _COLUMNS = ("id, kind, status, caller, workspace_id, billing_account_id, payload
 COLUMNS = _COLUMNS.split(", ")
 
 
-def from_row(row, prefix: str = "") -> Operation:
-    """An Operation from a row of COLUMNS, each named `prefix` + its column (another table's statement)."""
-    return Operation(**{column: row[prefix + column] for column in COLUMNS})
+def from_row(row) -> Operation:
+    """An Operation from a row of COLUMNS."""
+    return Operation(**{column: row[column] for column in COLUMNS})
 
 
 def insert_operation(conn: Connection, *, operation_id: str, kind: str, caller: str,
