@@ -87,8 +87,9 @@ CREDITS = 500
 WORKSPACES = 5
 
 
-def _in_flight(engine, accepted, patience: float = 2.0) -> int:
-    """Accepted credits not applied yet, waiting up to `patience` seconds for there to be some."""
+def _in_flight(engine, accepted, patience: float = 10.0) -> int:
+    """Accepted credits not applied yet, waiting up to `patience` seconds for there to be some (a worker that keeps
+    up leaves none most of the time, the more so on a machine busy with other work, where credits arrive slower)."""
     deadline = time.monotonic() + patience
     while True:
         unfinished = sum(s in ("queued", "running") for s in statuses(engine, accepted()).values())
