@@ -197,7 +197,7 @@ def run(args, children: list[Child]) -> int:
     ok = done[0] == done[2] and done[1] == 0 and unsettled == 0 and checked["ok"]
     rows = []
     for name, phase_name in (("hold create (201)", "create"),
-                             ("hold capture (202, queued): the accept, what the agent waits for", "capture_accept")):
+                             ("hold capture's accept (202, queued; what the agent waits for)", "capture_accept")):
         # per-request cost against a balance read's, same client, same round; the median round's
         read, figures = _median_round(rounds, phase_name)
         cost = read["req_per_s"] / figures["req_per_s"]
