@@ -213,9 +213,10 @@ def run(args, children: list[Child]) -> int:
                         for i, r in enumerate(rounds))
         cpu, i = ratios[len(ratios) // 2]
         judged = phase_name != "capture"
+        target = f"≤ {TARGET}× the read's" if judged else "— (the posting is off the agent's path)"
         rows.append(row(f"{name}: the service's CPU per request vs a balance read's",
-                        _cpu_text(rounds[i][phase_name]["cpu_ms"]), f"balance read {_cpu_text(rounds[i]['read']['cpu_ms'])}",
-                        round(cpu, 3), f"≤ {TARGET}× the read's" if judged else "— (the posting is off the agent's path)",
+                        _cpu_text(rounds[i][phase_name]["cpu_ms"]),
+                        f"balance read {_cpu_text(rounds[i]['read']['cpu_ms'])}", round(cpu, 3), target,
                         cpu <= TARGET and ok if judged else None))
     read, accept = _median_round(rounds, "capture_accept")
     posting = next(r["capture_posting"] for r in rounds if r["capture_accept"] is accept)

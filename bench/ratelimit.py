@@ -224,7 +224,8 @@ def run(args, children: list[Child]) -> int:
                                 "--output", str(RESULTS / "pyspy-ratelimit.txt")],
                                stdout=open(LOGS / "ratelimit-pyspy.log", "wb"), stderr=subprocess.STDOUT)
         time.sleep(1)
-    top = (run_wrk_decisions if args.loadgen == "wrk" else run_python)(port, paths, headers, args.clients, args.seconds, meter)
+    load = run_wrk_decisions if args.loadgen == "wrk" else run_python
+    top = load(port, paths, headers, args.clients, args.seconds, meter)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
