@@ -14,6 +14,9 @@ pooled psycopg connection in autocommit, plus its request log line, metrics, X-R
 * transactions (GET .../billing/transactions?limit=50[&cursor=...]): the same two, then the keyset page
   (prepared.page_statement, limit + 1 rows); ids and the cursor as the service shows them (domain.public_ids'
   keyed permutation, its key read once from the database).
+* hold create (POST /workspaces/{id}/billing/holds, the operator key; bench/holds): the body checked
+  (amountCents, expiresInSeconds, description), then the service's one statement (domain/store/holds.py
+  RESERVE, a workspace without a spend limit): 201 with the hold, or 402 (the floor does not say why).
 * rate-limit check (POST /workspaces/{id}/rate-limits/check, the operator key): the workspace's default
   account and its stored tier in one statement (prepared.TIER_OF_WORKSPACE), the tier computed and stored when
   there is none, then the limiter's script on `billing-rl:account:<account>` (domain/services/rate_limits.py).
@@ -30,6 +33,7 @@ import hmac
 import math
 import os
 import time
+import uuid
 from datetime import UTC, datetime
 
 import falcon
@@ -39,6 +43,7 @@ from psycopg_pool import ConnectionPool
 
 # --- the service's statements, the very strings it prepares (domain/store/prepared.py)
 
+from domain.store.holds import RESERVE
 from domain.store.prepared import (BALANCE_FOR_KEY, BALANCE_FOR_USER, TIER_OF_WORKSPACE, WORKSPACE_FOR_KEY,
                                    WORKSPACE_FOR_USER, page_statement)
 
@@ -338,6 +343,54 @@ class RateLimitCheck:
         _json(resp, {"allowed": allowed, "limit": limit, "remaining": remaining, "resetSeconds": reset, "tier": tier})
 
 
+class HoldCreate:
+    def __init__(self, floor: Floor) -> None:
+        self.floor = floor
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
+        floor = self.floor
+        length = req.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            _problem(resp, 413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+            return
+        try:
+            body = orjson.loads(req.bounded_stream.read() if length else b"{}")
+        except orjson.JSONDecodeError:
+            _problem(resp, 400, "Bad Request", "the body is not valid JSON")
+            return
+        fields = body if isinstance(body, dict) else {}
+        amount, seconds = fields.get("amountCents"), fields.get("expiresInSeconds", 3600)
+        description = fields.get("description", "")
+        if (type(amount) is not int or not 1 <= amount <= 100_000_000 or type(seconds) is not int
+                or not 60 <= seconds <= 604_800 or not isinstance(description, str) or len(description) > 500
+                or set(fields) - {"amountCents", "expiresInSeconds", "description"}):
+            _problem(resp, 422, "Unprocessable Content", "the request has invalid values")
+            return
+        with floor.pool.connection() as conn:
+            caller = floor.caller(req, resp, conn)
+            if caller is None:
+                return
+            if caller is not OPERATOR:
+                _problem(resp, 403, "Forbidden", "only the operator places holds")
+                return
+            if not _looks_like("ws", workspace_id):
+                _problem(resp, 404, "Not Found", "workspace not found")
+                return
+            row = conn.execute(RESERVE, {
+                "id": f"hold_{uuid.uuid4().hex}", "workspace_id": workspace_id, "amount": amount, "seconds": seconds,
+                "description": description, "reference": None, "created_by": "operator", "scope": None,
+                "limited": False}, prepare=True).fetchone()
+        if row is None:
+            _problem(resp, 402, "Payment Required", "the hold was refused")
+            return
+        account, hold_id, workspace, amount, captured, status, description, reference, expires, created, settled, \
+            capture_op = row
+        _json(resp, {"id": hold_id, "workspaceId": workspace, "billingAccountId": account, "amountCents": amount,
+                     "capturedCents": captured, "status": status, "description": description,
+                     "expiresAt": _ts(expires), "reference": reference, "createdAt": _ts(created),
+                     "settledAt": _ts(settled), "captureOperationId": capture_op}, 201)
+
+
 def _compute_tier(conn, account_id: str, table) -> str:
     """The tier of an account that has none stored yet, computed and stored as domain.services.rate_limits does."""
     from domain import tiers
@@ -372,6 +425,14 @@ def transactions_app() -> falcon.App:
 
 def ratelimit_app() -> falcon.App:
     return _app(WS + "/rate-limits/check", RateLimitCheck(Floor()))
+
+
+def holds_app() -> falcon.App:
+    """bench/holds' floor: the balance read and the hold creation, one pool."""
+    floor = Floor()
+    app = _app(WS + "/billing/balance", Balance(floor))
+    app.add_route(WS + "/billing/holds", HoldCreate(floor))
+    return app
 
 
 FACTORIES = {"balance": "balance_app", "transactions": "transactions_app", "ratelimit": "ratelimit_app"}

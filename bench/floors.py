@@ -52,9 +52,9 @@ import redis
 from bench.balance_read import open_loop
 from bench.floor import FACTORIES
 from bench.harness import (Child, LOGS, ROOT, SetupError, audit, billing, capture_sql, free_port, fresh_database,
-                           grant_seeded_credits, log, machine_busy, percentile, row, run_pgbench, run_with_children,
-                           run_wrk, seed_api_keys, service_env, start_redis, user_key, workspace_id, write_result,
-                           wrk_script)
+                           grant_seeded_credits, healthy, log, machine_busy, percentile, row, run_pgbench,
+                           run_with_children, run_wrk, seed_api_keys, service_env, start_redis, user_key, workspace_id,
+                           write_result, wrk_script)
 
 TARGET = 0.8
 MOONSHOT = 0.3  # the balance read against pgbench of its statements
@@ -214,19 +214,9 @@ def servers(args) -> list[dict]:
 
 
 def start(name: str, argv: list[str], env: dict, children: list[Child], port: int) -> Child:
-    import http.client
-
     child = Child(name, argv, env)
     children.append(child)
-
-    def answers() -> bool:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-    child.wait_for(answers, 60, name)
+    child.wait_for(lambda: healthy(port), 60, name)
     return child
 
 

@@ -202,16 +202,18 @@ def start_api(children: list[Child], env: dict, workers: int, threads: int) -> i
     port = free_port()
     api = Child("api", api_argv(port, workers, threads), env)
     children.append(api)
-
-    def answers() -> bool:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-    api.wait_for(answers, 60, "the API")
+    api.wait_for(lambda: healthy(port), 60, "the API")
     return port
+
+
+def healthy(port: int) -> bool:
+    """GET /health on 127.0.0.1:port answers 200."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
 
 
 def run_pgbench(url: str, script: str, clients: int, seconds: int, name: str, details: bool = False,

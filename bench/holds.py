@@ -1,18 +1,20 @@
 """bench/holds: what a hold costs an agent's critical path, beside a balance read in the same run (issue 16).
 
-One service (the API as `billing api` runs it, a worker), one database of workspaces with large balances and a
-user key each. Rounds of closed-loop phases driven by wrk (a C client: the load generator's CPU per request is
-small beside the service's on the same cores, so it does not pull the ratios toward 1), one after another: balance
-reads with a user's key (the hot read), hold creations (201, synchronous: the account locked, what is available
-re-checked, the hold written and committed), then captures of those holds, each once (202: the capture queued
-as an operation) with the worker stopped (SIGSTOP): the accept, what the agent waits for. Per phase: requests/s
-and p50/p99 latency, and the CPU the service spent per request (API, worker, its PostgreSQL backends); the rows
-give each hold call's cost per request as a multiple of the balance read's in the same round, the median round's
-(target ≤ 1.5×). The capture's posting is queued by design, off the agent's path: once the worker resumes, the
-postings of that set are metered on their own, and each round also captures a second set with the worker
-running on the same two cores, its CPU counted until every capture is applied (rows without a target: where a
-capture's whole cost goes). Afterwards every capture must have succeeded, the balances must equal their entries
-and the held cents what the open holds reserve (`billing audit`).
+One service (the API as `billing api` runs it, a worker), one database of workspaces with large balances and a user
+key each. Rounds of closed-loop phases driven by wrk (a C client: the load generator's CPU per request is small
+beside the service's on the same cores, so it does not pull the ratios toward 1), one after another: balance reads
+with a user's key (the hot read), hold creations (201, synchronous: the account locked, what is available
+re-checked, the hold written and committed), then captures of those holds, each once (202: the capture queued as an
+operation) with the worker stopped (SIGSTOP): the accept, what the agent waits for. Per phase: requests/s and
+p50/p99 latency, and the CPU the service spent per request (API, worker, its PostgreSQL backends); the rows give
+each hold call's cost per request as a multiple of the balance read's in the same round, the median round's (target
+≤ 1.5×). The capture's posting is queued by design, off the agent's path: once the worker resumes, the postings of
+that set are metered on their own, and each round also captures a second set with the worker running on the same two
+cores, its CPU counted until every capture is applied (rows without a target: where a capture's whole cost goes).
+Each round also runs the read and the creation against the floor app (bench/floor.py holds_app: the same statements
+in the thinnest Falcon + psycopg app, granian in the API's shape): what Python can do, the floor of the ratio.
+Afterwards every capture must have succeeded, the balances must equal their entries and the held cents what the open
+holds reserve (`billing audit`).
 """
 import argparse
 import os
@@ -24,12 +26,14 @@ from contextlib import contextmanager
 
 import psycopg
 
-from bench.harness import (Child, CpuMeter, SetupError, audit, fresh_database, log, per_request_ms, row,
-                           run_with_children, run_wrk, seed_api_keys, start_api, start_redis, user_key, workspace_id,
-                           write_result, wrk_script)
+from bench.floors import granian_argv
+from bench.harness import (Child, CpuMeter, SetupError, audit, free_port, fresh_database, healthy, log,
+                           per_request_ms, row, run_with_children, run_wrk, seed_api_keys, start_api, start_redis,
+                           user_key, workspace_id, write_result, wrk_script)
 
 TARGET = 1.5  # issue 16: create and capture within 1.5x of a balance read
 SERVICE = ("api", "worker", "postgres")  # the CPU a request costs the service: API, worker, its database backends
+FLOOR = ("floor", "postgres")  # and the floor app's (bench/floor.py holds_app)
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,10 +81,11 @@ def held_back(worker: Child):
         os.killpg(worker.proc.pid, signal.SIGCONT)
 
 
-def service_cpu(before: dict, after: dict, requests: int) -> dict:
-    """per_request_ms, with `service`: what the API, the worker and their PostgreSQL backends spent."""
+def service_cpu(before: dict, after: dict, requests: int, parts: tuple[str, ...] = SERVICE) -> dict:
+    """per_request_ms, with `service`: what the API, the worker and their PostgreSQL backends spent (`parts`; the
+    floor app's phases: the floor and its backends)."""
     cpu = per_request_ms(before, after, requests)
-    return cpu | {"service": round(sum(cpu[k] for k in SERVICE), 3)}
+    return cpu | {"service": round(sum(cpu[k] for k in parts), 3)}
 
 
 def postings(meter: CpuMeter, database_url: str, count: int) -> dict:
@@ -104,12 +109,13 @@ class Phases:
     def __init__(self, args, port: int, meter: CpuMeter, database_url: str) -> None:
         self.args, self.port, self.meter, self.database_url = args, port, meter, database_url
 
-    def run(self, script, seconds: int, name: str, settled=lambda: None) -> dict:
+    def run(self, script, seconds: int, name: str, settled=lambda: None, port: int | None = None,
+            parts: tuple[str, ...] = SERVICE) -> dict:
         before = self.meter.start()
-        figures = run_wrk(self.port, script, threads=self.args.wrk_threads, connections=self.args.connections,
-                          seconds=seconds, name=f"holds-{name}")
+        figures = run_wrk(port or self.port, script, threads=self.args.wrk_threads,
+                          connections=self.args.connections, seconds=seconds, name=f"holds-{name}")
         settled()
-        return figures | {"cpu_ms": service_cpu(before, self.meter.stop(), figures["requests"])}
+        return figures | {"cpu_ms": service_cpu(before, self.meter.stop(), figures["requests"], parts)}
 
     def now(self):
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -151,6 +157,11 @@ def run(args, children: list[Child]) -> int:
     children.append(worker)
     port = start_api(children, env, args.api_workers, args.api_threads)
     worker.wait_for(lambda: " ready." in worker.text(), 60, "the worker")
+    floor_port = free_port()
+    floor = Child("floor", granian_argv("bench.floor:holds_app", floor_port, args.api_workers, args.api_threads),
+                  env | {"BENCH_FLOOR_POOL": str(args.api_threads)})
+    children.append(floor)
+    floor.wait_for(lambda: healthy(floor_port), 60, "the floor app")
     meter = CpuMeter(children, database_url, args.database)
     phases = Phases(args, port, meter, database_url)
     operator = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -161,6 +172,7 @@ def run(args, children: list[Child]) -> int:
         ("POST", f"/workspaces/{workspace_id(n)}/billing/holds", operator,
          '{"amountCents": 100, "expiresInSeconds": 3600}') for n in range(1, w + 1)])
     phases.run(reads, 1, "warmup")  # connections, prepared statements
+    phases.run(reads, 1, "floor-warmup", port=floor_port, parts=FLOOR)
     # Rounds of the phases in turn, so a machine busy with something else for a while weighs on all alike; each
     # row's cost is the median round's.
     rounds, seconds = [], args.seconds
@@ -179,10 +191,15 @@ def run(args, children: list[Child]) -> int:
         phases.run(creates, seconds, "create-more")
         capture = phases.captures(operator, "capture-applied", max(1, seconds // 2), since,
                                   lambda: applied(database_url))
+        floor_read = phases.run(reads, seconds, "floor-read", port=floor_port, parts=FLOOR)
+        floor_create = phases.run(creates, seconds, "floor-create", port=floor_port, parts=FLOOR)
+        if floor_create["non_2xx"]:
+            raise SetupError(f"{floor_create['non_2xx']} of the floor's hold creations not answered 201")
         log(f"  read {read}\n  create {create}\n  capture, worker stopped {accept}\n  its postings after {posting}\n"
-            f"  capture, worker running, until applied {capture}")
+            f"  capture, worker running, until applied {capture}\n  floor app: read {floor_read}\n"
+            f"  floor app: create {floor_create}")
         rounds.append({"read": read, "create": create, "capture_accept": accept, "capture_posting": posting,
-                       "capture": capture})
+                       "capture": capture, "floor_read": floor_read, "floor_create": floor_create})
     with psycopg.connect(database_url, autocommit=True) as conn:
         deadline = time.monotonic() + 300
         while True:
@@ -220,6 +237,17 @@ def run(args, children: list[Child]) -> int:
                         cpu <= TARGET and ok if judged else None))
     read, accept = _median_round(rounds, "capture_accept")
     posting = next(r["capture_posting"] for r in rounds if r["capture_accept"] is accept)
+    # What Python can do: the floor app (the same statements, nothing else) serving the same two requests
+    ranked = sorted(rounds, key=lambda r: r["floor_read"]["req_per_s"] / r["floor_create"]["req_per_s"])
+    middle = ranked[len(ranked) // 2]
+    fr, fc = middle["floor_read"], middle["floor_create"]
+    rows.append(row("floor app (the same statements, granian as the API): hold create vs a balance read",
+                    f"{fc['req_per_s']:.0f} req/s, p50 {fc['p50_ms']} ms; {fc['cpu_ms']['service']} ms CPU (app "
+                    f"{fc['cpu_ms']['floor']}, PostgreSQL {fc['cpu_ms']['postgres']})",
+                    f"balance read {fr['req_per_s']:.0f} req/s, p50 {fr['p50_ms']} ms; {fr['cpu_ms']['service']} ms "
+                    f"CPU (app {fr['cpu_ms']['floor']}, PostgreSQL {fr['cpu_ms']['postgres']})",
+                    round(fr["req_per_s"] / fc["req_per_s"], 3), "— (what Python can do: the floor of the ratio)",
+                    None))
     rows.append(row("hold capture, its posting applied afterwards (worker resumed)", _cpu_text(posting),
                     "—", round(posting["service"] / read["cpu_ms"]["service"], 3),
                     "— (the posting's CPU per capture, as a multiple of the read's)", None))

@@ -31,7 +31,7 @@ def _hold(row) -> Hold:
 # concurrent holds never reserve more than is available. A limit is checked under the workspace's spending lock
 # (store.usage.lock_workspace); without one the account's row lock is all a hold needs, so it is one statement.
 _WITHIN_LIMIT = f"({spend.LIMIT} IS NULL OR {spend.SPENT} + {spend.RESERVED} + :amount <= {spend.LIMIT})"
-_RESERVE = psycopg_style(f"""
+RESERVE = psycopg_style(f"""
 WITH reserved AS (
     UPDATE billing_accounts a SET held_cents = a.held_cents + :amount
     FROM workspaces w
@@ -57,7 +57,7 @@ def reserve(driver: psycopg.Connection, *, hold_id: str, workspace_id: str, amou
             limited: bool) -> Hold | None:
     """A new hold on the workspace's default account; None when it was refused (see available()), or, not
     `limited`, when the workspace has a spend limit (reserve under its spending lock, `limited`, instead)."""
-    row = driver.cursor(row_factory=dict_row).execute(_RESERVE, {
+    row = driver.cursor(row_factory=dict_row).execute(RESERVE, {
         "id": hold_id, "workspace_id": workspace_id, "amount": amount_cents, "seconds": seconds,
         "description": description, "reference": reference, "created_by": created_by, "scope": scope,
         "limited": limited}, prepare=True).fetchone()
