@@ -13,7 +13,6 @@ attempt created (the same operation, the same checkout and so the same Stripe se
 """
 import hashlib
 import json
-import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +56,12 @@ def fingerprint(method: str, path: str, body: object) -> str:
     return hashlib.sha256("\n".join([method.upper(), path, canonical]).encode()).hexdigest()
 
 
+# Retry-After of a 409 for a key whose first request still runs: that request usually ends within it, and the
+# retry gets its answer. The lease (up to a minute) is how long a dead process's claim lasts: a client told to
+# wait that long would wait a minute for an answer ready in milliseconds.
+IN_PROGRESS_RETRY_AFTER = 1
+
+
 def new_scope() -> str:
     return f"idem_{secrets.token_hex(16)}"
 
@@ -66,7 +71,7 @@ def _replay(stored: StoredRequest, fingerprint_: str) -> Replay:
         raise Conflict("this Idempotency-Key was used with a different request")
     if stored.status is None:
         raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly",
-                       retry_after=max(1, math.ceil(stored.lease_seconds_left)))
+                       retry_after=IN_PROGRESS_RETRY_AFTER)
     return Replay(stored.status, stored.body, stored.headers or {})
 
 

@@ -18,7 +18,6 @@ class StoredRequest:
     status: int | None  # None while the first request is still in flight
     body: str | None
     headers: dict | None
-    lease_seconds_left: float  # while in flight
 
 
 _FREE = """(k.created_at < now() - make_interval(secs => :ttl)
@@ -41,8 +40,7 @@ RETURNING k.scope"""
 _CLAIM = text(_TAKE.format(row="""VALUES (:caller, :key, :fingerprint, :scope, :status, :body, CAST(:headers AS jsonb),
         :token, CASE WHEN CAST(:token AS text) IS NULL THEN NULL ELSE now() + make_interval(secs => :lease) END)"""))
 _STORED = text("""
-SELECT fingerprint, response_status, response_body, response_headers,
-       GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0) AS lease_left
+SELECT fingerprint, response_status, response_body, response_headers
 FROM idempotency_keys WHERE caller = :caller AND key = :key
 """)
 
@@ -89,8 +87,7 @@ def claim(conn: Connection, caller: str, key: str, fingerprint: str, scope: str,
 def stored(conn: Connection, caller: str, key: str) -> StoredRequest:
     """What holds the key."""
     row = conn.execute(_STORED, {"caller": caller, "key": key}).mappings().one()
-    return StoredRequest(row["fingerprint"], row["response_status"], row["response_body"],
-                         row["response_headers"], float(row["lease_left"] or 0))
+    return StoredRequest(row["fingerprint"], row["response_status"], row["response_body"], row["response_headers"])
 
 
 _FINISH = text("""

@@ -107,7 +107,7 @@ def test_a_claim_left_by_a_dead_process_answers_409_with_retry_after_until_its_l
     claim = services.idempotency.claim(KeyedRequest(OPERATOR_CALLER.name, key, fingerprint("POST", *request)))
     held = send(api, request, key)
     assert_problem(held, 409)
-    assert 1 <= int(held.headers["retry-after"]) <= 60
+    assert held.headers["retry-after"] == "1"  # the first request usually ends within it, not in a lease
     expire_leases(engine)
     retried = send(api, request, key)
     assert retried.status_code == 202, retried.text
