@@ -102,6 +102,23 @@ def _ts(value) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+REFUSED = object()
+
+
+def _body(req: falcon.Request, resp: falcon.Response):
+    """The request's JSON body ({} when it is empty), or REFUSED with the 413 or 400 written."""
+    length = req.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        _problem(resp, 413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        return REFUSED
+    raw = req.bounded_stream.read() if length else b""
+    try:
+        return orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        _problem(resp, 400, "Bad Request", "the body is not valid JSON")
+        return REFUSED
+
+
 def _unauthorized(resp: falcon.Response, detail: str) -> None:
     for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
         resp.delete_header(name)
@@ -297,15 +314,8 @@ class RateLimitCheck:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         floor = self.floor
-        length = req.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            _problem(resp, 413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-            return
-        raw = req.bounded_stream.read() if length else b""
-        try:
-            body = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError:
-            _problem(resp, 400, "Bad Request", "the body is not valid JSON")
+        body = _body(req, resp)
+        if body is REFUSED:
             return
         cost = body.get("cost", 1) if isinstance(body, dict) else None
         if type(cost) is not int or not 1 <= cost <= 100_000 or set(body) - {"cost"}:
@@ -349,14 +359,8 @@ class HoldCreate:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, workspace_id: str) -> None:
         floor = self.floor
-        length = req.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            _problem(resp, 413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-            return
-        try:
-            body = orjson.loads(req.bounded_stream.read() if length else b"{}")
-        except orjson.JSONDecodeError:
-            _problem(resp, 400, "Bad Request", "the body is not valid JSON")
+        body = _body(req, resp)
+        if body is REFUSED:
             return
         fields = body if isinstance(body, dict) else {}
         amount, seconds = fields.get("amountCents"), fields.get("expiresInSeconds", 3600)
