@@ -40,9 +40,9 @@ new, and whatever was created under the old one no longer stands in its way. A r
 endpoint ran (a bad key, a body refused with 400, 413 or 422) claims nothing, so it may be corrected and
 sent again under the same key. A second request while the first still runs: 409 with `Retry-After: 1` (the
 first usually ends within it, and the retry gets its answer); a claim whose process died is released after
-`BILLING_IDEMPOTENCY_LEASE_SECONDS` (default 60) and the retry runs anew. Answers of 500 and above, and 402, are never recorded: the retry runs anew, and finds what
-the first attempt created (the same operation, the same checkout, and through Stripe's own idempotency key
-the same Checkout Session), so nothing is created twice.
+`BILLING_IDEMPOTENCY_LEASE_SECONDS` (default 60) and the retry runs anew. Answers of 500 and above, and 402,
+are never recorded: the retry runs anew, and finds what the first attempt created (the same operation, the
+same checkout, and through Stripe's own idempotency key the same Checkout Session), so nothing is created twice.
 
 Queued operations (`202` + Operation): `failed` only for a business refusal (insufficient balance, unknown
 account, amount mismatch). A transient cause (the billing account locked by another transaction for longer
