@@ -67,6 +67,13 @@ WHERE h.settled_at IS NOT NULL AND h.captured_cents > 0 AND NOT EXISTS (
 ORDER BY h.billing_account_id, h.id
 """)
 
+# Written by the statement that found both (migration 0017: no foreign keys).
+_HOLD_ORPHANS = text("""
+SELECT h.billing_account_id, h.id FROM holds h
+WHERE NOT EXISTS (SELECT 1 FROM billing_accounts a WHERE a.id = h.billing_account_id)
+   OR NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = h.workspace_id)
+ORDER BY h.billing_account_id, h.id
+""")
 
 # An auto top-up is credited exactly when it succeeded: one stripe_topup entry of its amount under its key.
 _TOP_UP_MISMATCH = text("""
@@ -106,6 +113,8 @@ def problems(conn: Connection, *, stuck_after: timedelta) -> list[str]:
               for row in conn.execute(_HELD_MISMATCH)]
     found += [f"hold {row.id} of account {row.billing_account_id}: captured without its usage entry"
               for row in conn.execute(_CAPTURE_MISMATCH)]
+    found += [f"hold {row.id} of account {row.billing_account_id}: its account or workspace does not exist"
+              for row in conn.execute(_HOLD_ORPHANS)]
     found += [f"operation {op_id}: unfinished for more than {stuck_after}"
               for op_id in operations.stuck(conn, older_than=stuck_after)]
     found += [f"auto top-up {row.id} of account {row.billing_account_id}: {row.status} but credited "

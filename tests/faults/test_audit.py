@@ -70,3 +70,24 @@ def test_a_statement_stopped_at_its_time_limit_is_named_as_that(database_url):
             uow.conn.execute(text("SELECT pg_sleep(0.3)"))
     finally:
         limited.dispose()
+
+
+def test_billing_audit_names_a_hold_whose_workspace_does_not_exist(api, services, engine):
+    """holds has no foreign keys (migration 0017): the statement that inserts a hold found its account and workspace;
+    the audit checks that every hold's still exist. A released hold on a workspace id nobody has stands in for one
+    written otherwise."""
+    account_id = api.new_user().default_account_id
+    hold = "hold_" + "0" * 32
+    with engine.begin() as conn:
+        conn.execute(text("""
+            INSERT INTO holds (billing_account_id, id, workspace_id, amount_cents, status, expires_at, created_by,
+                               settled_at)
+            VALUES (:account, :hold, 'ws_nobody', 100, 'released', now(), 'operator', now())"""),
+                     {"account": account_id, "hold": hold})
+    try:
+        assert [p for p in services.audit.problems() if hold in p] == [
+            f"hold {hold} of account {account_id}: its account or workspace does not exist"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM holds WHERE id = :hold"), {"hold": hold})
+    assert [p for p in services.audit.problems() if hold in p] == []
