@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	$(VENV)/bin/pip install --quiet -e ./client
 	touch $(STAMP)
 
+# The suite's processes (pytest-xdist): most of its time is flow and fault tests waiting on processes they
+# started, which overlap well on two cores. 0: one process, no xdist.
+TEST_WORKERS ?= 2
+
 .PHONY: run test install
 install: $(STAMP)
 
@@ -17,4 +21,4 @@ run: $(STAMP)
 	$(VENV)/bin/billing standalone
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --numprocesses $(TEST_WORKERS)
