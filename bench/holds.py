@@ -248,6 +248,15 @@ def run(args, children: list[Child]) -> int:
                     f"CPU (app {fr['cpu_ms']['floor']}, PostgreSQL {fr['cpu_ms']['postgres']})",
                     round(fr["req_per_s"] / fc["req_per_s"], 3), "— (what Python can do: the floor of the ratio)",
                     None))
+    ratios = sorted((r["floor_create"]["cpu_ms"]["service"] / r["floor_read"]["cpu_ms"]["service"], i)
+                    for i, r in enumerate(rounds))
+    cpu, i = ratios[len(ratios) // 2]
+    fr, fc = rounds[i]["floor_read"], rounds[i]["floor_create"]
+    rows.append(row("floor app: hold create, its CPU per request vs a balance read's",
+                    f"{fc['cpu_ms']['service']} ms CPU (app {fc['cpu_ms']['floor']}, PostgreSQL "
+                    f"{fc['cpu_ms']['postgres']})",
+                    f"balance read {fr['cpu_ms']['service']} ms CPU (app {fr['cpu_ms']['floor']}, PostgreSQL "
+                    f"{fr['cpu_ms']['postgres']})", round(cpu, 3), "— (the floor of the CPU ratio)", None))
     rows.append(row("hold capture, its posting applied afterwards (worker resumed)", _cpu_text(posting),
                     "—", round(posting["service"] / read["cpu_ms"]["service"], 3),
                     "— (the posting's CPU per capture, as a multiple of the read's)", None))
