@@ -33,7 +33,6 @@ import hmac
 import math
 import os
 import time
-import uuid
 from datetime import UTC, datetime
 
 import falcon
@@ -43,6 +42,7 @@ from psycopg_pool import ConnectionPool
 
 # --- the service's statements, the very strings it prepares (domain/store/prepared.py)
 
+from domain.ids import new_id
 from domain.store.holds import RESERVE
 from domain.store.prepared import (BALANCE_FOR_KEY, BALANCE_FOR_USER, TIER_OF_WORKSPACE, WORKSPACE_FOR_KEY,
                                    WORKSPACE_FOR_USER, page_statement)
@@ -381,7 +381,7 @@ class HoldCreate:
                 _problem(resp, 404, "Not Found", "workspace not found")
                 return
             row = conn.execute(RESERVE, {
-                "id": f"hold_{uuid.uuid4().hex}", "workspace_id": workspace_id, "amount": amount, "seconds": seconds,
+                "id": new_id("hold"), "workspace_id": workspace_id, "amount": amount, "seconds": seconds,
                 "description": description, "reference": None, "created_by": "operator", "scope": None,
                 "limited": False}, prepare=True).fetchone()
         if row is None:

@@ -1,12 +1,18 @@
 """Opaque, prefixed identifiers."""
-import uuid
+import secrets
+import time
 
 PREFIXES = ("usr", "ba", "ws", "op", "key", "chk", "grt", "hold", "atu")
 _HEX = frozenset("0123456789abcdef")
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """The prefix, then 32 hex digits: the time in milliseconds (12), then 80 random bits (20).
+
+    Time first, so that the rows a table gains together sit together in its indexes on the id (on (workspace_id,
+    id) and (billing_account_id, id) too): an insert touches the pages the last ones did, which stay cached, where a
+    random id lands on any page of an index that grows past memory (the holds' two, 50 MB after 150,000 holds)."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def looks_like(prefix: str, value: str) -> bool:
