@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import Connection, text
 
 from domain import times
+from domain.ids import SQL_HEX
 from domain.names import WebhookEventType as Event
 
 PENDING = "billing.webhook_events"  # Connection.info key: what this transaction emitted, in order
@@ -91,7 +92,7 @@ WITH given AS (
     ) AS t(type, data, due)
     WHERE t.due AND c.workspace_id IN (SELECT workspace_id FROM listening)
 ), wanted AS (
-    SELECT 'evt_' || replace(CAST(gen_random_uuid() AS text), '-', '') AS id, e.*
+    SELECT 'evt_' || {SQL_HEX} AS id, e.*
     FROM (SELECT * FROM given UNION ALL SELECT * FROM derived) e
     WHERE EXISTS (SELECT 1 FROM listening l WHERE l.workspace_id = e.workspace_id AND e.type = ANY(l.events))
 ), events AS (
@@ -100,7 +101,7 @@ WITH given AS (
     RETURNING id, workspace_id, type
 )
 INSERT INTO webhook_deliveries (id, endpoint_id, event_id, next_attempt_at)
-SELECT 'dlv_' || replace(CAST(gen_random_uuid() AS text), '-', ''), l.id, e.id, now()
+SELECT 'dlv_' || {SQL_HEX}, l.id, e.id, now()
 FROM events e JOIN listening l ON l.workspace_id = e.workspace_id AND e.type = ANY(l.events)
 RETURNING id
 """)
