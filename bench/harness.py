@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psycopg
 
+from domain.ids import SQL_HEX
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "logs"
@@ -459,7 +461,7 @@ WITH inserted AS (
     INSERT INTO ceiling.ledger_entries (billing_account_id, workspace_id, kind, amount_cents,
                                 balance_after_cents, description, reference, idempotency_key)
     SELECT a.id, NULL, 'credit_grant', CAST(:amount AS bigint), a.balance_cents + CAST(:amount AS bigint),
-           'bench credit', NULL, 'op' || chr(58) || 'op_' || replace(gen_random_uuid()::text, '-', '')
+           'bench credit', NULL, 'op' || chr(58) || 'op_' || {hex}
     FROM ceiling.billing_accounts a
     WHERE a.id = 'ba_' || md5('a' || CAST(:aid AS text)) AND (false OR a.balance_cents + CAST(:amount AS bigint) >= 0)
     FOR UPDATE
@@ -479,7 +481,7 @@ WHERE id = 'ba_' || md5('a' || CAST(:aid AS text)) RETURNING balance_cents;
 INSERT INTO ceiling.ledger_entries (billing_account_id, kind, amount_cents, balance_after_cents,
                                     description, idempotency_key)
 SELECT id, 'credit_grant', CAST(:amount AS bigint), balance_cents, 'bench credit',
-       'op' || chr(58) || 'op_' || replace(gen_random_uuid()::text, '-', '')
+       'op' || chr(58) || 'op_' || {hex}
 FROM ceiling.billing_accounts WHERE id = 'ba_' || md5('a' || CAST(:aid AS text));
 END;
 """,
@@ -498,8 +500,8 @@ def credit_ceiling(url: str, first: int, last: int, clients: int, seconds: int, 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(CREDIT_CEILING_TABLES)
         conn.execute("VACUUM ANALYZE ceiling.billing_accounts, ceiling.ledger_entries")
-    runs = {name: run_pgbench(url, script.format(first=first, last=last), clients, seconds, f"credit-{name}",
-                              details) for name, script in CREDIT_CEILING_SCRIPTS.items()}
+    runs = {name: run_pgbench(url, script.format(first=first, last=last, hex=SQL_HEX), clients, seconds,
+                              f"credit-{name}", details) for name, script in CREDIT_CEILING_SCRIPTS.items()}
     with psycopg.connect(url, autocommit=True) as conn:
         if conn.execute(CREDIT_CEILING_AUDIT).fetchone()[0]:
             raise SetupError("the ceiling's copied accounts do not match their entries after pgbench")

@@ -13,6 +13,7 @@ import re
 import psycopg
 
 from bench.harness import SetupError, log, run_pgbench
+from domain.ids import SQL_HEX
 from domain.store import ledger
 
 SCHEMA = "ceiling2"
@@ -26,8 +27,8 @@ SCRIPT = """\\set n random({first}, {last})
 BEGIN;
 INSERT INTO {s}.operations (id, kind, caller, idempotency_scope, workspace_id, billing_account_id, payload,
                             trace_parent)
-SELECT 'op_' || replace(CAST(gen_random_uuid() AS text), '-', ''), 'credit', 'operator',
-       'idem_' || replace(CAST(gen_random_uuid() AS text), '-', ''), w.id, w.default_billing_account_id,
+SELECT 'op_' || {hex}, 'credit', 'operator',
+       'idem_' || {hex}, w.id, w.default_billing_account_id,
        CAST('{{"amountCents": ' || :amount || ', "description": "bench credit"}}' AS jsonb), NULL
 FROM public.workspaces w WHERE w.id = 'ws_' || md5('w' || CAST(:n AS text))
 ON CONFLICT (caller, idempotency_scope) WHERE idempotency_scope IS NOT NULL DO NOTHING
@@ -67,7 +68,7 @@ COMMIT;
 # kept by \gset e_ from the posting before it).
 GRANT = """INSERT INTO {s}.grants (billing_account_id, id, entry_id, source, category, priority, expires_at,
                         amount_cents, opened_cents, remaining_cents, status, closed_entry_id, created_at)
-SELECT :e_billing_account_id, 'grt_' || replace(CAST(gen_random_uuid() AS text), '-', ''), CAST(:e_id AS bigint),
+SELECT :e_billing_account_id, 'grt_' || {hex}, CAST(:e_id AS bigint),
        '{source}', '{category}', 50, NULL, CAST(:e_amount_cents AS bigint), o.cents, o.cents,
        CASE WHEN o.cents > 0 THEN 'active' ELSE 'depleted' END, CASE WHEN o.cents = 0 THEN CAST(:e_id AS bigint) END,
        CAST(:e_created_at AS timestamptz)
@@ -137,8 +138,8 @@ def script(first: int, last: int) -> str:
     posting = posting_sql(SCHEMA, workspace_id=":op_workspace_id", kind="'credit_grant'", amount=amount,
                           description="'bench credit'", reference=":op_id", key="'op' || chr(58) || :op_id",
                           account_id=":op_billing_account_id", allow_negative="false")
-    return SCRIPT.format(first=first, last=last, s=SCHEMA, posting=posting,
-                         grant=GRANT.format(s=SCHEMA, source="operator", category="promotional"))
+    return SCRIPT.format(first=first, last=last, s=SCHEMA, posting=posting, hex=SQL_HEX,
+                         grant=GRANT.format(s=SCHEMA, source="operator", category="promotional", hex=SQL_HEX))
 
 
 def two_commit_ceiling(url: str, first: int, last: int, clients: int, seconds: int) -> dict:

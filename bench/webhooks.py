@@ -30,6 +30,7 @@ from bench.harness import (Child, CpuMeter, Load, SetupError, audit, credit_ceil
                            per_request_ms, percentile, row, run_pgbench, seed_api_keys, service_env, start_api,
                            start_redis_on, start_worker, user_key, wait_until, workspace_id, write_result)
 from bench.two_commits import GRANT, copy_tables, posting_sql
+from domain.ids import SQL_HEX
 from domain.tiers import DEFAULT_TABLE, TierTable, decide
 from tests.standins.stripe_api import StripeStandIn, signed_event
 
@@ -195,7 +196,8 @@ def ceiling_script(cap: int, workspaces: int, redeliveries: float, second_events
         accept_second=ACCEPT.format(event=second_event, type="checkout.session.async_payment_succeeded",
                                     payload=payload, s=CEILING_SCHEMA),
         apply_credit=APPLY_CREDIT.format(event=EVENT.format(n=":n"), tier=tier, reason=reason, posting=posting,
-                                         grant=GRANT.format(s=CEILING_SCHEMA, source="stripe", category="paid"), **ids),
+                                         grant=GRANT.format(s=CEILING_SCHEMA, source="stripe", category="paid",
+                                                           hex=SQL_HEX), **ids),
         apply_again=APPLY_AGAIN.format(event=second_event, **ids))
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from domain.errors import Conflict
+from domain.ids import new_id
 from domain.services.context import Context
 from domain.store import idempotency
 from domain.store.idempotency import StoredRequest
@@ -63,7 +64,7 @@ IN_PROGRESS_RETRY_AFTER = 1
 
 
 def new_scope() -> str:
-    return f"idem_{secrets.token_hex(16)}"
+    return new_id("idem")  # time-ordered, as the (caller, idempotency_scope) indexes would have them
 
 
 def _replay(stored: StoredRequest, fingerprint_: str) -> Replay:
