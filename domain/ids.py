@@ -10,8 +10,9 @@ def new_id(prefix: str) -> str:
     """The prefix, then 32 hex digits: the time in milliseconds (12), then 80 random bits (20).
 
     Time first, so that the rows a table gains together sit together in its indexes on the id (on (workspace_id,
-    id) and (billing_account_id, id) too): an insert touches the pages the last ones did, which stay cached, where a
-    random id lands on any page of an index that grows past memory (the holds' two, 50 MB after 150,000 holds)."""
+    id) and (billing_account_id, id) too): an insert touches the pages the last ones did, where a random id lands
+    on any page of the index, and after a checkpoint the first change of each page writes all of it to the WAL
+    (bench/id_order: 8.3 kB of WAL per hold creation with random ids, 1.9 kB with these)."""
     return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
