@@ -48,23 +48,27 @@ FROM generate_series(1, %(holds)s) g JOIN workspaces w ON w.id = 'ws_' || md5('w
 
 
 def create_holds(url: str, make_id, count: int, clients: int) -> float:
-    """`count` hold creations from `clients` connections; seconds taken."""
+    """`count` hold creations from `clients` connections; seconds taken. A client's failure fails the bench."""
     left = iter(range(count))
     lock = threading.Lock()
+    failures: list[Exception] = []
 
     def client() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            while True:
-                with lock:
-                    n = next(left, None)
-                if n is None:
-                    return
-                row = conn.execute(RESERVE, {
-                    "id": make_id(), "workspace_id": workspace_id(n % 200 + 1), "amount": 100, "seconds": 3600,
-                    "description": "", "reference": None, "created_by": "operator", "scope": None,
-                    "limited": False}, prepare=True).fetchone()
-                if row is None:
-                    raise RuntimeError("a hold was refused")
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                while True:
+                    with lock:
+                        n = next(left, None)
+                    if n is None:
+                        return
+                    row = conn.execute(RESERVE, {
+                        "id": make_id(), "workspace_id": workspace_id(n % 200 + 1), "amount": 100, "seconds": 3600,
+                        "description": "", "reference": None, "created_by": "operator", "scope": None,
+                        "limited": False}, prepare=True).fetchone()
+                    if row is None:
+                        raise RuntimeError("a hold was refused")
+        except Exception as exc:  # handed to the main thread, which raises it
+            failures.append(exc)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.monotonic()
@@ -72,6 +76,8 @@ def create_holds(url: str, make_id, count: int, clients: int) -> float:
         t.start()
     for t in threads:
         t.join()
+    if failures:
+        raise failures[0]
     return time.monotonic() - started
 
 
