@@ -2,7 +2,6 @@
 import secrets
 import time
 
-PREFIXES = ("usr", "ba", "ws", "op", "key", "chk", "grt", "hold", "atu")
 _HEX = frozenset("0123456789abcdef")
 
 
