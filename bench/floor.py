@@ -382,8 +382,8 @@ class HoldCreate:
                 return
             row = conn.execute(RESERVE, {
                 "id": new_id("hold"), "workspace_id": workspace_id, "amount": amount, "seconds": seconds,
-                "description": description, "reference": None, "created_by": "operator", "scope": None,
-                "limited": False}, prepare=True).fetchone()
+                "description": description, "reference": None, "created_by": "operator", "scope": None},
+                prepare=True).fetchone()
         if row is None:
             _problem(resp, 402, "Payment Required", "the hold was refused")
             return

@@ -63,8 +63,8 @@ def create_holds(url: str, make_id, count: int, clients: int) -> float:
                         return
                     row = conn.execute(RESERVE, {
                         "id": make_id(), "workspace_id": workspace_id(n % 200 + 1), "amount": 100, "seconds": 3600,
-                        "description": "", "reference": None, "created_by": "operator", "scope": None,
-                        "limited": False}, prepare=True).fetchone()
+                        "description": "", "reference": None, "created_by": "operator", "scope": None},
+                        prepare=True).fetchone()
                     if row is None:
                         raise RuntimeError("a hold was refused")
         except Exception as exc:  # handed to the main thread, which raises it

@@ -4,6 +4,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -368,3 +369,35 @@ def test_captures_of_one_account_in_one_batch_draw_the_grants_one_after_another(
     assert closed_by == f"hold:{holds[1]}"
     assert _balance(api, owner, ws)["balanceCents"] == 400
     assert ledger_problems(services, owner.default_account_id) == []
+
+
+def test_a_hold_creation_is_planned_once_however_many_holds_a_workspace_keeps(api, database_url, owner_ws):
+    """PostgreSQL keeps one plan for a prepared statement (a generic plan) only while that plan's estimated cost
+    stays near a planned-per-call one's. The creation's statement for a workspace without a spend limit must not
+    carry the limit's sum over a workspace's unsettled holds: costed even where it is skipped, that sum grows with
+    the holds table until every creation is planned anew."""
+    owner, ws = owner_ws
+    busy = api.new_user("Busy")
+    busy_ws = api.new_workspace(busy)["id"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with conn.transaction():  # 20,000 unsettled holds on one workspace, its account's held_cents with them
+            conn.execute("INSERT INTO holds (billing_account_id, id, workspace_id, amount_cents, expires_at, created_by) "
+                         "SELECT %(account)s, 'hold_' || lpad(to_hex(n), 32, '0'), %(ws)s, 1, now() + interval '1 hour', "
+                         "'operator' FROM generate_series(1, 20000) n", {"account": busy.default_account_id, "ws": busy_ws})
+            conn.execute("UPDATE billing_accounts SET held_cents = held_cents + 20000 WHERE id = %s",
+                         (busy.default_account_id,))
+        conn.execute("ANALYZE holds")
+        try:
+            for _ in range(8):
+                hold = holds_sql.reserve(conn, hold_id=new_id("hold"), workspace_id=ws, amount_cents=10, seconds=600,
+                                         description="", reference=None, created_by="operator", scope=None,
+                                         limited=False)
+                assert hold is not None and hold.workspace_id == ws
+            generic, custom = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                           "WHERE statement LIKE '%%INSERT INTO holds%%'").fetchone()
+        finally:
+            conn.execute("UPDATE holds SET settled_at = now(), status = 'released' WHERE workspace_id = ANY(%s) "
+                         "AND settled_at IS NULL", ([ws, busy_ws],))
+            conn.execute("UPDATE billing_accounts SET held_cents = 0 WHERE id = ANY(%s)",
+                         ([owner.default_account_id, busy.default_account_id],))
+    assert (generic, custom) == (3, 5)  # PostgreSQL plans the first five calls for their values, then keeps one
