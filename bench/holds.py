@@ -66,6 +66,14 @@ def applied(database_url: str, timeout: float = 120) -> None:
             time.sleep(0.05)
 
 
+def analyze(database_url: str) -> None:
+    """The statistics autovacuum keeps as the tables grow (the server this runs on may have it off): PostgreSQL
+    plans the API's prepared statements from them, and keeps a plan only while they say it is no dearer than one
+    made for each call's values."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
 def _cpu_text(cpu_ms: dict) -> str:
     return (f"{cpu_ms['service']} ms CPU (API {cpu_ms['api']}, worker {cpu_ms['worker']}, "
             f"PostgreSQL {cpu_ms['postgres']})")
@@ -179,6 +187,7 @@ def run(args, children: list[Child]) -> int:
     for r in range(args.rounds):
         log(f"round {r + 1}/{args.rounds}: balance reads, hold creations, captures ({seconds} s each, wrk "
             f"-t{args.wrk_threads} -c{args.connections})")
+        analyze(database_url)
         read = phases.run(reads, seconds, "read")
         since = phases.now()
         create = phases.run(creates, seconds, "create")
