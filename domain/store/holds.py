@@ -31,9 +31,10 @@ def _hold(row) -> Hold:
 # never reserve more than is available. A limit is checked under the workspace's spending lock
 # (store.usage.lock_workspace); without one the account's row lock is all a hold needs, so it is one statement.
 # Two statements rather than one with a flag: PostgreSQL keeps one plan for a prepared statement only while that
-# generic plan's estimated cost stays near the cost of one planned for each call's values, and the limit's sum over a
-# workspace's unsettled holds, costed whatever the flag says, passed it once the statistics counted five of them per
-# workspace (two did not): from then on every creation was planned anew (tests/api/test_holds.py, "planned once").
+# generic plan's estimated cost stays near the cost of one planned for each call's values. The limit's sum over a
+# workspace's unsettled holds, costed whatever the flag says, made the generic plan the dearer once the statistics
+# counted five of them per workspace (two did not): from then on every creation was planned anew
+# (tests/api/test_holds.py, "planned once").
 _RESERVE = """
 WITH reserved AS (
     UPDATE billing_accounts a SET held_cents = a.held_cents + :amount

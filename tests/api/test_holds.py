@@ -381,9 +381,10 @@ def test_a_hold_creation_is_planned_once_however_many_holds_a_workspace_keeps(ap
     busy_ws = api.new_workspace(busy)["id"]
     with psycopg.connect(database_url, autocommit=True) as conn:
         with conn.transaction():  # 20,000 unsettled holds on one workspace, its account's held_cents with them
-            conn.execute("INSERT INTO holds (billing_account_id, id, workspace_id, amount_cents, expires_at, created_by) "
-                         "SELECT %(account)s, 'hold_' || lpad(to_hex(n), 32, '0'), %(ws)s, 1, now() + interval '1 hour', "
-                         "'operator' FROM generate_series(1, 20000) n", {"account": busy.default_account_id, "ws": busy_ws})
+            conn.execute("INSERT INTO holds (billing_account_id, id, workspace_id, amount_cents, expires_at, "
+                         "created_by) SELECT %(account)s, 'hold_' || lpad(to_hex(n), 32, '0'), %(ws)s, 1, "
+                         "now() + interval '1 hour', 'operator' FROM generate_series(1, 20000) n",
+                         {"account": busy.default_account_id, "ws": busy_ws})
             conn.execute("UPDATE billing_accounts SET held_cents = held_cents + 20000 WHERE id = %s",
                          (busy.default_account_id,))
         conn.execute("ANALYZE holds")
@@ -394,7 +395,7 @@ def test_a_hold_creation_is_planned_once_however_many_holds_a_workspace_keeps(ap
                                          limited=False)
                 assert hold is not None and hold.workspace_id == ws
             generic, custom = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                                           "WHERE statement LIKE '%%INSERT INTO holds%%'").fetchone()
+                                           "WHERE statement LIKE '%INSERT INTO holds%'").fetchone()
         finally:
             conn.execute("UPDATE holds SET settled_at = now(), status = 'released' WHERE workspace_id = ANY(%s) "
                          "AND settled_at IS NULL", ([ws, busy_ws],))
