@@ -103,11 +103,20 @@ def postings(meter: CpuMeter, database_url: str, count: int) -> dict:
     return service_cpu(before, meter.stop(), count)
 
 
-def _median_round(rounds: list[dict], name: str) -> tuple[dict, dict]:
-    """(read, phase) figures of the round whose phase-to-read cost ratio is the median."""
-    ranked = sorted(rounds, key=lambda r: r["read"]["req_per_s"] / r[name]["req_per_s"])
-    middle = ranked[len(ranked) // 2]
-    return middle["read"], middle[name]
+def _median_round(rounds: list[dict], ratio) -> tuple[dict, float]:
+    """The round whose ratio (a function of a round) is the median, and that ratio."""
+    middle = sorted(rounds, key=ratio)[len(rounds) // 2]
+    return middle, ratio(middle)
+
+
+def _by_req_per_s(phase: str, read: str = "read"):
+    """A round's cost ratio of `phase` to `read` by requests/s."""
+    return lambda r: r[read]["req_per_s"] / r[phase]["req_per_s"]
+
+
+def _by_cpu(phase: str, read: str = "read"):
+    """A round's ratio of the CPU per request `phase` cost the service (or the floor app) to `read`'s."""
+    return lambda r: r[phase]["cpu_ms"]["service"] / r[read]["cpu_ms"]["service"]
 
 
 class Phases:
@@ -225,8 +234,8 @@ def run(args, children: list[Child]) -> int:
     for name, phase_name in (("hold create (201)", "create"),
                              ("hold capture's accept (202, queued; what the agent waits for)", "capture_accept")):
         # per-request cost against a balance read's, same client, same round; the median round's
-        read, figures = _median_round(rounds, phase_name)
-        cost = read["req_per_s"] / figures["req_per_s"]
+        median, cost = _median_round(rounds, _by_req_per_s(phase_name))
+        read, figures = median["read"], median[phase_name]
         rows.append(row(f"{name} vs a balance read",
                         f"{figures['req_per_s']:.0f} req/s, p50 {figures['p50_ms']} ms; {_cpu_text(figures['cpu_ms'])}",
                         f"balance read {read['req_per_s']:.0f} req/s, p50 {read['p50_ms']} ms; "
@@ -235,32 +244,27 @@ def run(args, children: list[Child]) -> int:
     for name, phase_name in (("hold create", "create"), ("hold capture, the accept", "capture_accept"),
                              ("hold capture, applied included (worker running)", "capture")):
         # the CPU the service spent per request (API, worker, its PostgreSQL backends), the median round's
-        ratios = sorted((r[phase_name]["cpu_ms"]["service"] / r["read"]["cpu_ms"]["service"], i)
-                        for i, r in enumerate(rounds))
-        cpu, i = ratios[len(ratios) // 2]
+        median, cpu = _median_round(rounds, _by_cpu(phase_name))
         judged = phase_name != "capture"
         target = f"≤ {TARGET}× the read's" if judged else "— (the posting is off the agent's path)"
         rows.append(row(f"{name}: the service's CPU per request vs a balance read's",
-                        _cpu_text(rounds[i][phase_name]["cpu_ms"]),
-                        f"balance read {_cpu_text(rounds[i]['read']['cpu_ms'])}", round(cpu, 3), target,
+                        _cpu_text(median[phase_name]["cpu_ms"]),
+                        f"balance read {_cpu_text(median['read']['cpu_ms'])}", round(cpu, 3), target,
                         cpu <= TARGET and ok if judged else None))
-    read, accept = _median_round(rounds, "capture_accept")
-    posting = next(r["capture_posting"] for r in rounds if r["capture_accept"] is accept)
+    median, _ = _median_round(rounds, _by_req_per_s("capture_accept"))
+    read, posting = median["read"], median["capture_posting"]
     # What Python can do: the floor app (the same statements, nothing else) serving the same two requests
-    ranked = sorted(rounds, key=lambda r: r["floor_read"]["req_per_s"] / r["floor_create"]["req_per_s"])
-    middle = ranked[len(ranked) // 2]
-    fr, fc = middle["floor_read"], middle["floor_create"]
+    median, cost = _median_round(rounds, _by_req_per_s("floor_create", "floor_read"))
+    fr, fc = median["floor_read"], median["floor_create"]
     rows.append(row("floor app (the same statements, granian as the API): hold create vs a balance read",
                     f"{fc['req_per_s']:.0f} req/s, p50 {fc['p50_ms']} ms; {fc['cpu_ms']['service']} ms CPU (app "
                     f"{fc['cpu_ms']['floor']}, PostgreSQL {fc['cpu_ms']['postgres']})",
                     f"balance read {fr['req_per_s']:.0f} req/s, p50 {fr['p50_ms']} ms; {fr['cpu_ms']['service']} ms "
                     f"CPU (app {fr['cpu_ms']['floor']}, PostgreSQL {fr['cpu_ms']['postgres']})",
-                    round(fr["req_per_s"] / fc["req_per_s"], 3), "— (what Python can do: the floor of the ratio)",
+                    round(cost, 3), "— (what Python can do: the floor of the ratio)",
                     None))
-    ratios = sorted((r["floor_create"]["cpu_ms"]["service"] / r["floor_read"]["cpu_ms"]["service"], i)
-                    for i, r in enumerate(rounds))
-    cpu, i = ratios[len(ratios) // 2]
-    fr, fc = rounds[i]["floor_read"], rounds[i]["floor_create"]
+    median, cpu = _median_round(rounds, _by_cpu("floor_create", "floor_read"))
+    fr, fc = median["floor_read"], median["floor_create"]
     rows.append(row("floor app: hold create, its CPU per request vs a balance read's",
                     f"{fc['cpu_ms']['service']} ms CPU (app {fc['cpu_ms']['floor']}, PostgreSQL "
                     f"{fc['cpu_ms']['postgres']})",
