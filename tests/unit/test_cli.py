@@ -117,9 +117,11 @@ def test_a_server_on_a_port_already_listened_on_refuses_to_start(port_served_wit
 
 
 # A SIGTERM handed to a thread other than the main one, whose handler only the main thread runs, while the main
-# thread waits on a lock as a granian worker's does.
+# thread waits on a lock as a granian worker's does. It is sent once the main thread waits (its waiter is queued on
+# the event's condition, and a moment more): sent earlier, the main thread would run the handler between two
+# bytecodes before it waited, and the wait without forwarding would answer True (1 run in 20 on a busy machine).
 SIGNAL_TO_ANOTHER_THREAD = """
-import signal, threading
+import signal, threading, time
 from worker.http_server import stop_signals_reach_the_main_thread
 stopped = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -127,7 +129,14 @@ if {forwarded}:
     stop_signals_reach_the_main_thread()
 other = threading.Thread(target=threading.Event().wait, args=(10,), daemon=True)
 other.start()
-signal.pthread_kill(other.ident, signal.SIGTERM)
+
+def signal_the_other_thread_once_the_main_one_waits():
+    while not stopped._cond._waiters:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    signal.pthread_kill(other.ident, signal.SIGTERM)
+
+threading.Thread(target=signal_the_other_thread_once_the_main_one_waits, daemon=True).start()
 print(stopped.wait(3))
 """
 
